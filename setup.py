@@ -1,0 +1,43 @@
+"""Install megatron_solo and build its C++ extension (csrc/, pybind11)."""
+
+from glob import glob
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+ext = Pybind11Extension(
+    "megatron_solo._csrc",
+    sorted(glob("csrc/*.cpp")),
+    include_dirs=["csrc"],
+    cxx_std=17,
+    extra_compile_args=["-O3"],
+)
+
+setup(
+    name="megatron_solo",
+    version="0.1.0",
+    description="Train SOLO (a single-transformer vision-language model) on megatron-core",
+    packages=find_packages(include=["megatron_solo", "megatron_solo.*"]),
+    ext_modules=[ext],
+    cmdclass={"build_ext": build_ext},
+    python_requires=">=3.10",
+    setup_requires=["pybind11>=2.12"],
+    install_requires=[
+        "torch>=2.6",
+        "megatron-core==0.16.1",
+        "numpy",
+        "pillow>=10",
+        "sentencepiece",
+        "webdataset>=0.2",
+        "tensorboard",
+        "transformers>=4.46",
+        "safetensors",
+        "psutil",
+        "tqdm",
+        "pybind11>=2.12",
+    ],
+    extras_require={
+        "te": ["transformer-engine[pytorch]"],
+        "test": ["pytest", "ruff", "mistral-common", "scikit-image", "scikit-learn"],
+    },
+)
