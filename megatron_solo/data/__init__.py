@@ -1,0 +1,1 @@
+"""Data pipeline: image rule and patches, tokenizer, sample kinds, shards, packing, packed dataset."""
