@@ -94,17 +94,20 @@ class SoloTokenizer:
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Ids -> text; added tokens are rendered by name, runs of base ids are decoded by SentencePiece."""
+        """Ids -> text; <s>, </s> and added tokens are rendered by name, other runs decoded by SentencePiece."""
         out: list[str] = []
         run: list[int] = []
         for i in ids:
             i = int(i)
-            if i < BASE_VOCAB:
+            if i < BASE_VOCAB and not self.sp.is_control(i):
                 run.append(i)
                 continue
             if run:
                 out.append(self.sp.decode(run))
                 run = []
+            if i < BASE_VOCAB:  # <s>, </s>: SentencePiece would render control pieces as nothing
+                out.append(self.sp.id_to_piece(i))
+                continue
             idx = i - BASE_VOCAB
             out.append(self.added_tokens[idx] if idx < len(self.added_tokens) else f"<unused_{i}>")
         if run:

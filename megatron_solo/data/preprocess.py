@@ -1,0 +1,209 @@
+"""Raw source -> webdataset shards + index + stats.json (the library side of tools/preprocess_data.py).
+
+Records are cut into shards of `shard_size` records in reading order, so shard k always holds the same
+records: a resumed run skips every shard whose index exists (the index is renamed into place last) and
+redoes the rest. Bad samples are skipped and counted by reason in the shard's stats; whole-file problems
+(missing input, unreadable JSON file) raise naming the file before any shard is written.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from collections import Counter
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..config.data import PreprocessConfig
+from .image import ImageError, load_resized
+from .samples import (
+    ImageSegment,
+    Sample,
+    SkipSample,
+    VisionIds,
+    caption_sample,
+    classification_sample,
+    conversation_sample,
+    interleaved_sample,
+    text_sample,
+)
+from .shards import INDEX_SUFFIX, ShardWriter, index_path, load_index
+from .sources import iter_records, load_class_names
+from .tokenizer import SoloTokenizer
+
+CONFIG_FILE = "preprocess_config.json"
+STATS_FILE = "stats.json"
+_MAX_EXAMPLES = 5
+_worker: dict = {}  # per-process state: config, tokenizer, class names
+
+
+def _setup(cfg: PreprocessConfig) -> None:
+    _worker["cfg"] = cfg
+    _worker["tok"] = SoloTokenizer(cfg.tokenizer, close_with_vision=cfg.close_with_vision)
+    _worker["class_names"] = load_class_names(cfg.class_names)
+
+
+def _image(source, cfg: PreprocessConfig) -> ImageSegment:
+    try:
+        img = load_resized(source, cfg.patch_size, cfg.max_side, cfg.max_aspect)
+    except ImageError as err:
+        raise SkipSample(err.reason, str(err)) from err
+    return ImageSegment(img, cfg.patch_size)
+
+
+def build_sample(record: dict, key: str, cfg: PreprocessConfig, tok: SoloTokenizer,
+                 class_names: dict[str, str] | None = None) -> Sample:
+    """One record -> a Sample (images decoded and resized), or SkipSample with the reason."""
+    if "skip" in record:
+        raise SkipSample(record["skip"], record.get("error", ""))
+    kind = record["kind"]
+    if kind == "classification":
+        if class_names is not None and str(record["label"]) not in class_names:
+            # checked before decoding the image: no point paying for it
+            raise SkipSample("missing_class_name", f"label {record['label']!r} of {record['image']}")
+        return classification_sample(key, _image(record["image"], cfg), record["label"], tok, class_names,
+                                     cfg.caption_template)
+    if kind == "caption":
+        if not str(record.get("caption") or "").strip():
+            raise SkipSample("empty_caption", str(record.get("id", key)))
+        return caption_sample(key, _image(record["image"], cfg), record["caption"], tok)
+    if kind == "text":
+        return text_sample(key, record["text"], tok)
+    if kind == "interleaved":
+        items = [_image(v, cfg) if t == "image" else v for t, v in record["items"]]
+        return interleaved_sample(key, items, tok)
+    if kind == "conversation":
+        turns = record["turns"]
+        # cheap checks first so a broken conversation does not cost image decoding
+        conversation_sample(key, [], turns, tok)
+        return conversation_sample(key, [_image(p, cfg) for p in record["images"]], turns, tok)
+    raise SkipSample("bad_record", f"unknown kind {kind!r}")
+
+
+def shard_path(output: str | os.PathLike, prefix: str, k: int) -> Path:
+    """Path of shard k."""
+    return Path(output) / f"{prefix}-{k:06d}.tar"
+
+
+def process_shard(k: int, first: int, records: list[dict], cfg: PreprocessConfig | None = None) -> dict:
+    """Build and write shard k from its records; returns its stats (also stored in its index)."""
+    if cfg is not None and _worker.get("cfg") is not cfg:
+        _setup(cfg)
+    cfg, tok, class_names = _worker["cfg"], _worker["tok"], _worker["class_names"]
+    writer = ShardWriter(shard_path(cfg.output, cfg.prefix, k), VisionIds.from_tokenizer(tok),
+                         cfg.image_format, cfg.image_quality)
+    skipped: Counter = Counter()
+    examples: list[str] = []
+    text_tokens = vision_tokens = images = 0
+    try:
+        for i, record in enumerate(records):
+            key = f"{first + i:010d}"
+            try:
+                sample = build_sample(record, key, cfg, tok, class_names)
+                if cfg.max_length is not None and len(sample) > cfg.max_length:
+                    raise SkipSample("too_long", f"{key}: {len(sample)} tokens > max_length {cfg.max_length}")
+            except SkipSample as skip:
+                skipped[skip.reason] += 1
+                if len(examples) < _MAX_EXAMPLES:
+                    examples.append(str(skip)[:300])
+                continue
+            writer.write(sample)
+            text_tokens += sample.text_tokens()
+            vision_tokens += sample.image_tokens()
+            images += sum(isinstance(s, ImageSegment) for s in sample.segments)
+        stats = {"shard": writer.path.name, "records": len(records), "samples": len(writer),
+                 "text_tokens": text_tokens, "vision_tokens": vision_tokens, "images": images,
+                 "image_bytes": writer.image_bytes, "skipped": dict(skipped), "skip_examples": examples}
+        writer.close(stats)
+    except BaseException:
+        writer.abort()
+        raise
+    return stats
+
+
+def _chunks(records: Iterator[dict], size: int) -> Iterator[tuple[int, int, list[dict]]]:
+    k = 0
+    while True:
+        chunk = list(islice(records, size))
+        if not chunk:
+            return
+        yield k, k * size, chunk
+        k += 1
+
+
+def _check_config(cfg: PreprocessConfig) -> None:
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    mine = {k: v for k, v in cfg.to_dict().items() if k != "workers"}
+    path = out / CONFIG_FILE
+    if path.exists():
+        theirs = {k: v for k, v in json.loads(path.read_text()).items() if k != "workers"}
+        if theirs != mine:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise ValueError(f"{out} holds shards of a different preprocessing job (differs in {diff}); "
+                             "use another output folder")
+    else:
+        path.write_text(json.dumps(cfg.to_dict(), indent=2))
+    for stale in out.glob("*.tmp*"):  # partial shards of an interrupted run
+        stale.unlink()
+
+
+def preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict:
+    """Run a whole preprocessing job (resumable); returns the aggregated stats also written to stats.json."""
+    _check_config(cfg)
+    records = iter_records(cfg.kind, cfg.inputs, cfg.image_root)
+    load_class_names(cfg.class_names)  # a broken class-name map is a whole-job error: fail before work
+    bar = tqdm(unit="rec", desc=f"preprocess {cfg.kind}", disable=not progress)
+    done_before = 0
+    if cfg.workers <= 0:
+        _setup(cfg)
+        for k, first, chunk in _chunks(records, cfg.shard_size):
+            if index_path(shard_path(cfg.output, cfg.prefix, k)).exists():
+                done_before += 1
+            else:
+                process_shard(k, first, chunk)
+            bar.update(len(chunk))
+    else:
+        with mp.get_context("fork").Pool(cfg.workers, initializer=_setup, initargs=(cfg,)) as pool:
+            pending = []
+            for k, first, chunk in _chunks(records, cfg.shard_size):
+                if index_path(shard_path(cfg.output, cfg.prefix, k)).exists():
+                    done_before += 1
+                    bar.update(len(chunk))
+                    continue
+                pending.append((len(chunk), pool.apply_async(process_shard, (k, first, chunk))))
+                while len(pending) >= 2 * cfg.workers:  # bound memory: records wait in the main process
+                    n, result = pending.pop(0)
+                    result.get()
+                    bar.update(n)
+            for n, result in pending:
+                result.get()
+                bar.update(n)
+    bar.close()
+    stats = aggregate_stats(cfg.output)
+    stats["resumed_shards"] = done_before
+    (Path(cfg.output) / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def aggregate_stats(output: str | os.PathLike) -> dict:
+    """Sum of the per-shard stats of every finished shard in `output`."""
+    total: dict = {"shards": 0, "records": 0, "samples": 0, "text_tokens": 0, "vision_tokens": 0, "images": 0,
+                   "image_bytes": 0, "skipped": Counter(), "skip_examples": []}
+    for idx in sorted(Path(output).glob(f"*{INDEX_SUFFIX}")):
+        tar = idx.with_name(idx.name[: -len(INDEX_SUFFIX)] + ".tar")
+        s = load_index(tar, check=False).stats
+        total["shards"] += 1
+        for key in ("records", "samples", "text_tokens", "vision_tokens", "images", "image_bytes"):
+            total[key] += s.get(key, 0)
+        total["skipped"].update(s.get("skipped", {}))
+        total["skip_examples"] += s.get("skip_examples", [])[: max(0, 20 - len(total["skip_examples"]))]
+    total["skipped"] = dict(sorted(total["skipped"].items()))
+    total["skipped_total"] = sum(total["skipped"].values())
+    total["tokens"] = total["text_tokens"] + total["vision_tokens"]
+    total["vision_share"] = total["vision_tokens"] / max(1, total["tokens"])
+    return total
