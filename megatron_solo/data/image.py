@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 
 import numpy as np
 import torch
@@ -111,14 +112,23 @@ def to_rgb(img: Image.Image) -> Image.Image:
         raise ImageError("unsupported_mode", f"cannot convert PIL mode {mode} to RGB ({err})") from err
 
 
+def _check_not_empty(data: bytes | str) -> None:
+    """Zero-byte input gets its own reason: usually a failed download, not a corrupt encoder."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        empty = len(data) == 0
+    else:
+        try:
+            empty = os.path.getsize(data) == 0
+        except OSError as err:
+            raise ImageError("missing_file", f"{data}: {err.strerror}") from err
+    if empty:
+        raise ImageError("empty_file", f"zero-byte image {'' if not isinstance(data, str) else data}".strip())
+
+
 def open_image(data: bytes | str) -> Image.Image:
     """Open encoded bytes or a path and fully decode it, raising ImageError with a reason on failure."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        if len(data) == 0:
-            raise ImageError("empty_file", "zero-byte image")
-        src = io.BytesIO(data)
-    else:
-        src = data
+    _check_not_empty(data)
+    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
         img = Image.open(src)
         img.load()  # truncated files fail here, not later inside a worker
@@ -138,8 +148,7 @@ def load_resized(
     max_aspect: float | None = None,
 ) -> Image.Image:
     """Decode an image (bytes or path), convert it to RGB and resize it by SOLO's rule."""
-    if isinstance(data, (bytes, bytearray, memoryview)) and len(data) == 0:
-        raise ImageError("empty_file", "zero-byte image")
+    _check_not_empty(data)
     try:
         img = Image.open(io.BytesIO(data) if not isinstance(data, str) else data)
         if img.format == "JPEG":
