@@ -1,0 +1,107 @@
+"""SOLO model configuration and presets (solo-7b and small ones for tests)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# Special-token ids of the released SOLO-7B (see reference/solo.md): appended to
+# Mistral's 32000 SentencePiece pieces in this order.
+VISION_START_ID = 32000
+VPATCH_ID = 32001
+VROW_SEP_ID = 32002
+VFRAME_SEP_ID = 32003
+VISION_END_ID = 32004
+SOLO_VOCAB_SIZE = 33029  # 32000 + 5 vision tokens + 1024 <loc_*> tokens
+SOLO_CHAT_VOCAB_SIZE = SOLO_VOCAB_SIZE + 2  # + <|im_start|>, <|im_end|>
+
+
+@dataclass
+class SoloModelConfig:
+    """Shape and numerics of a SOLO decoder; any field can be overridden."""
+
+    num_layers: int = 32
+    hidden_size: int = 4096
+    num_attention_heads: int = 32
+    num_query_groups: int = 8
+    ffn_hidden_size: int = 14336
+    vocab_size: int = SOLO_VOCAB_SIZE
+    max_position_embeddings: int = 32768
+    norm_epsilon: float = 1e-5
+    rotary_base: float = 10000.0
+    sliding_window: int | None = 4096
+    untie_embeddings: bool = True
+    patch_size: int = 32
+    num_channels: int = 3
+    init_method_std: float = 0.02
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    vpatch_token_id: int = VPATCH_ID
+    # Ids >= this get no loss (the release drops loss on every id >= 32000).
+    first_special_id: int = VISION_START_ID
+    # "auto": Transformer Engine when it imports and CUDA is present, else local.
+    transformer_impl: str = "auto"
+    # Attention over packed documents on the local spec: "auto", "sdpa_mask" or "flex".
+    packed_attention: str = "auto"
+    fp8: str | None = None  # "hybrid" or "e4m3" with Transformer Engine only
+    fp8_recipe: str = "delayed"
+    fp8_amax_history_len: int = 1024
+    fp8_amax_compute_algo: str = "max"
+
+    @property
+    def patch_dim(self) -> int:
+        """Length of one flattened patch (3 * 32 * 32 = 3072)."""
+        return self.num_channels * self.patch_size * self.patch_size
+
+    @property
+    def kv_channels(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_attention_heads
+
+    def padded_vocab_size(self, tensor_parallel: int) -> int:
+        """Vocabulary padded to a multiple of 128 x tensor_parallel, as megatron-core expects."""
+        multiple = 128 * tensor_parallel
+        return -(-self.vocab_size // multiple) * multiple
+
+    def validate(self) -> None:
+        """Raise ValueError on shapes that cannot form a model."""
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        if self.num_attention_heads % self.num_query_groups:
+            raise ValueError("num_attention_heads must be divisible by num_query_groups")
+        if not 0 <= self.vpatch_token_id < self.vocab_size:
+            raise ValueError(f"vpatch_token_id {self.vpatch_token_id} outside vocabulary {self.vocab_size}")
+
+
+_PRESETS: dict[str, dict] = {
+    # Mistral-7B decoder with the SOLO vocabulary.
+    "solo-7b": {},
+    # A few-million-parameter model for the quick start and integration tests.
+    "solo-small": dict(
+        num_layers=4, hidden_size=256, num_attention_heads=8, num_query_groups=2,
+        ffn_hidden_size=704, max_position_embeddings=4096, sliding_window=None,
+    ),
+    # The smallest useful model, for unit tests of parallel layouts.
+    "solo-tiny": dict(
+        num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=2,
+        ffn_hidden_size=128, max_position_embeddings=1024, sliding_window=None,
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    """Names accepted by :func:`model_preset`."""
+    return sorted(_PRESETS)
+
+
+def model_preset(name: str, **overrides) -> SoloModelConfig:
+    """A preset with any field overridden; ValueError naming unknown presets or fields."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {preset_names()}")
+    fields = {f.name for f in dataclasses.fields(SoloModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown SoloModelConfig field(s) {unknown}")
+    cfg = SoloModelConfig(**{**_PRESETS[name], **overrides})
+    cfg.validate()
+    return cfg

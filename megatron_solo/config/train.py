@@ -1,0 +1,49 @@
+"""Optimisation and training-loop settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warm-up and decay; SOLO's pre-training values are the defaults."""
+
+    lr: float = 5e-5
+    min_lr: float = 5e-6
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    warmup_steps: int = 200
+    decay_style: str = "cosine"
+
+
+@dataclass
+class TrainConfig:
+    """Batch sizes, run length, precision, checkpoint and log locations."""
+
+    micro_batch_size: int = 1
+    global_batch_size: int = 128
+    seq_length: int = 32768
+    train_steps: int = 1525
+    seed: int = 1234
+    bf16: bool = True
+    recompute: bool = False
+    save_dir: str | None = None
+    load_dir: str | None = None
+    save_interval: int = 100
+    log_interval: int = 1
+    tensorboard_dir: str | None = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def num_microbatches(self, data_parallel: int) -> int:
+        """Micro-batches per step on one data-parallel rank; ValueError if the batch does not divide."""
+        per_step = self.micro_batch_size * data_parallel
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not divisible by "
+                f"micro_batch_size x data_parallel = {self.micro_batch_size} x {data_parallel}"
+            )
+        return self.global_batch_size // per_step

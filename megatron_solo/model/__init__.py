@@ -1,0 +1,1 @@
+"""SOLO on megatron-core: GPTModel plus a patch projection, packed-document attention."""

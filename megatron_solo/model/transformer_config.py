@@ -1,0 +1,76 @@
+"""Translate our dataclasses into megatron-core's TransformerConfig."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from megatron_solo.config.model import SoloModelConfig
+from megatron_solo.config.parallel import ParallelConfig
+
+
+def build_transformer_config(
+    model: SoloModelConfig,
+    parallel: ParallelConfig,
+    *,
+    bf16: bool = False,
+    recompute: bool = False,
+    use_te: bool = False,
+):
+    """megatron-core TransformerConfig for a Mistral-style SOLO decoder."""
+    from megatron.core.transformer import TransformerConfig
+
+    from megatron_solo.platform.distributed import pipeline_comm_settings, uses_cuda
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    extra: dict = {}
+    if recompute:
+        extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    if model.fp8:
+        if not use_te:
+            raise ValueError("fp8 needs Transformer Engine on a GPU; set fp8=None on this machine")
+        extra.update(
+            fp8=model.fp8,
+            fp8_recipe=model.fp8_recipe,
+            fp8_amax_history_len=model.fp8_amax_history_len,
+            fp8_amax_compute_algo=model.fp8_amax_compute_algo,
+        )
+    if model.sliding_window is not None:
+        # Causal sliding window: each token sees itself and the (window - 1) before it.
+        extra["window_size"] = (model.sliding_window - 1, 0)
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        ffn_hidden_size=model.ffn_hidden_size,
+        kv_channels=model.kv_channels,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=model.hidden_dropout,
+        attention_dropout=model.attention_dropout,
+        init_method_std=model.init_method_std,
+        tensor_model_parallel_size=parallel.tensor_parallel,
+        pipeline_model_parallel_size=parallel.pipeline_parallel,
+        virtual_pipeline_model_parallel_size=parallel.vpp,
+        sequence_parallel=parallel.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=bf16,
+        autocast_dtype=dtype,
+        use_cpu_initialization=not uses_cuda(),
+        calculate_per_token_loss=True,
+        # The fused kernels need CUDA (and some TE/Apex); the plain paths are exact.
+        bias_activation_fusion=use_te,
+        bias_dropout_fusion=use_te,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        **pipeline_comm_settings(),
+        **extra,
+    )

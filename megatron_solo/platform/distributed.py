@@ -1,0 +1,106 @@
+"""Set up torch.distributed and megatron-core's model-parallel groups.
+
+NCCL and the real GPU when CUDA is present; gloo and the CPU emulation of CUDA
+(:mod:`megatron_solo.platform.cpu_emulation`) otherwise. Every other package asks
+this module for the device rather than deciding itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+from megatron_solo.config.parallel import ParallelConfig
+from megatron_solo.platform import cpu_emulation
+
+
+def uses_cuda() -> bool:
+    """Whether this process runs on a real GPU."""
+    return torch.cuda.is_available() and not cpu_emulation.is_enabled()
+
+
+def current_device() -> torch.device:
+    """The device model tensors live on in this process."""
+    if uses_cuda():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_distributed(timeout_minutes: int = 10) -> tuple[int, int]:
+    """Join the process group named by the launcher's environment; return (rank, world_size).
+
+    Without RANK/WORLD_SIZE in the environment this starts a one-process world on a
+    free local port, so the same entry point runs on a laptop.
+    """
+    if not torch.cuda.is_available():
+        cpu_emulation.enable()
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "RANK" not in os.environ:
+        from megatron_solo.platform.launch import free_port
+
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(
+        backend=backend,
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+    )
+    return rank, world
+
+
+def init_parallel(cfg: ParallelConfig, seed: int = 1234) -> int:
+    """Create megatron-core's TP/PP/DP groups for ``cfg`` and seed its RNG tracker; return DP size."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    if not dist.is_initialized():
+        init_distributed()
+    world = dist.get_world_size()
+    data_parallel = cfg.data_parallel(world)
+    if cfg.sequence_parallel and not uses_cuda():
+        raise ValueError(
+            "sequence_parallel needs Transformer Engine or Apex norms and a GPU; "
+            "megatron-core's local spec refuses it on CPU"
+        )
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=cfg.tensor_parallel,
+        pipeline_model_parallel_size=cfg.pipeline_parallel,
+        virtual_pipeline_model_parallel_size=cfg.vpp,
+    )
+    model_parallel_cuda_manual_seed(seed)
+    return data_parallel
+
+
+def teardown() -> None:
+    """Destroy megatron-core's groups and the process group (safe to call twice)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def pipeline_comm_settings() -> dict:
+    """TransformerConfig settings for pipeline p2p traffic on this backend.
+
+    megatron-core's batched p2p path posts a send-to-prev and a send-to-next in one
+    batch; with two pipeline stages prev and next are the same peer, and gloo matches
+    the two same-shaped messages in posting order, swapping activations and gradients
+    under the interleaved schedule. The unbatched path sends the two directions over
+    different communicators, which gloo keeps apart.
+    """
+    return {"batch_p2p_comm": uses_cuda()}

@@ -1,0 +1,1 @@
+"""The training loop on megatron-core: model chunks, optimizer, schedules, checkpoints, logging."""

@@ -1,0 +1,191 @@
+"""Training checkpoints with megatron-core ``dist_checkpointing`` (loadable at another TP/PP).
+
+Layout of a save directory::
+
+    SAVE/iter_0000100/          one checkpoint (torch_dist format)
+    SAVE/latest_checkpointed_iteration.txt
+
+A checkpoint is written to ``iter_N.partial`` and renamed into place by rank 0 only
+after every rank finished, then the ``latest`` file is replaced atomically; a
+partly written checkpoint is never taken as the latest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+LATEST_FILE = "latest_checkpointed_iteration.txt"
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizer that a resumed run needs."""
+
+    iteration: int = 0
+    consumed_samples: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_dir(root: str, iteration: int) -> str:
+    """Directory of the checkpoint of ``iteration`` under ``root``."""
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def latest_iteration(root: str) -> int | None:
+    """Iteration named by the ``latest`` file, or None when there is no finished checkpoint."""
+    path = os.path.join(root, LATEST_FILE)
+    if not os.path.isfile(path):
+        return None
+    text = open(path).read().strip()
+    if not text.isdigit():
+        raise ValueError(f"{path}: expected an iteration number, found {text!r}")
+    iteration = int(text)
+    if not os.path.isdir(checkpoint_dir(root, iteration)):
+        raise ValueError(f"{path} names iteration {iteration} but {checkpoint_dir(root, iteration)} is missing")
+    return iteration
+
+
+def _model_sharded_state_dict(chunks: list[torch.nn.Module]) -> dict[str, Any]:
+    from megatron_solo.training.model_build import unwrap
+
+    # The unwrapped modules: DDP would prefix every key with "module.".
+    if len(chunks) == 1:
+        return {"model": unwrap(chunks[0]).sharded_state_dict()}
+    return {f"model{i}": unwrap(c).sharded_state_dict() for i, c in enumerate(chunks)}
+
+
+def _rng_sharded_object(layout: tuple[int, int, int, int, int, int]):
+    """Per-rank RNG states as a ShardedObject over the (pp, tp, dp) grid of the saving layout."""
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    from megatron_solo.platform.distributed import uses_cuda
+
+    pp, tp, dp, pp_rank, tp_rank, dp_rank = layout
+    state = {
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if uses_cuda() else None,
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+    return ShardedObject("rng_state", state, (pp, tp, dp), (pp_rank, tp_rank, dp_rank), replica_id=0)
+
+
+def _layout() -> tuple[int, int, int, int, int, int]:
+    from megatron.core import parallel_state as ps
+
+    return (
+        ps.get_pipeline_model_parallel_world_size(),
+        ps.get_tensor_model_parallel_world_size(),
+        ps.get_data_parallel_world_size(),
+        ps.get_pipeline_model_parallel_rank(),
+        ps.get_tensor_model_parallel_rank(),
+        ps.get_data_parallel_rank(),
+    )
+
+
+def save_checkpoint(
+    root: str,
+    state: TrainState,
+    chunks: list[torch.nn.Module],
+    optimizer=None,
+    scheduler=None,
+) -> str:
+    """Write a checkpoint of this step atomically; returns its directory."""
+    from megatron.core import dist_checkpointing
+
+    final = checkpoint_dir(root, state.iteration)
+    partial = final + ".partial"
+    if dist.get_rank() == 0:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+    dist.barrier()
+    layout = _layout()
+    sharded = _model_sharded_state_dict(chunks)
+    if optimizer is not None:
+        sharded["optimizer"] = optimizer.sharded_state_dict(sharded)
+    sharded["rng_state"] = _rng_sharded_object(layout)
+    sharded["train_state"] = {
+        "iteration": state.iteration,
+        "consumed_samples": state.consumed_samples,
+        "extra": state.extra,
+        "layout": layout[:3],
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+    }
+    dist_checkpointing.save(sharded, partial)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        tmp = os.path.join(root, LATEST_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(str(state.iteration))
+        os.replace(tmp, os.path.join(root, LATEST_FILE))
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(
+    path: str,
+    chunks: list[torch.nn.Module],
+    optimizer=None,
+    scheduler=None,
+    *,
+    load_rng: bool = True,
+) -> TrainState:
+    """Load weights (and optimizer, scheduler, RNG when given) from a checkpoint directory.
+
+    ``path`` is either one ``iter_N`` directory or a save root with a ``latest`` file.
+    Weights and the distributed optimizer reshard to this run's TP/PP/DP layout; RNG
+    states are restored only when the layout is the one that saved them.
+    """
+    from megatron.core import dist_checkpointing
+
+    from megatron_solo.training.model_build import unwrap
+
+    if os.path.isfile(os.path.join(path, LATEST_FILE)):
+        iteration = latest_iteration(path)
+        path = checkpoint_dir(path, iteration)
+    if not os.path.isdir(path) or path.endswith(".partial"):
+        raise FileNotFoundError(f"{path}: not a finished checkpoint directory")
+    common = dist_checkpointing.load_common_state_dict(path)
+    saved = common.get("train_state")
+    if saved is None:
+        raise ValueError(f"{path}: checkpoint has no train_state (not written by megatron_solo?)")
+    layout = _layout()
+    sharded = _model_sharded_state_dict(chunks)
+    if optimizer is not None:
+        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True)
+    same_layout = tuple(saved["layout"]) == layout[:3]
+    if load_rng and same_layout:
+        sharded["rng_state"] = _rng_sharded_object(layout)
+    loaded = dist_checkpointing.load(sharded, path)
+    for i, chunk in enumerate(chunks):
+        unwrap(chunk).load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if scheduler is not None and saved.get("scheduler") is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    if "rng_state" in loaded:
+        _restore_rng(loaded["rng_state"])
+    return TrainState(
+        iteration=saved["iteration"], consumed_samples=saved["consumed_samples"], extra=saved["extra"]
+    )
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    from megatron_solo.platform.distributed import uses_cuda
+
+    torch.set_rng_state(state["cpu"])
+    if uses_cuda() and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])

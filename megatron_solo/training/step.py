@@ -1,0 +1,64 @@
+"""One optimizer step: megatron-core's forward-backward schedule, then the optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class StepResult:
+    """What one training step reports (loss only on the last pipeline stage)."""
+
+    loss: float | None
+    num_tokens: int
+    grad_norm: float | None
+    skipped: bool
+
+
+def train_step(
+    forward_step: Callable,
+    data_iterators: list[Iterator],
+    chunks: list[torch.nn.Module],
+    optimizer,
+    scheduler,
+    *,
+    num_microbatches: int,
+    seq_length: int,
+    micro_batch_size: int,
+) -> StepResult:
+    """Run forward/backward over ``num_microbatches`` micro-batches and one optimizer update."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    for chunk in chunks:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    config = chunks[0].config
+    config.finalize_model_grads_func = finalize_model_grads
+    config.grad_scale_func = optimizer.scale_loss
+    config.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
+    forward_backward = get_forward_backward_func()
+    outputs = forward_backward(
+        forward_step_func=forward_step,
+        data_iterator=data_iterators if len(chunks) > 1 else data_iterators[0],
+        model=chunks if len(chunks) > 1 else chunks[0],
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=False,
+    )
+    ok, grad_norm, _ = optimizer.step()
+    if ok:
+        scheduler.step(increment=1)
+    loss = num_tokens = None
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        totals = torch.stack([o["lm loss"] for o in outputs]).sum(0)
+        # Sum over data-parallel ranks so every layout reports the same global loss.
+        torch.distributed.all_reduce(totals, group=ps.get_data_parallel_group())
+        num_tokens = int(totals[1].item())
+        loss = (totals[0] / totals[1].clamp(min=1)).item()
+    return StepResult(loss=loss, num_tokens=num_tokens or 0, grad_norm=grad_norm, skipped=not ok)
