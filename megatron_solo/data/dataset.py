@@ -1,0 +1,365 @@
+"""The packed training dataset: shards + weights + L + seed -> model-ready packs, sharded over DP ranks.
+
+Per epoch e (deterministic from seed, e and the blend):
+1. blend: `samples_per_epoch` draws over the datasets by weight (megatron-core's blending helper); with
+   "tokens" weighting a dataset's sample weight is its token weight over its mean sample length, so the
+   token shares follow the weights. The k-th draw of dataset d takes sample perm_{d,e,pass}[k mod n_d].
+2. pack the drawn stream with the C++ packer (shuffled by (seed, e); over-long samples split outside
+   images or dropped, and counted).
+Packs of successive epochs form one global sequence; global pack g is the unit of DP sharding and of the
+resumable state (`PackedDataLoader.state_dict()` = packs consumed so far, over all ranks).
+
+One pack (S = seq_length) as returned by `PackedDataset[g]`:
+    tokens int64 [S], labels int64 [S] (tokens shifted left; the last label is padding with loss 0),
+    loss_mask float32 [S]: 1 where labels[i] is a trained target of the same document (0 on image
+      patches and vision special targets, before each document boundary, on padding, and on SFT prompts),
+    position_ids int64 [S] restarting at 0 per document (padding counts up as its own document),
+    patches float32 [N, 3072] normalized, in the order of the <vpatch> positions,
+    cu_seqlens int32 [docs+1]: document boundaries; trailing padding is its own last document,
+    num_patches int.
+`collate_packs` batches B packs ([B, S] tensors; patches concatenated batch-major; cu_seqlens offset by
+b*S and concatenated into one boundary list over the flattened B*S tokens). There are no "-1 = no patch"
+entries to offset: patch slots are exactly the positions where tokens == <vpatch>.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config.data import DataConfig
+from .image import image_to_patches
+from .packing import PackResult, blend_indices, normalize_weights, pack, shuffled_order
+from .samples import VisionIds, expand
+from .shards import TOKEN_DTYPE, ShardError, load_index, read_members
+
+PAD_ID = 2  # Mistral has no pad piece: padding carries </s> and is never trained on
+
+
+def _shard_paths(path: str | list[str]) -> list[Path]:
+    if isinstance(path, (list, tuple)):
+        return [Path(p) for p in path]
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.tar"))
+        if not found:
+            raise ShardError(f"{p}: no .tar shards in this folder")
+        return found
+    return [p]
+
+
+class ShardSet:
+    """All shards of one dataset: sample lengths and image-block intervals, concatenated over shards."""
+
+    def __init__(self, path: str | list[str]):
+        """Load every shard index (checked against its tar's size)."""
+        self.paths = _shard_paths(path)
+        indexes = [load_index(p) for p in self.paths]
+        visions = {ix.vision for ix in indexes if len(ix)}
+        if len(visions) > 1:
+            raise ShardError(f"{path}: shards were built with different image-block ids {sorted(visions)}")
+        self.vision = visions.pop() if visions else VisionIds()
+        self.indexes = indexes
+        sizes = np.array([len(ix) for ix in indexes], np.int64)
+        self.shard_start = np.concatenate([[0], np.cumsum(sizes)])
+        self.lengths = np.concatenate([ix.length for ix in indexes]) if indexes else np.zeros(0, np.int64)
+        counts = np.concatenate([np.diff(ix.block_ptr) for ix in indexes]) if indexes else np.zeros(0, np.int64)
+        self.block_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.block_start = np.concatenate([ix.block_start for ix in indexes]).astype(np.int64)
+        self.block_end = np.concatenate([ix.block_end for ix in indexes]).astype(np.int64)
+        if len(self) == 0:
+            raise ShardError(f"{path}: the shards hold no samples")
+
+    def __len__(self) -> int:
+        return int(self.shard_start[-1])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(shard number, index inside the shard) of sample i."""
+        s = int(np.searchsorted(self.shard_start, i, side="right") - 1)
+        return s, i - int(self.shard_start[s])
+
+    def fingerprint(self) -> list:
+        """Identity of the shard set for resume checks (names, sizes, sample counts)."""
+        return [[p.name, ix.tar_size, len(ix)] for p, ix in zip(self.paths, self.indexes)]
+
+
+@dataclass
+class EpochPlan:
+    """The packs of one epoch and where their items come from."""
+
+    packs: PackResult
+    dataset: np.ndarray  # per stream position: dataset number
+    sample: np.ndarray  # per stream position: sample index within that dataset
+
+
+def _gather_blocks(ptr, start, end, idx):
+    counts = ptr[idx + 1] - ptr[idx]
+    new_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    total = int(new_ptr[-1])
+    if total == 0:
+        return new_ptr, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    # index of every block: its sample's first block + its rank within that sample
+    src = np.repeat(ptr[idx], counts) + (np.arange(total) - np.repeat(new_ptr[:-1], counts))
+    return new_ptr, start[src], end[src]
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """Map-style dataset over global pack indices (all epochs back to back); see the module docstring."""
+
+    def __init__(self, config: DataConfig, pad_id: int = PAD_ID):
+        """Index the shards of every dataset of the blend (tars are opened lazily, per worker)."""
+        if not config.datasets:
+            raise ValueError("DataConfig.datasets is empty")
+        self.config = config
+        self.pad_id = pad_id
+        self.sets = [ShardSet(d.path) for d in config.datasets]
+        visions = {s.vision for s in self.sets}
+        if len(visions) > 1:
+            raise ShardError(f"datasets of the blend use different image-block ids: {sorted(visions)}")
+        self.vision = visions.pop()
+        weights = normalize_weights([d.weight for d in config.datasets])
+        if config.weighting == "tokens":
+            weights = normalize_weights(weights / np.array([s.lengths.mean() for s in self.sets]))
+        self.sample_weights = weights
+        self.samples_per_epoch = config.samples_per_epoch or sum(len(s) for s in self.sets)
+        # all datasets concatenated, so a blended stream gathers lengths and image blocks in one step
+        self._set_offset = np.concatenate([[0], np.cumsum([len(s) for s in self.sets])]).astype(np.int64)
+        self._lengths = np.concatenate([s.lengths for s in self.sets])
+        block_offset = np.concatenate([[0], np.cumsum([len(s.block_start) for s in self.sets])])
+        self._block_ptr = np.concatenate([[0]] + [s.block_ptr[1:] + o for s, o in zip(self.sets, block_offset)])
+        self._block_start = np.concatenate([s.block_start for s in self.sets])
+        self._block_end = np.concatenate([s.block_end for s in self.sets])
+        self._plans: dict[int, EpochPlan] = {}
+        self._epoch_sizes: list[int] = []
+        self._files: dict[tuple[int, str], object] = {}
+
+    # ---------------------------------------------------------------------------- planning
+    def plan(self, epoch: int) -> EpochPlan:
+        """Blend and pack epoch `epoch` (cached: the last two epochs)."""
+        if epoch in self._plans:
+            return self._plans[epoch]
+        cfg = self.config
+        ds, count = blend_indices(self.sample_weights, self.samples_per_epoch)
+        sample = np.empty_like(count)
+        for d, shard_set in enumerate(self.sets):
+            sel = np.flatnonzero(ds == d)
+            n = len(shard_set)
+            k = count[sel]
+            out = np.empty(len(sel), np.int64)
+            for p in range(int(k.max()) // n + 1 if len(sel) else 0):  # one permutation per pass over d
+                in_pass = (k // n) == p
+                perm = shuffled_order(n, cfg.seed * 1_000_003 + d, epoch * 1_000_000 + p)
+                out[in_pass] = perm[k[in_pass] % n]
+            sample[sel] = out
+        stream = self._set_offset[ds] + sample  # ids in the concatenation of all datasets
+        block_ptr, block_start, block_end = _gather_blocks(self._block_ptr, self._block_start, self._block_end,
+                                                           stream)
+        lengths = self._lengths[stream]
+        packs = pack(lengths, cfg.seq_length, cfg.seed, epoch, block_ptr, block_start, block_end,
+                     overflow=cfg.overflow, open_bins=cfg.open_bins, shuffle=True)
+        result = EpochPlan(packs, ds.astype(np.int64), sample)
+        self._plans[epoch] = result
+        for old in [e for e in self._plans if e < epoch - 1]:
+            del self._plans[old]
+        return result
+
+    def epoch_size(self, epoch: int) -> int:
+        """Number of packs of epoch `epoch`."""
+        while len(self._epoch_sizes) <= epoch:
+            size = self.plan(len(self._epoch_sizes)).packs.num_packs
+            if size == 0:
+                raise ValueError("an epoch has no packs: every sample was dropped by the overflow policy")
+            self._epoch_sizes.append(size)
+        return self._epoch_sizes[epoch]
+
+    def locate(self, g: int) -> tuple[int, int]:
+        """(epoch, pack within the epoch) of global pack g."""
+        epoch = 0
+        while g >= self.epoch_size(epoch):
+            g -= self.epoch_size(epoch)
+            epoch += 1
+        return epoch, g
+
+    def __len__(self) -> int:
+        """Packs in the first epoch (the dataset itself is unbounded: later epochs follow)."""
+        return self.epoch_size(0)
+
+    def stats(self, epoch: int = 0) -> dict:
+        """Packing statistics of one epoch: packs, fill, split and dropped samples."""
+        p = self.plan(epoch).packs
+        return {"packs": p.num_packs, "fill": p.fill(), "split_samples": p.num_split,
+                "dropped_samples": len(p.dropped), "dropped_tokens": p.dropped_tokens,
+                "tokens": int(p.pack_lengths().sum())}
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the packs (config and shard identities)."""
+        cfg = self.config
+        ident = {"datasets": [[d.weight, s.fingerprint()] for d, s in zip(cfg.datasets, self.sets)],
+                 "seq_length": cfg.seq_length, "seed": cfg.seed, "overflow": cfg.overflow,
+                 "open_bins": cfg.open_bins, "weighting": cfg.weighting, "samples_per_epoch": cfg.samples_per_epoch}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---------------------------------------------------------------------------- reading
+    def _handle(self, path: Path):
+        key = (os.getpid(), str(path))  # never share a file offset across forked workers
+        f = self._files.get(key)
+        if f is None:
+            f = self._files[key] = open(path, "rb")  # cached for the worker's lifetime
+        return f
+
+    def read_sample(self, d: int, i: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, bytes]]]:
+        """Sample i of dataset d: (ids, target-loss flags, [(block start, block end, image bytes)])."""
+        shard_set = self.sets[d]
+        s, j = shard_set.locate(i)
+        ix = shard_set.indexes[s]
+        key = str(ix.keys[j])
+        members = read_members(ix.tar_path, int(ix.offset[j]), int(ix.end[j]), key, self._handle(ix.tar_path))
+        try:
+            meta = json.loads(members["json"])
+            text = np.frombuffer(members["tok"], dtype=TOKEN_DTYPE)
+            ids, loss, images = expand(meta["segments"], text, self.vision)
+            blobs = [(a, b, members[name]) for a, b, name in images]
+        except (KeyError, ValueError) as err:
+            raise ShardError(f"{ix.tar_path}: sample {key} is malformed ({err})") from err
+        if len(ids) != int(ix.length[j]):
+            raise ShardError(f"{ix.tar_path}: sample {key} has {len(ids)} tokens, index says {int(ix.length[j])}")
+        return ids, loss, blobs
+
+    def __getitem__(self, g: int) -> dict:
+        """Global pack g as model-ready tensors."""
+        epoch, p = self.locate(int(g))
+        plan = self.plan(epoch)
+        S = self.config.seq_length
+        P = self.config.patch_size
+        tokens = np.full(S, self.pad_id, np.int64)
+        target = np.zeros(S, bool)
+        position_ids = np.zeros(S, np.int64)
+        cu = [0]
+        patches = []
+        pos = 0
+        for stream_pos, start, end in plan.packs.pack(p):
+            ids, loss, images = self.read_sample(int(plan.dataset[stream_pos]), int(plan.sample[stream_pos]))
+            n = end - start
+            tokens[pos:pos + n] = ids[start:end]
+            target[pos:pos + n] = loss[start:end]
+            position_ids[pos:pos + n] = np.arange(n)
+            for a, b, blob in images:
+                if start <= a and b <= end:  # the packer never cuts inside an image
+                    patches.append(self._patches(blob, a, b, ids, P))
+            pos += n
+            cu.append(pos)
+        if pos < S:
+            position_ids[pos:] = np.arange(S - pos)
+            cu.append(S)
+        labels = np.empty(S, np.int64)
+        labels[:-1] = tokens[1:]
+        labels[-1] = self.pad_id
+        loss_mask = np.zeros(S, np.float32)
+        loss_mask[:-1] = target[1:]
+        for boundary in cu[1:-1]:
+            loss_mask[boundary - 1] = 0.0  # the next document's first token is not predictable
+        patch_tensor = torch.cat(patches) if patches else torch.zeros(0, 3 * P * P)
+        return {
+            "tokens": torch.from_numpy(tokens),
+            "labels": torch.from_numpy(labels),
+            "loss_mask": torch.from_numpy(loss_mask),
+            "position_ids": torch.from_numpy(position_ids),
+            "patches": patch_tensor,
+            "cu_seqlens": torch.tensor(cu, dtype=torch.int32),
+            "num_patches": int(patch_tensor.shape[0]),
+        }
+
+    def _patches(self, blob: bytes, a: int, b: int, ids: np.ndarray, patch: int) -> torch.Tensor:
+        img = Image.open(io.BytesIO(blob))
+        img.load()
+        block = ids[a:b]
+        rows = int((block == self.vision.vrow_sep).sum()) + 1
+        n = int((block == self.vision.vpatch).sum())
+        patches, grid = image_to_patches(img, patch)
+        if grid[0] * grid[1] != n or grid[0] != rows:
+            raise ShardError(f"stored image is {img.size[0]}x{img.size[1]}, its block expects {n} patches "
+                             f"in {rows} rows")
+        return patches
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_files"] = {}  # file handles are per process
+        return state
+
+
+def collate_packs(batch: list[dict]) -> dict:
+    """B packs -> [B, S] tensors, patches concatenated batch-major, cu_seqlens over the flattened B*S tokens."""
+    S = batch[0]["tokens"].shape[0]
+    out = {k: torch.stack([b[k] for b in batch]) for k in ("tokens", "labels", "loss_mask", "position_ids")}
+    out["patches"] = torch.cat([b["patches"] for b in batch])
+    cu = [batch[0]["cu_seqlens"]] + [b["cu_seqlens"][1:] + i * S for i, b in enumerate(batch) if i]
+    out["cu_seqlens"] = torch.cat(cu).to(torch.int32)
+    out["num_patches"] = int(sum(b["num_patches"] for b in batch))
+    return out
+
+
+def patch_positions(tokens: torch.Tensor, vpatch_id: int = 32001) -> torch.Tensor:
+    """Flat indices of the <vpatch> slots of a [S] or [B, S] token tensor, in the order of `patches`."""
+    return torch.nonzero(tokens.reshape(-1) == vpatch_id).squeeze(1)
+
+
+class _RankSampler(torch.utils.data.Sampler):
+    """Global pack indices of one DP rank from `start` on: rank r takes B packs of every W*B block."""
+
+    def __init__(self, start: int, micro_batch_size: int, rank: int, world_size: int, limit: int | None):
+        self.start, self.B, self.rank, self.W, self.limit = start, micro_batch_size, rank, world_size, limit
+
+    def __iter__(self) -> Iterator[int]:
+        g = self.start
+        while self.limit is None or g + self.W * self.B <= self.limit:
+            base = g + self.rank * self.B
+            yield from range(base, base + self.B)
+            g += self.W * self.B
+
+
+class PackedDataLoader:
+    """Rank-sharded iteration over packs with a resumable state (packs consumed over all ranks)."""
+
+    def __init__(self, dataset: PackedDataset, micro_batch_size: int = 1, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 2, limit: int | None = None, prefetch_factor: int = 2):
+        """`limit`: stop before this many global packs (None: run through epochs without end)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of {world_size}")
+        self.dataset, self.B, self.rank, self.W = dataset, micro_batch_size, rank, world_size
+        self.num_workers, self.limit, self.prefetch_factor = num_workers, limit, prefetch_factor
+        self.consumed_packs = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        self.dataset.epoch_size(self.dataset.locate(self.consumed_packs)[0])  # plan before forking workers
+        sampler = _RankSampler(self.consumed_packs, self.B, self.rank, self.W, self.limit)
+        kw = {"prefetch_factor": self.prefetch_factor} if self.num_workers else {}
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.B, sampler=sampler,
+                                             num_workers=self.num_workers, collate_fn=collate_packs, **kw)
+        for batch in loader:
+            self.consumed_packs += self.B * self.W
+            yield batch
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to resume on exactly the next packs."""
+        return {"consumed_packs": self.consumed_packs, "fingerprint": self.dataset.fingerprint(),
+                "micro_batch_size": self.B, "world_size": self.W}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Resume after `state["consumed_packs"]` packs; refuses another data blend unless strict=False."""
+        if strict and state.get("fingerprint") != self.dataset.fingerprint():
+            raise ValueError("the data blend (shards, weights, seq_length, seed or packing policy) differs from "
+                             "the checkpoint's; pass strict=False to resume anyway")
+        consumed = int(state["consumed_packs"])
+        if consumed % (self.B * self.W):
+            raise ValueError(f"consumed_packs {consumed} is not a multiple of micro batch x DP size "
+                             f"{self.B * self.W}")
+        self.consumed_packs = consumed
