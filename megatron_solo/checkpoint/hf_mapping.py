@@ -1,0 +1,85 @@
+"""Map full (unsharded) weights between megatron-core GPT names and Hugging Face Mistral/Llama names.
+
+Layout facts (reference/megatron.md): megatron fuses q, k, v into ``linear_qkv`` grouped
+by KV head (per group: its query heads, then its key head, then its value head), and
+SwiGLU's ``linear_fc1`` is ``[gate; up]``. RoPE needs no permutation (both use the
+half-rotation form).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_solo.config.model import SoloModelConfig
+
+_LAYER_DIRECT = {
+    "input_layernorm.weight": "input_layernorm.weight",
+    "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
+    "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
+    "mlp.linear_fc2.weight": "mlp.down_proj.weight",
+}
+
+
+def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: SoloModelConfig) -> torch.Tensor:
+    """HF q/k/v projections -> megatron's grouped ``linear_qkv`` weight."""
+    groups, dim = cfg.num_query_groups, cfg.kv_channels
+    per_group = cfg.num_attention_heads // groups
+    q = q.view(groups, per_group * dim, -1)
+    k = k.view(groups, dim, -1)
+    v = v.view(groups, dim, -1)
+    return torch.cat([q, k, v], dim=1).reshape(-1, q.shape[-1])
+
+
+def split_qkv(qkv: torch.Tensor, cfg: SoloModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Megatron's grouped ``linear_qkv`` weight -> HF (q, k, v) projections."""
+    groups, dim = cfg.num_query_groups, cfg.kv_channels
+    per_group = cfg.num_attention_heads // groups
+    grouped = qkv.view(groups, (per_group + 2) * dim, -1)
+    q, k, v = torch.split(grouped, [per_group * dim, dim, dim], dim=1)
+    width = qkv.shape[-1]
+    return q.reshape(-1, width), k.reshape(-1, width), v.reshape(-1, width)
+
+
+def megatron_to_hf(sd: dict[str, torch.Tensor], cfg: SoloModelConfig, vocab_size: int) -> dict[str, torch.Tensor]:
+    """Full megatron GPT state dict (local-spec names) -> HF Mistral/Llama names, vocab unpadded."""
+    out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"][:vocab_size]}
+    for i in range(cfg.num_layers):
+        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
+        for m_name, h_name in _LAYER_DIRECT.items():
+            out[dst + h_name] = sd[src + m_name]
+        q, k, v = split_qkv(sd[src + "self_attention.linear_qkv.weight"], cfg)
+        out[dst + "self_attn.q_proj.weight"] = q
+        out[dst + "self_attn.k_proj.weight"] = k
+        out[dst + "self_attn.v_proj.weight"] = v
+        gate, up = torch.chunk(sd[src + "mlp.linear_fc1.weight"], 2, dim=0)
+        out[dst + "mlp.gate_proj.weight"] = gate
+        out[dst + "mlp.up_proj.weight"] = up
+    out["model.norm.weight"] = sd["decoder.final_layernorm.weight"]
+    if "output_layer.weight" in sd:
+        out["lm_head.weight"] = sd["output_layer.weight"][:vocab_size]
+    return out
+
+
+def hf_to_megatron(
+    sd: dict[str, torch.Tensor], cfg: SoloModelConfig, padded_vocab: int
+) -> dict[str, torch.Tensor]:
+    """HF Mistral/Llama state dict -> full megatron GPT state dict, vocab padded with zero rows."""
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        if t.shape[0] > padded_vocab:
+            raise ValueError(f"vocabulary {t.shape[0]} is larger than the padded size {padded_vocab}")
+        return torch.cat([t, t.new_zeros(padded_vocab - t.shape[0], t.shape[1])]) if t.shape[0] < padded_vocab else t
+
+    out = {"embedding.word_embeddings.weight": pad(sd["model.embed_tokens.weight"])}
+    for i in range(cfg.num_layers):
+        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
+        for m_name, h_name in _LAYER_DIRECT.items():
+            out[dst + m_name] = sd[src + h_name]
+        out[dst + "self_attention.linear_qkv.weight"] = fuse_qkv(
+            sd[src + "self_attn.q_proj.weight"], sd[src + "self_attn.k_proj.weight"], sd[src + "self_attn.v_proj.weight"], cfg
+        )
+        out[dst + "mlp.linear_fc1.weight"] = torch.cat([sd[src + "mlp.gate_proj.weight"], sd[src + "mlp.up_proj.weight"]])
+    out["decoder.final_layernorm.weight"] = sd["model.norm.weight"]
+    if cfg.untie_embeddings:
+        out["output_layer.weight"] = pad(sd.get("lm_head.weight", sd["model.embed_tokens.weight"]))
+    return out

@@ -1,0 +1,53 @@
+"""Build SoloModel chunks: the one place that picks the layer implementation."""
+
+from __future__ import annotations
+
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from megatron_solo.config.model import SoloModelConfig
+from megatron_solo.config.parallel import ParallelConfig
+from megatron_solo.model.gpt import gpt_kwargs
+from megatron_solo.model.packed_attention import PackedDocumentAttention
+from megatron_solo.model.solo_model import SoloModel
+from megatron_solo.model.specs import layer_spec, resolve_impl
+from megatron_solo.model.transformer_config import build_transformer_config
+
+
+def solo_layer_spec(model: SoloModelConfig, impl: str):
+    """TE spec (packed thd attention inside TE), or the local spec with document-masked attention."""
+    if impl == "te":
+        return layer_spec(model, "te")
+    attention = ModuleSpec(
+        module=PackedDocumentAttention,
+        params={"backend": model.packed_attention, "window": model.sliding_window},
+    )
+    return layer_spec(model, "local", core_attention=attention)
+
+
+def build_solo_model(
+    model: SoloModelConfig,
+    parallel: ParallelConfig,
+    pre_process: bool = True,
+    post_process: bool = True,
+    vp_stage: int | None = None,
+    *,
+    bf16: bool = False,
+    recompute: bool = False,
+) -> SoloModel:
+    """One SoloModel chunk for this rank's pipeline stage."""
+    impl = resolve_impl(model)
+    config = build_transformer_config(model, parallel, bf16=bf16, recompute=recompute, use_te=impl == "te")
+    return SoloModel(
+        config=config,
+        transformer_layer_spec=solo_layer_spec(model, impl),
+        solo=model,
+        pre_process=pre_process,
+        post_process=post_process,
+        vp_stage=vp_stage,
+        **gpt_kwargs(model, parallel),
+    )
+
+
+def solo_provider(model: SoloModelConfig, parallel: ParallelConfig, **kwargs):
+    """provider(pre_process, post_process, vp_stage) for :func:`build_model_chunks`."""
+    return lambda pre, post, vp: build_solo_model(model, parallel, pre, post, vp, **kwargs)

@@ -1,0 +1,102 @@
+"""SoloModel: megatron-core's GPTModel reading raw image patches.
+
+On the first pipeline stage a tensor-parallel linear projects each 3072-value patch
+to the model width, and the result is ADDED to the ``<vpatch>`` token embedding at
+that patch's position (SOLO adds, it does not replace). Rotary positions come from
+``position_ids``, which restart at 0 for every packed document.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.models.gpt import GPTModel
+
+from megatron_solo.config.model import SoloModelConfig
+from megatron_solo.model.batch_checks import check_batch
+
+
+class SoloModel(GPTModel):
+    """GPTModel + patch projection on stage 0 + per-document rotary positions."""
+
+    def __init__(self, config, transformer_layer_spec, solo: SoloModelConfig, **gpt_kwargs) -> None:
+        super().__init__(
+            config=config,
+            transformer_layer_spec=transformer_layer_spec,
+            scatter_embedding_sequence_parallel=False,  # we scatter after adding patches
+            **gpt_kwargs,
+        )
+        self.solo = solo
+        if self.pre_process:
+            self.patch_projection = tensor_parallel.ColumnParallelLinear(
+                solo.patch_dim,
+                config.hidden_size,
+                config=config,
+                init_method=config.init_method,
+                bias=False,
+                gather_output=True,
+            )
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        patches: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """[S, B, H] input embeddings: token embedding plus projected patch at each ``<vpatch>``."""
+        hidden = self.embedding(input_ids=input_ids, position_ids=position_ids)
+        if patches is None:
+            # Still run the projection so its gradient exists (zero) and the
+            # data-parallel reduction sees every parameter on every rank.
+            patches = hidden.new_zeros(0, self.solo.patch_dim)
+        projected, _ = self.patch_projection(patches.to(hidden.dtype))
+        b_idx, s_idx = (input_ids == self.solo.vpatch_token_id).nonzero(as_tuple=True)
+        # nonzero is row-major over [B, S]: batch-major, the order patches come in.
+        hidden = hidden.index_put((s_idx, b_idx), projected, accumulate=True)
+        if self.config.sequence_parallel:
+            hidden = tensor_parallel.scatter_to_sequence_parallel_region(hidden)
+        return hidden
+
+    def _preprocess(self, input_ids, position_ids, decoder_input=None, inference_context=None,
+                    packed_seq_params=None, padding_mask=None):
+        out = super()._preprocess(
+            input_ids=input_ids, position_ids=position_ids, decoder_input=decoder_input,
+            inference_context=inference_context, packed_seq_params=packed_seq_params,
+            padding_mask=padding_mask,
+        )
+        rotary = out[1]
+        thd = packed_seq_params is not None and packed_seq_params.qkv_format == "thd"
+        if rotary is not None and position_ids is not None and not thd:
+            # megatron-core numbers positions 0..S-1 over the whole pack; SOLO restarts
+            # them per document, so build the frequencies from position_ids instead.
+            inv_freq = self.rotary_pos_emb.inv_freq.to(torch.float32)
+            freqs = position_ids.to(torch.float32)[..., None] * inv_freq  # [B, S, D/2]
+            emb = torch.cat((freqs, freqs), dim=-1).transpose(0, 1)[:, :, None, :]  # [S, B, 1, D]
+            out = (out[0], emb.to(rotary.dtype), *out[2:])
+        return out
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        patches: torch.Tensor | None = None,
+        packed_seq_params=None,
+        num_patches: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Logits [B, S, V/tp] without labels, per-token loss [B, S] with them (last stage)."""
+        decoder_input = None
+        if self.pre_process:
+            check_batch(
+                input_ids, position_ids, patches,
+                vpatch_id=self.solo.vpatch_token_id, patch_dim=self.solo.patch_dim,
+                vocab_size=self.vocab_size, max_positions=self.max_sequence_length,
+                num_patches=num_patches,
+            )
+            decoder_input = self.embed(input_ids, position_ids, patches)
+        return super().forward(
+            input_ids, position_ids, attention_mask, decoder_input=decoder_input, labels=labels,
+            packed_seq_params=packed_seq_params, **kwargs,
+        )

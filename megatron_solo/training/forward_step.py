@@ -1,0 +1,58 @@
+"""The forward_step_func megatron-core's schedules call for SOLO batches."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import torch
+
+from megatron_solo.training.loss import masked_token_loss
+
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+
+
+def packed_seq_params(cu_seqlens: torch.Tensor | None, seq: int, thd: bool):
+    """PackedSeqParams for document boundaries over the flattened batch (None: one doc per row)."""
+    if cu_seqlens is None:
+        return None
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    cu = cu_seqlens.to(torch.int32)
+    max_len = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else seq
+    return PackedSeqParams(
+        qkv_format="thd" if thd else "sbhd",
+        cu_seqlens_q=cu,
+        cu_seqlens_kv=cu,
+        max_seqlen_q=max_len,
+        max_seqlen_kv=max_len,
+    )
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move every tensor of a batch to ``device`` (non-blocking from pinned memory)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def solo_forward_step(data_iterator: Iterator, model):
+    """Read one micro-batch, run SoloModel, return (per-token losses, loss function)."""
+    from megatron_solo.platform.distributed import current_device
+    from megatron_solo.training.model_build import unwrap
+
+    batch = to_device(next(data_iterator), current_device())
+    missing = [k for k in BATCH_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"batch is missing field(s) {missing}")
+    inner = unwrap(model)
+    thd = getattr(inner.config, "transformer_impl", "local") == "transformer_engine"
+    params = packed_seq_params(batch.get("cu_seqlens"), batch["tokens"].shape[1], thd)
+    output = model(
+        batch["tokens"],
+        batch["position_ids"],
+        None,
+        labels=batch["labels"],
+        patches=batch.get("patches"),
+        packed_seq_params=params,
+        num_patches=batch.get("num_patches"),
+    )
+    return output, functools.partial(masked_token_loss, batch["loss_mask"])

@@ -1,0 +1,60 @@
+"""The device world: layout validation, CPU emulation on/off, RNG tracker streams."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from megatron_solo.config import ParallelConfig
+from megatron_solo.platform import cpu_emulation, spawn
+from megatron_solo.platform.distributed import pipeline_comm_settings, uses_cuda
+from tests.harness import rng
+
+
+def test_layout_must_divide_world():
+    assert ParallelConfig(tensor_parallel=2, pipeline_parallel=2).data_parallel(8) == 2
+    with pytest.raises(ValueError, match="not divisible"):
+        ParallelConfig(tensor_parallel=2).data_parallel(3)
+    with pytest.raises(ValueError, match="virtual pipeline"):
+        ParallelConfig(virtual_pipeline=2).data_parallel(2)
+
+
+def test_emulation_maps_cuda_requests_to_cpu():
+    with cpu_emulation.emulated():
+        t = torch.zeros(3, device=torch.cuda.current_device())
+        assert t.device.type == "cpu"
+        assert t.type() == "torch.cuda.FloatTensor"
+        assert torch.ones(2).cuda().device.type == "cpu"
+        assert torch.ones(2).to("cuda").device.type == "cpu"
+        torch.cuda.manual_seed(5)
+        a = torch.rand(3)
+        torch.cuda.manual_seed(5)
+        assert torch.equal(a, torch.rand(3))  # the emulated CUDA generator is the CPU one
+    assert torch.ones(2).type() == "torch.FloatTensor"  # nothing left patched
+
+
+def test_emulation_is_off_when_cuda_is_present(monkeypatch):
+    cpu_emulation.disable()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(RuntimeError, match="must not be enabled"):
+        cpu_emulation.enable()
+    assert not cpu_emulation.is_enabled()
+    assert uses_cuda()
+    assert pipeline_comm_settings() == {"batch_p2p_comm": True}
+
+
+def test_emulation_uses_unbatched_p2p_on_cpu():
+    with cpu_emulation.emulated():
+        assert not uses_cuda()
+        assert pipeline_comm_settings() == {"batch_p2p_comm": False}
+
+
+def test_rng_tracker_gives_distinct_masks_per_tp_rank(tmp_path):
+    spawn(rng.dropout_masks, 2, str(tmp_path))
+    r0 = json.loads((tmp_path / "tp0.json").read_text())
+    r1 = json.loads((tmp_path / "tp1.json").read_text())
+    assert r0["forked"] != r1["forked"]  # model-parallel stream: one per TP rank
+    assert r0["shared"] == r1["shared"]  # default stream: the same on every TP rank
+    assert r0["restored"] and r1["restored"]  # the fork hands the default state back
