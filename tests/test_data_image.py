@@ -58,8 +58,9 @@ def test_patch_layout_channel_major_row_major():
     for r in range(rows):
         for c in range(cols):
             block = chw[:, r * p : (r + 1) * p, c * p : (c + 1) * p]  # (channel, row, col)
-            assert torch.equal(patches[r * cols + c], block.reshape(-1))
-    assert torch.equal(im.unpatchify(patches, rows, cols), chw)
+            assert torch.allclose(patches[r * cols + c], block.reshape(-1), atol=1e-6)
+    assert torch.allclose(im.unpatchify(patches, rows, cols), chw, atol=1e-6)
+    assert torch.equal(im.unpatchify(im.patchify(chw), rows, cols), chw)
 
 
 def test_normalization_values():

@@ -30,7 +30,7 @@ def test_caption_stream(tok):
     cap = tok.encode("a red car")
     assert ids.tolist() == [1] + block + cap + [2]
     assert loss.tolist() == [False] * (1 + len(block)) + [True] * (len(cap) + 1)
-    assert images == [(1, 1 + len(block), "0.jpg")]
+    assert images == [(1, 1 + len(block), "0.jpg", 1, 2)]
     assert len(s) == len(ids) and s.image_tokens() == len(block)
 
 

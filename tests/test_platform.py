@@ -22,6 +22,7 @@ def test_layout_must_divide_world():
 
 
 def test_emulation_maps_cuda_requests_to_cpu():
+    was = cpu_emulation.is_enabled()
     with cpu_emulation.emulated():
         t = torch.zeros(3, device=torch.cuda.current_device())
         assert t.device.type == "cpu"
@@ -32,17 +33,24 @@ def test_emulation_maps_cuda_requests_to_cpu():
         a = torch.rand(3)
         torch.cuda.manual_seed(5)
         assert torch.equal(a, torch.rand(3))  # the emulated CUDA generator is the CPU one
-    assert torch.ones(2).type() == "torch.FloatTensor"  # nothing left patched
+    if not was:
+        assert torch.ones(2).type() == "torch.FloatTensor"  # nothing left patched
 
 
 def test_emulation_is_off_when_cuda_is_present(monkeypatch):
+    was = cpu_emulation.is_enabled()
     cpu_emulation.disable()
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    with pytest.raises(RuntimeError, match="must not be enabled"):
-        cpu_emulation.enable()
-    assert not cpu_emulation.is_enabled()
-    assert uses_cuda()
-    assert pipeline_comm_settings() == {"batch_p2p_comm": True}
+    try:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        with pytest.raises(RuntimeError, match="must not be enabled"):
+            cpu_emulation.enable()
+        assert not cpu_emulation.is_enabled()
+        assert uses_cuda()
+        assert pipeline_comm_settings() == {"batch_p2p_comm": True}
+    finally:
+        monkeypatch.undo()
+        if was:
+            cpu_emulation.enable()
 
 
 def test_emulation_uses_unbatched_p2p_on_cpu():

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 class OptimConfig:
     """AdamW with warm-up and decay; SOLO's pre-training values are the defaults."""
 
+    optimizer: str = "adam"  # or "sgd" (used by tests: its update is the gradient itself)
     lr: float = 5e-5
     min_lr: float = 5e-6
     weight_decay: float = 0.1

@@ -252,8 +252,8 @@ def layout(meta: Sequence[dict]) -> tuple[int, int, list[tuple[int, int]]]:
 
 
 def expand(meta: Sequence[dict], text_ids: np.ndarray, vision: VisionIds = SOLO_VISION_IDS
-           ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, str]]]:
-    """Stored segments -> (ids int64, target-loss flags bool, [(block start, block end, image name)])."""
+           ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, str, int, int]]]:
+    """Stored segments -> (ids int64, target-loss flags bool, [(block start, end, image name, rows, cols)])."""
     text_len, image_len, _ = layout(meta)
     if len(text_ids) != text_len:
         raise ValueError(f"segments describe {text_len} text tokens but {len(text_ids)} are stored")
@@ -271,6 +271,6 @@ def expand(meta: Sequence[dict], text_ids: np.ndarray, vision: VisionIds = SOLO_
             block = image_block(seg["rows"], seg["cols"], vision)
             n = len(block)
             ids[pos:pos + n] = block
-            images.append((pos, pos + n, seg["image"]))
+            images.append((pos, pos + n, seg["image"], seg["rows"], seg["cols"]))
         pos += n
     return ids, loss, images

@@ -41,6 +41,7 @@ def build_solo_model(
         config=config,
         transformer_layer_spec=solo_layer_spec(model, impl),
         solo=model,
+        packed_format="thd" if impl == "te" else "sbhd",
         pre_process=pre_process,
         post_process=post_process,
         vp_stage=vp_stage,

@@ -19,7 +19,9 @@ from megatron_solo.model.batch_checks import check_batch
 class SoloModel(GPTModel):
     """GPTModel + patch projection on stage 0 + per-document rotary positions."""
 
-    def __init__(self, config, transformer_layer_spec, solo: SoloModelConfig, **gpt_kwargs) -> None:
+    def __init__(
+        self, config, transformer_layer_spec, solo: SoloModelConfig, packed_format: str = "sbhd", **gpt_kwargs
+    ) -> None:
         super().__init__(
             config=config,
             transformer_layer_spec=transformer_layer_spec,
@@ -27,6 +29,8 @@ class SoloModel(GPTModel):
             **gpt_kwargs,
         )
         self.solo = solo
+        # "thd" when Transformer Engine attention takes packed documents, "sbhd" for the local spec.
+        self.packed_format = packed_format
         if self.pre_process:
             self.patch_projection = tensor_parallel.ColumnParallelLinear(
                 solo.patch_dim,

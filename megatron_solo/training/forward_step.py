@@ -43,8 +43,7 @@ def solo_forward_step(data_iterator: Iterator, model):
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
         raise ValueError(f"batch is missing field(s) {missing}")
-    inner = unwrap(model)
-    thd = getattr(inner.config, "transformer_impl", "local") == "transformer_engine"
+    thd = getattr(unwrap(model), "packed_format", "sbhd") == "thd"
     params = packed_seq_params(batch.get("cu_seqlens"), batch["tokens"].shape[1], thd)
     output = model(
         batch["tokens"],

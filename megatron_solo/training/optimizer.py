@@ -12,7 +12,8 @@ def build_optimizer(chunks: list, train: TrainConfig, parallel: ParallelConfig):
 
     o = train.optim
     config = OptimizerConfig(
-        optimizer="adam",
+        optimizer=o.optimizer,
+        sgd_momentum=0.0,
         lr=o.lr,
         min_lr=o.min_lr,
         weight_decay=o.weight_decay,

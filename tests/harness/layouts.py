@@ -15,13 +15,16 @@ import torch
 
 from megatron_solo.config import ParallelConfig, TrainConfig, model_preset
 from megatron_solo.config.train import OptimConfig
+from megatron_solo.model.builder import solo_provider
 from megatron_solo.model.gpt import build_gpt
 from megatron_solo.platform import init_parallel
 from megatron_solo.training.checkpointing import TrainState, load_checkpoint, save_checkpoint
+from megatron_solo.training.forward_step import solo_forward_step
 from megatron_solo.training.loss import masked_token_loss
 from megatron_solo.training.model_build import build_model_chunks, wrap_ddp
 from megatron_solo.training.optimizer import build_optimizer, build_scheduler
 from megatron_solo.training.step import train_step
+from tests.harness import solo_batches as SB
 
 VOCAB = 512
 SEQ = 32
@@ -34,15 +37,24 @@ def tiny_gpt_config():
     return model_preset("solo-tiny", vocab_size=VOCAB, vpatch_token_id=VOCAB - 1)
 
 
-def train_config() -> TrainConfig:
-    """fp32, dropout 0, no warm-up, so layouts differ only by reduction order."""
+def train_config(kind: str = "gpt") -> TrainConfig:
+    """fp32, dropout 0, no warm-up, so layouts differ only by reduction order.
+
+    SoloModel runs use SGD without momentum, so the weight update IS the gradient and
+    the comparison checks gradients directly (Adam's normalisation magnifies noise on
+    near-zero gradients).
+    """
     return TrainConfig(
         micro_batch_size=1,
         global_batch_size=GLOBAL_BATCH,
         seq_length=SEQ,
         train_steps=STEPS,
         bf16=False,
-        optim=OptimConfig(lr=1e-3, min_lr=1e-3, warmup_steps=0, decay_style="constant", clip_grad=1.0),
+        optim=OptimConfig(
+            optimizer="sgd" if kind == "solo" else "adam", lr=1e-3 if kind == "gpt" else 1.0,
+            min_lr=1e-3 if kind == "gpt" else 1.0, warmup_steps=0, decay_style="constant",
+            clip_grad=1.0 if kind == "gpt" else 0.0, weight_decay=0.1 if kind == "gpt" else 0.0,
+        ),
     )
 
 
@@ -69,16 +81,28 @@ def gpt_forward_step(data_iterator, model):
     return output, functools.partial(masked_token_loss, b["loss_mask"])
 
 
-def _gpt_provider(parallel: ParallelConfig) -> Callable:
+def solo_batches(step: int) -> list[dict[str, torch.Tensor]]:
+    """The global batch of ``step`` for SoloModel: packs of documents with images."""
+    g = torch.Generator().manual_seed(2000 + step)
+    return [SB.pack(g, SEQ) for _ in range(GLOBAL_BATCH)]
+
+
+def _provider(kind: str, parallel: ParallelConfig) -> Callable:
+    if kind == "solo":
+        return solo_provider(SB.tiny_solo_config(), parallel)
     cfg = tiny_gpt_config()
     return lambda pre, post, vp: build_gpt(cfg, parallel, pre, post, vp)
 
 
-def save_initial(out_dir: str) -> None:
+_BATCHES = {"gpt": gpt_batches, "solo": solo_batches}
+_FORWARD = {"gpt": gpt_forward_step, "solo": solo_forward_step}
+
+
+def save_initial(out_dir: str, kind: str = "gpt") -> None:
     """Worker: build the model at TP1PP1 and save its initial weights."""
     parallel = ParallelConfig()
     init_parallel(parallel, seed=7)
-    chunks = wrap_ddp(build_model_chunks(_gpt_provider(parallel), parallel), parallel)
+    chunks = wrap_ddp(build_model_chunks(_provider(kind, parallel), parallel), parallel)
     save_checkpoint(out_dir, TrainState(iteration=0), chunks)
 
 
@@ -95,16 +119,21 @@ def _corrupt_one_shard(chunks) -> None:
             return
 
 
-def train_layouts(layouts: list[tuple[int, int, int | None]], init_dir: str, out_root: str, corrupt: bool) -> None:
+def train_layouts(
+    layouts: list[tuple[int, int, int | None]], init_dir: str, out_root: str, corrupt: bool, kind: str = "gpt"
+) -> None:
     """Worker: for each (tp, pp, vpp) load the initial weights, train STEPS steps, save, record losses."""
     from megatron.core import parallel_state as ps
 
-    train = train_config()
+    train = train_config(kind)
     for tp, pp, vpp in layouts:
-        parallel = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp, virtual_pipeline=vpp)
+        # megatron-core's distributed optimizer is Adam-only; the SGD runs use the plain one.
+        parallel = ParallelConfig(
+            tensor_parallel=tp, pipeline_parallel=pp, virtual_pipeline=vpp, use_distributed_optimizer=kind == "gpt"
+        )
         dp = init_parallel(parallel, seed=7)
         name = parallel.describe(torch.distributed.get_world_size())
-        chunks = wrap_ddp(build_model_chunks(_gpt_provider(parallel), parallel), parallel)
+        chunks = wrap_ddp(build_model_chunks(_provider(kind, parallel), parallel), parallel)
         optimizer = build_optimizer(chunks, train, parallel)
         scheduler = build_scheduler(optimizer, train)
         load_checkpoint(init_dir, chunks)
@@ -114,10 +143,10 @@ def train_layouts(layouts: list[tuple[int, int, int | None]], init_dir: str, out
         dp_rank = ps.get_data_parallel_rank()
         losses = []
         for step in range(STEPS):
-            mine = gpt_batches(step)[dp_rank * nmb : (dp_rank + 1) * nmb]
+            mine = _BATCHES[kind](step)[dp_rank * nmb : (dp_rank + 1) * nmb]
             iters = [iter(mine) for _ in chunks]
             result = train_step(
-                gpt_forward_step, iters, chunks, optimizer, scheduler,
+                _FORWARD[kind], iters, chunks, optimizer, scheduler,
                 num_microbatches=nmb, seq_length=SEQ, micro_batch_size=1,
             )
             losses.append(result.loss)
@@ -128,13 +157,13 @@ def train_layouts(layouts: list[tuple[int, int, int | None]], init_dir: str, out
                 json.dump(losses, f)
 
 
-def read_weights(ckpt_root: str, out_file: str) -> None:
+def read_weights(ckpt_root: str, out_file: str, kind: str = "gpt") -> None:
     """Worker (1 process): load a checkpoint at TP1PP1 and save its full weights as safetensors."""
     from safetensors.torch import save_file
 
     parallel = ParallelConfig()
     init_parallel(parallel, seed=7)
-    chunks = build_model_chunks(_gpt_provider(parallel), parallel)
+    chunks = build_model_chunks(_provider(kind, parallel), parallel)
     load_checkpoint(ckpt_root, chunks)
     state = {k: v.detach().clone().contiguous() for k, v in chunks[0].state_dict().items() if torch.is_tensor(v) and "_extra_state" not in k}
     save_file(state, out_file)
@@ -149,11 +178,73 @@ def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 def reshard_round_trip(root: str) -> None:
     """Worker (2 processes): save at TP2PP1, load at TP1PP2 and save, load that at TP2PP1 and save."""
+    kind = "gpt"
     steps = [("a_tp2pp1", (2, 1), None), ("b_tp1pp2", (1, 2), "a_tp2pp1"), ("c_tp2pp1", (2, 1), "b_tp1pp2")]
     for name, (tp, pp), source in steps:
         parallel = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp)
         init_parallel(parallel, seed=11 + tp)
-        chunks = wrap_ddp(build_model_chunks(_gpt_provider(parallel), parallel), parallel)
+        chunks = wrap_ddp(build_model_chunks(_provider(kind, parallel), parallel), parallel)
         if source is not None:
             load_checkpoint(os.path.join(root, source), chunks)
         save_checkpoint(os.path.join(root, name), TrainState(iteration=1), chunks)
+
+
+def run_layouts(root, kind: str, worlds: dict[int, list], corrupt_tp2: bool = False) -> dict:
+    """Train the reference and every layout in ``worlds`` (world size -> layouts) from one init.
+
+    Returns name -> (losses, full weights at TP1PP1), plus "init" -> (None, initial weights).
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from megatron_solo.platform import spawn
+
+    root = Path(root)
+    init = str(root / "init")
+    spawn(save_initial, 1, init, kind)
+    spawn(train_layouts, 1, [(1, 1, None)], init, str(root), False, kind)
+    names = ["TP1PP1DP1"]
+    for world, layouts in worlds.items():
+        spawn(train_layouts, world, layouts, init, str(root), False, kind)
+        names += [ParallelConfig(tp, pp, vp).describe(world) for tp, pp, vp in layouts]
+    if corrupt_tp2:
+        spawn(train_layouts, 2, [(2, 1, None)], init, str(root / "corrupt"), True, kind)
+        names.append("corrupt/TP2PP1DP1")
+    out = {}
+    for name in [*names, "init"]:
+        src = init if name == "init" else str(root / name)
+        weights = str(root / (name.replace("/", "_") + ".safetensors"))
+        spawn(read_weights, 1, src, weights, kind)
+        losses = None if name == "init" else json.loads((root / name / "losses.json").read_text())
+        out[name] = (losses, load_file(weights))
+    return out
+
+
+def global_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """||a - b|| / ||b|| over all tensors taken as one vector."""
+    num = sum(float((a[k] - b[k]).double().pow(2).sum()) for k in b)
+    den = sum(float(b[k].double().pow(2).sum()) for k in b)
+    return (num / max(den, 1e-300)) ** 0.5
+
+
+def assert_layout_matches(runs: dict, name: str, update_rtol: float | None = None) -> None:
+    """Losses and weights (rel. 1e-5) and the updates match TP1PP1DP1.
+
+    Updates: each tensor within 1e-3; with ``update_rtol`` also the whole update vector.
+    """
+    ref_losses, ref_weights = runs["TP1PP1DP1"]
+    losses, weights = runs[name]
+    init = runs["init"][1]
+    assert len(losses) == STEPS
+    for a, b in zip(losses, ref_losses):
+        assert abs(a - b) / abs(b) <= 1e-5, (name, losses, ref_losses)
+    weight_diff = relative_difference(weights, ref_weights)
+    assert max(weight_diff.values()) <= 1e-5, (name, weight_diff)
+    # The updates (not only the weights, which barely move in a few steps) agree.
+    update = {k: weights[k] - init[k] for k in weights}
+    ref_update = {k: ref_weights[k] - init[k] for k in ref_weights}
+    update_diff = relative_difference(update, ref_update)
+    assert max(update_diff.values()) <= 1e-3, (name, update_diff)
+    if update_rtol is not None:
+        assert global_relative_difference(update, ref_update) <= update_rtol, (name, update_diff)
