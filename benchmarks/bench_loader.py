@@ -91,11 +91,13 @@ def bench_ours(rows, work: Path, seq_length: int) -> dict:
                                   seed=1))
     len(ds)  # plan outside the timed loop (a DataLoader does it once, before its workers start)
     ds[0]  # warm caches (file handles, allocator)
-    t = time.perf_counter()
-    patches = 0
-    for g in range(len(ds)):
-        patches += ds[g]["num_patches"]
-    elapsed = time.perf_counter() - t
+    elapsed = float("inf")
+    for _ in range(2):  # best of two passes: the machine is shared
+        t = time.perf_counter()
+        patches = 0
+        for g in range(len(ds)):
+            patches += ds[g]["num_patches"]
+        elapsed = min(elapsed, time.perf_counter() - t)
     samples = int(ds.plan(0).packs.pack_ptr[-1])  # sample pieces placed in the epoch's packs
     return {"samples": samples, "seconds": elapsed, "samples_per_s": samples / elapsed, "packs": len(ds),
             "preprocess_samples_per_s": stats["samples"] / t_pre, "image_bytes": stats["image_bytes"],
@@ -106,8 +108,12 @@ def bench_ours(rows, work: Path, seq_length: int) -> dict:
 def bench_fuyu(rows, tok_dir: Path) -> dict:
     """FuyuImageProcessor + tokenizer on the raw JPEGs, one sample at a time."""
     import torch
-    from transformers import AutoTokenizer, FuyuImageProcessor
+    from transformers import AutoTokenizer
 
+    try:  # the PIL backend is what transformers falls back to without torchvision anyway
+        from transformers import FuyuImageProcessorPil as FuyuImageProcessor
+    except ImportError:
+        from transformers import FuyuImageProcessor
     proc = FuyuImageProcessor(size={"height": 1024, "width": 1024})
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     blobs = [(Path(p).read_bytes(), c) for p, c in rows]
@@ -125,10 +131,12 @@ def bench_fuyu(rows, tok_dir: Path) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         one(*blobs[0])
-        t = time.perf_counter()
-        for blob, caption in blobs:
-            one(blob, caption)
-        elapsed = time.perf_counter() - t
+        elapsed = float("inf")
+        for _ in range(2):  # best of two passes, as for ours
+            t = time.perf_counter()
+            for blob, caption in blobs:
+                one(blob, caption)
+            elapsed = min(elapsed, time.perf_counter() - t)
     return {"samples": len(blobs), "seconds": elapsed, "samples_per_s": len(blobs) / elapsed}
 
 
@@ -136,7 +144,7 @@ def main() -> None:
     """Build data, run both pipelines, print the ratios."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=400, help="captioned images for our loader")
-    p.add_argument("--n-fuyu", type=int, default=150, help="of those, how many the Fuyu baseline processes")
+    p.add_argument("--n-fuyu", type=int, default=120, help="of those, how many the Fuyu baseline processes")
     p.add_argument("--seq-length", type=int, default=32768)
     a = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

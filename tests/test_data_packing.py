@@ -19,7 +19,8 @@ def _random_case(rng, n, seq_length, with_blocks=True):
         pos = int(rng.integers(0, 4))
         while with_blocks and pos < length - 4 and rng.random() < 0.6:
             start = pos + int(rng.integers(0, max(1, length // 4)))
-            end = min(int(length), start + int(rng.integers(3, max(4, seq_length // 3))))
+            longest = seq_length + 50 if rng.random() < 0.05 else max(4, seq_length // 3)  # some unsplittable
+            end = min(int(length), start + int(rng.integers(3, longest)))
             if start >= end:
                 break
             starts.append(start)
@@ -47,6 +48,7 @@ def test_cpp_matches_reference(seed, overflow, open_bins):
         fast = pk.pack(lengths, 256, seed, epoch, **kw)
         _assert_same(ref, fast)
         _check_invariants(fast, lengths, ptr, starts, ends, 256, overflow)
+        assert fast.num_split > 0 or overflow == "drop"
 
 
 def _check_invariants(res, lengths, ptr, starts, ends, seq_length, overflow):

@@ -411,3 +411,10 @@ class PackedDataLoader:
             raise ValueError(f"consumed_packs {consumed} is not a multiple of micro batch x DP size "
                              f"{self.B * self.W}")
         self.consumed_packs = consumed
+
+
+def build_data_loader(config: DataConfig, rank: int = 0, world_size: int = 1,
+                      limit: int | None = None) -> PackedDataLoader:
+    """PackedDataset + rank-sharded loader from a DataConfig (micro batch and workers taken from it)."""
+    return PackedDataLoader(PackedDataset(config), config.micro_batch_size, rank, world_size,
+                            config.num_workers, limit)
