@@ -177,3 +177,18 @@ def test_index_mismatch_detected(tmp_path):
     a.write_bytes(raw[:700])
     with pytest.raises(ShardError, match="shard-000000.tar"):
         load_index(a)
+
+
+def test_cli_tool(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = write_jsonl(tmp_path / "t.jsonl", [{"text": "hello there"}, {"text": ""}])
+    tool = Path(__file__).resolve().parents[1] / "tools" / "preprocess_data.py"
+    out = subprocess.run([sys.executable, str(tool), "--kind", "text", "--input", str(src), "--output",
+                          str(tmp_path / "o"), "--workers", "0", "--quiet"], capture_output=True, text=True,
+                         check=True)
+    stats = json.loads(out.stdout)
+    assert stats["samples"] == 1 and stats["skipped"] == {"empty_text": 1}
+    assert (tmp_path / "o" / "stats.json").exists() and (tmp_path / "o" / "shard-000000.idx.npz").exists()
