@@ -30,7 +30,6 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -360,61 +359,10 @@ def patch_positions(tokens: torch.Tensor, vpatch_id: int = 32001) -> torch.Tenso
     return torch.nonzero(tokens.reshape(-1) == vpatch_id).squeeze(1)
 
 
-class _RankSampler(torch.utils.data.Sampler):
-    """Global pack indices of one DP rank from `start` on: rank r takes B packs of every W*B block."""
+def __getattr__(name: str):
+    """`PackedDataLoader` and `build_data_loader` live in loader.py; keep them importable from here."""
+    if name in ("PackedDataLoader", "build_data_loader"):
+        from . import loader
 
-    def __init__(self, start: int, micro_batch_size: int, rank: int, world_size: int, limit: int | None):
-        self.start, self.B, self.rank, self.W, self.limit = start, micro_batch_size, rank, world_size, limit
-
-    def __iter__(self) -> Iterator[int]:
-        g = self.start
-        while self.limit is None or g + self.W * self.B <= self.limit:
-            base = g + self.rank * self.B
-            yield from range(base, base + self.B)
-            g += self.W * self.B
-
-
-class PackedDataLoader:
-    """Rank-sharded iteration over packs with a resumable state (packs consumed over all ranks)."""
-
-    def __init__(self, dataset: PackedDataset, micro_batch_size: int = 1, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 2, limit: int | None = None, prefetch_factor: int = 2):
-        """`limit`: stop before this many global packs (None: run through epochs without end)."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world of {world_size}")
-        self.dataset, self.B, self.rank, self.W = dataset, micro_batch_size, rank, world_size
-        self.num_workers, self.limit, self.prefetch_factor = num_workers, limit, prefetch_factor
-        self.consumed_packs = 0
-
-    def __iter__(self) -> Iterator[dict]:
-        self.dataset.epoch_size(self.dataset.locate(self.consumed_packs)[0])  # plan before forking workers
-        sampler = _RankSampler(self.consumed_packs, self.B, self.rank, self.W, self.limit)
-        kw = {"prefetch_factor": self.prefetch_factor} if self.num_workers else {}
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.B, sampler=sampler,
-                                             num_workers=self.num_workers, collate_fn=collate_packs, **kw)
-        for batch in loader:
-            self.consumed_packs += self.B * self.W
-            yield batch
-
-    def state_dict(self) -> dict:
-        """What a checkpoint needs to resume on exactly the next packs."""
-        return {"consumed_packs": self.consumed_packs, "fingerprint": self.dataset.fingerprint(),
-                "micro_batch_size": self.B, "world_size": self.W}
-
-    def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Resume after `state["consumed_packs"]` packs; refuses another data blend unless strict=False."""
-        if strict and state.get("fingerprint") != self.dataset.fingerprint():
-            raise ValueError("the data blend (shards, weights, seq_length, seed or packing policy) differs from "
-                             "the checkpoint's; pass strict=False to resume anyway")
-        consumed = int(state["consumed_packs"])
-        if consumed % (self.B * self.W):
-            raise ValueError(f"consumed_packs {consumed} is not a multiple of micro batch x DP size "
-                             f"{self.B * self.W}")
-        self.consumed_packs = consumed
-
-
-def build_data_loader(config: DataConfig, rank: int = 0, world_size: int = 1,
-                      limit: int | None = None) -> PackedDataLoader:
-    """PackedDataset + rank-sharded loader from a DataConfig (micro batch and workers taken from it)."""
-    return PackedDataLoader(PackedDataset(config), config.micro_batch_size, rank, world_size,
-                            config.num_workers, limit)
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
