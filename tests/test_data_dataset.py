@@ -12,8 +12,8 @@ from PIL import Image
 
 from megatron_solo.config.data import DataConfig, DatasetSource, PreprocessConfig
 from megatron_solo.data.dataset import PackedDataset, collate_packs, patch_positions
-from megatron_solo.data.loader import PackedDataLoader
 from megatron_solo.data.image import image_to_patches
+from megatron_solo.data.loader import PackedDataLoader
 from megatron_solo.data.preprocess import preprocess
 from megatron_solo.data.shards import ShardError
 from megatron_solo.data.tokenizer import SoloTokenizer
