@@ -192,3 +192,22 @@ def test_cli_tool(tmp_path):
     stats = json.loads(out.stdout)
     assert stats["samples"] == 1 and stats["skipped"] == {"empty_text": 1}
     assert (tmp_path / "o" / "stats.json").exists() and (tmp_path / "o" / "shard-000000.idx.npz").exists()
+
+
+def test_malformed_records_cost_only_themselves(tmp_path):
+    mm = write_jsonl(tmp_path / "m.jsonl", [
+        {"text_list": ["x"], "image_info": [{"matched_text_index": 0}]},  # no image_name
+        {"text_list": ["fine text"], "image_info": []},
+    ])
+    _, stats = _run(tmp_path, "m", kind="interleaved", inputs=[str(mm)])
+    assert stats["samples"] == 1 and stats["skipped"] == {"bad_record": 1}
+    conv = write_jsonl(tmp_path / "c.jsonl", [
+        {"conversations": "not a list"},
+        {"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "x"}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+    ])
+    _, stats = _run(tmp_path, "c", kind="conversation", inputs=[str(conv)])
+    assert stats["samples"] == 1 and sum(stats["skipped"].values()) == 2
+    txt = write_jsonl(tmp_path / "t.jsonl", [{"text": 5}, {"text": "ok"}])
+    _, stats = _run(tmp_path, "t", kind="text", inputs=[str(txt)])
+    assert stats["samples"] == 1 and list(stats["skipped"]) == ["malformed_record:AttributeError"]

@@ -111,6 +111,13 @@ def process_shard(k: int, first: int, records: list[dict], cfg: PreprocessConfig
                 if len(examples) < _MAX_EXAMPLES:
                     examples.append(str(skip)[:300])
                 continue
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                # a malformed record (wrong field types, missing keys) costs that record, not the job;
+                # it is counted under its own reason so a systematic problem stays visible in stats.json
+                skipped[f"malformed_record:{type(err).__name__}"] += 1
+                if len(examples) < _MAX_EXAMPLES:
+                    examples.append(f"{key}: {type(err).__name__}: {err}"[:300])
+                continue
             writer.write(sample)
             text_tokens += sample.text_tokens()
             vision_tokens += sample.image_tokens()

@@ -187,25 +187,37 @@ def interleaved_records(inputs: list[str], image_root: str | None = None) -> Ite
             if "skip" in row:
                 yield row
                 continue
-            items: list[tuple[str, str]] = []
-            if "text_list" in row:  # MMC4: each image placed before the sentence it was matched to
-                by_text: dict[int, list[str]] = {}
-                for info in row.get("image_info") or []:
-                    by_text.setdefault(int(info.get("matched_text_index", 0)), []).append(
-                        _resolve(info["image_name"], root))
-                for i, text in enumerate(row["text_list"]):
-                    items += [("image", p) for p in by_text.get(i, [])]
-                    items.append(("text", text or ""))
-            elif "texts" in row and "images" in row:  # OBELICS: aligned lists, one of each is null
-                for text, image in zip(row["texts"], row["images"]):
-                    if image:
-                        items.append(("image", _resolve(image, root)))
-                    elif text:
-                        items.append(("text", text))
-            else:
+            try:
+                items = _interleaved_items(row, root)
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                yield {"skip": "bad_record", "error": f"{path}: malformed interleaved row ({err!r})"}
+                continue
+            if items is None:
                 yield {"skip": "bad_record", "error": f"{path}: interleaved row needs text_list or texts/images"}
                 continue
             yield {"kind": "interleaved", "items": items, "id": str(row.get("id", row.get("url", "")))[:200]}
+
+
+def _interleaved_items(row: dict, root: Path) -> list[tuple[str, str]] | None:
+    """Reading-order ("text"|"image", value) items of an MMC4 or OBELICS row; None for another schema."""
+    items: list[tuple[str, str]] = []
+    if "text_list" in row:  # MMC4: each image placed before the sentence it was matched to
+        by_text: dict[int, list[str]] = {}
+        for info in row.get("image_info") or []:
+            by_text.setdefault(int(info.get("matched_text_index", 0)), []).append(
+                _resolve(info["image_name"], root))
+        for i, text in enumerate(row["text_list"]):
+            items += [("image", p) for p in by_text.get(i, [])]
+            items.append(("text", text or ""))
+    elif "texts" in row and "images" in row:  # OBELICS: aligned lists, one of each is null
+        for text, image in zip(row["texts"], row["images"]):
+            if image:
+                items.append(("image", _resolve(image, root)))
+            elif text:
+                items.append(("text", text))
+    else:
+        return None
+    return items
 
 
 def text_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
