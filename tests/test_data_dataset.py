@@ -179,3 +179,8 @@ def test_shard_mismatch_is_a_clear_error(shards, tmp_path):
     shutil.copyfile(tars[1], tars[0])
     with pytest.raises(ShardError, match="shard-000000.tar"):
         PackedDataset(DataConfig(datasets=[DatasetSource(str(bad))], seq_length=L))
+
+
+def test_patch_size_mismatch_refused(shards):
+    with pytest.raises(ShardError, match="16-pixel|32-pixel"):
+        PackedDataset(_config(shards, patch_size=16))

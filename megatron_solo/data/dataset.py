@@ -93,6 +93,18 @@ class ShardSet:
         return [[p.name, ix.tar_size, len(ix)] for p, ix in zip(self.paths, self.indexes)]
 
 
+def _check_patch_size(path: str | list[str], patch: int) -> None:
+    """Refuse shards preprocessed for another patch size (their images are on another grid)."""
+    folder = Path(path[0]).parent if isinstance(path, (list, tuple)) else Path(path)
+    folder = folder if folder.is_dir() else folder.parent
+    cfg_file = folder / "preprocess_config.json"
+    if cfg_file.exists():
+        built = json.loads(cfg_file.read_text()).get("patch_size", patch)
+        if built != patch:
+            raise ShardError(f"{folder}: shards were built for {built}-pixel patches, the data config asks for "
+                             f"{patch}")
+
+
 @dataclass
 class EpochPlan:
     """The packs of one epoch and where their items come from."""
@@ -123,6 +135,8 @@ class PackedDataset(torch.utils.data.Dataset):
         self.config = config
         self.pad_id = pad_id
         self.sets = [ShardSet(d.path) for d in config.datasets]
+        for d in config.datasets:
+            _check_patch_size(d.path, config.patch_size)
         visions = {s.vision for s in self.sets}
         if len(visions) > 1:
             raise ShardError(f"datasets of the blend use different image-block ids: {sorted(visions)}")
