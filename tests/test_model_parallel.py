@@ -6,6 +6,8 @@ import pytest
 
 from tests.harness import layouts as H
 
+pytestmark = pytest.mark.multiprocess
+
 WORLDS = {2: [(2, 1, None), (1, 2, None), (1, 1, None)]}
 
 

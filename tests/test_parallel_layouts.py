@@ -8,6 +8,8 @@ from safetensors.torch import load_file
 from megatron_solo.platform import spawn
 from tests.harness import layouts as H
 
+pytestmark = pytest.mark.multiprocess
+
 WORLDS = {
     2: [(2, 1, None), (1, 2, None), (1, 1, None)],  # TP2PP1DP1, TP1PP2DP1, TP1PP1DP2
     4: [(2, 2, None), (1, 2, 2)],  # TP2PP2DP1, TP1PP2DP2 with 2 virtual stages

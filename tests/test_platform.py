@@ -21,6 +21,10 @@ def test_layout_must_divide_world():
         ParallelConfig(virtual_pipeline=2).data_parallel(2)
 
 
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="emulation is for machines without CUDA")
+
+
+@cpu_only
 def test_emulation_maps_cuda_requests_to_cpu():
     was = cpu_emulation.is_enabled()
     with cpu_emulation.emulated():
@@ -53,12 +57,14 @@ def test_emulation_is_off_when_cuda_is_present(monkeypatch):
             cpu_emulation.enable()
 
 
+@cpu_only
 def test_emulation_uses_unbatched_p2p_on_cpu():
     with cpu_emulation.emulated():
         assert not uses_cuda()
         assert pipeline_comm_settings() == {"batch_p2p_comm": False}
 
 
+@pytest.mark.multiprocess
 def test_rng_tracker_gives_distinct_masks_per_tp_rank(tmp_path):
     spawn(rng.dropout_masks, 2, str(tmp_path))
     r0 = json.loads((tmp_path / "tp0.json").read_text())

@@ -55,12 +55,14 @@ def varlen_supported() -> bool:
     return "window_size" in params and "enable_gqa" in params
 
 
-def resolve_backend(requested: str) -> str:
-    """Concrete backend for ``requested`` ('auto' picks the fastest available) on this machine."""
+def resolve_backend(requested: str, dtype: torch.dtype | None = None) -> str:
+    """Concrete backend for ``requested`` ('auto' picks the fastest available for ``dtype``)."""
     if requested == "auto":
         if not torch.cuda.is_available():
             return "sdpa_mask"
-        return "varlen" if varlen_supported() else "flex"
+        # Flash varlen kernels take half precision only; fp32 runs go through FlexAttention.
+        half = dtype in (torch.float16, torch.bfloat16)
+        return "varlen" if half and varlen_supported() else "flex"
     if requested not in ("sdpa_mask", "varlen", "flex"):
         raise ValueError(f"packed_attention must be auto, sdpa_mask, varlen or flex, got {requested!r}")
     if requested in ("varlen", "flex") and not torch.cuda.is_available():
@@ -109,7 +111,8 @@ class PackedDocumentAttention(torch.nn.Module):
         if config.context_parallel_size != 1:
             raise ValueError("PackedDocumentAttention does not support context parallelism")
         self.config = config
-        self.backend = resolve_backend(backend)
+        self.requested = backend
+        resolve_backend(backend)  # fail at build time on an impossible choice
         self.window = window
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         self.scale = softmax_scale or 1.0 / math.sqrt(config.kv_channels)
@@ -130,13 +133,14 @@ class PackedDocumentAttention(torch.nn.Module):
             cu = torch.arange(0, (batch + 1) * seq, seq, device=query.device, dtype=torch.int32)
         else:
             cu = packed_seq_params.cu_seqlens_q
-        if self.backend == "varlen":
+        backend = resolve_backend(self.requested, query.dtype)
+        if backend == "varlen":
             out = self._varlen(query, key, value, cu, packed_seq_params)
         else:
             # [B, heads, S, dim] for SDPA / flex
             q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
             doc = document_ids(cu, batch, seq)
-            if self.backend == "flex":
+            if backend == "flex":
                 ctx = _flex_attention(q, k, v, doc, self.window, self.scale)
             else:
                 mask = document_causal_mask(doc, self.window)

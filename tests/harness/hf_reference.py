@@ -20,7 +20,7 @@ def reference_logits(model, cfg, tokens: torch.Tensor, patches: torch.Tensor) ->
     )
     hf_cfg._attn_implementation = "eager"
     ref = MistralForCausalLM(hf_cfg).eval()
-    sd = {k: v for k, v in model.state_dict().items() if "_extra_state" not in k}
+    sd = {k: v.float().cpu() for k, v in model.state_dict().items() if "_extra_state" not in k}
     ref.load_state_dict(megatron_to_hf(sd, cfg, cfg.vocab_size), strict=True)
     proj = torch.nn.Linear(cfg.patch_dim, cfg.hidden_size, bias=False)
     proj.weight.data.copy_(sd["patch_projection.weight"])

@@ -1,0 +1,58 @@
+"""A realistic SOLO image/text mix as packed sequences, for GPU timing (no data files needed)."""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_solo.config.model import VISION_END_ID, VISION_START_ID, VPATCH_ID, VROW_SEP_ID
+
+# Patch grids of ImageNet-like images after the SOLO resize rule (rows, cols):
+# e.g. 500x375 -> 512x384 = 12 rows x 16 cols; 1024-wide photos -> 32 columns.
+GRIDS = [(12, 16), (16, 12), (11, 16), (16, 16), (10, 16), (24, 32), (18, 24), (15, 32)]
+
+
+def image_tokens(rows: int, cols: int) -> list[int]:
+    """``<vision>`` rows of ``<vpatch>`` separated by ``<vrow_sep>``, ``</vision>``."""
+    out = [VISION_START_ID]
+    for r in range(rows):
+        out += [VPATCH_ID] * cols + ([VROW_SEP_ID] if r < rows - 1 else [])
+    return out + [VISION_END_ID]
+
+
+def make_pack(seq: int, g: torch.Generator, vision_share: float = 0.35) -> dict:
+    """One pack: image-caption documents and long text documents, positions restarting per document."""
+    tokens: list[int] = []
+    bounds = [0]
+    while len(tokens) < seq:
+        if torch.rand(1, generator=g).item() < vision_share * 1.6:
+            rows, cols = GRIDS[int(torch.randint(len(GRIDS), (1,), generator=g))]
+            caption = torch.randint(100, 32000, (int(torch.randint(6, 24, (1,), generator=g)),), generator=g)
+            doc = [1, *image_tokens(rows, cols), *caption.tolist(), 2]
+        else:
+            n = int(torch.randint(200, 4000, (1,), generator=g))
+            doc = [1, *torch.randint(100, 32000, (n,), generator=g).tolist(), 2]
+        doc = doc[: seq - len(tokens)]
+        tokens += doc
+        bounds.append(len(tokens))
+    t = torch.tensor(tokens)
+    positions = torch.cat([torch.arange(b - a) for a, b in zip(bounds[:-1], bounds[1:])])
+    labels = torch.cat([t[1:], t.new_zeros(1)])
+    loss_mask = ((t < VISION_START_ID) & (labels < VISION_START_ID)).float()
+    loss_mask[torch.tensor(bounds[1:]) - 1] = 0
+    n_patch = int((t == VPATCH_ID).sum())
+    return dict(
+        tokens=t[None], labels=labels[None], loss_mask=loss_mask[None], position_ids=positions[None],
+        patches=torch.randn(n_patch, 3072, generator=g), cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
+    )
+
+
+def attention_keys(cu_seqlens: torch.Tensor, window: int | None) -> int:
+    """Sum over query tokens of the keys each attends to (causal, per document, sliding window)."""
+    total = 0
+    for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+        d = b - a
+        if window is None or d <= window:
+            total += d * (d + 1) // 2
+        else:
+            total += window * (window + 1) // 2 + (d - window) * window
+    return total
