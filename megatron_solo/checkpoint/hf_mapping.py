@@ -40,20 +40,25 @@ def split_qkv(qkv: torch.Tensor, cfg: SoloModelConfig) -> tuple[torch.Tensor, to
     return q.reshape(-1, width), k.reshape(-1, width), v.reshape(-1, width)
 
 
+def layer_megatron_to_hf(sd: dict[str, torch.Tensor], i: int, cfg: SoloModelConfig) -> dict[str, torch.Tensor]:
+    """Layer ``i`` of a full megatron state dict -> HF names relative to ``model.`` (``layers.i.*``)."""
+    src, dst = f"decoder.layers.{i}.", f"layers.{i}."
+    out = {dst + h_name: sd[src + m_name] for m_name, h_name in _LAYER_DIRECT.items()}
+    q, k, v = split_qkv(sd[src + "self_attention.linear_qkv.weight"], cfg)
+    out[dst + "self_attn.q_proj.weight"] = q
+    out[dst + "self_attn.k_proj.weight"] = k
+    out[dst + "self_attn.v_proj.weight"] = v
+    gate, up = torch.chunk(sd[src + "mlp.linear_fc1.weight"], 2, dim=0)
+    out[dst + "mlp.gate_proj.weight"] = gate
+    out[dst + "mlp.up_proj.weight"] = up
+    return out
+
+
 def megatron_to_hf(sd: dict[str, torch.Tensor], cfg: SoloModelConfig, vocab_size: int) -> dict[str, torch.Tensor]:
     """Full megatron GPT state dict (local-spec names) -> HF Mistral/Llama names, vocab unpadded."""
     out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"][:vocab_size]}
     for i in range(cfg.num_layers):
-        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
-        for m_name, h_name in _LAYER_DIRECT.items():
-            out[dst + h_name] = sd[src + m_name]
-        q, k, v = split_qkv(sd[src + "self_attention.linear_qkv.weight"], cfg)
-        out[dst + "self_attn.q_proj.weight"] = q
-        out[dst + "self_attn.k_proj.weight"] = k
-        out[dst + "self_attn.v_proj.weight"] = v
-        gate, up = torch.chunk(sd[src + "mlp.linear_fc1.weight"], 2, dim=0)
-        out[dst + "mlp.gate_proj.weight"] = gate
-        out[dst + "mlp.up_proj.weight"] = up
+        out.update({"model." + k: v for k, v in layer_megatron_to_hf(sd, i, cfg).items()})
     out["model.norm.weight"] = sd["decoder.final_layernorm.weight"]
     if "output_layer.weight" in sd:
         out["lm_head.weight"] = sd["output_layer.weight"][:vocab_size]
