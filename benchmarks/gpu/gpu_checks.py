@@ -156,35 +156,65 @@ def guarded(results: dict, name: str, fn, *args) -> object:
     return results[name]
 
 
+def time_in_subprocess(args, seq: int, layers: int, backend: str, timeout: float) -> dict:
+    """Run one timing in a fresh process, so an out-of-memory failure leaves nothing behind."""
+    import subprocess
+
+    out_file = os.path.join(args.out, f"one_{seq}_{layers}_{backend}.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--out", args.out, "--one", f"{seq},{layers},{backend}"]
+    if args.smoke:
+        cmd.append("--smoke")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    proc = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True, env=env)
+    if os.path.isfile(out_file):
+        with open(out_file) as f:
+            return json.load(f)
+    return {"error": f"exit {proc.returncode}", "stderr": proc.stderr[-2000:]}
+
+
+def run_one(args) -> None:
+    """Child process: one timing, written as JSON."""
+    seq, layers, backend = args.one.split(",")
+    init_distributed()
+    result: dict = {}
+    guarded(result, "r", time_training, int(seq), int(layers), 2 if args.smoke else 4, 2, args.smoke, backend)
+    with open(os.path.join(args.out, f"one_{seq}_{layers}_{backend}.json"), "w") as f:
+        json.dump(result["r"], f, default=str)
+
+
 def main() -> None:
     """Parse arguments, run the checks, write JSON."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
     ap.add_argument("--layers", type=int, nargs="+", default=[8, 6, 4])
+    ap.add_argument("--seqs", type=int, nargs="+", default=[8192, 32768])
     ap.add_argument("--backends", nargs="+", default=["auto"])
-    ap.add_argument("--deadline", type=float, default=330.0, help="start no timing run after this many seconds")
+    ap.add_argument("--deadline", type=float, default=300.0, help="start no timing run after this many seconds")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one:
+        run_one(args)
+        return
     start = time.perf_counter()
-    init_distributed()
     results = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
     }
     guarded(results, "attention", check_attention, args.smoke)
-    seqs = [256] if args.smoke else [8192, 32768]
-    for seq in seqs:
+    for seq in [256] if args.smoke else args.seqs:
         for backend in args.backends:
-            for layers in ([2] if args.smoke else args.layers):
-                if time.perf_counter() - start > args.deadline:
-                    results[f"train_seq{seq}_{backend}_L{layers}"] = {"skipped": "deadline"}
+            for layers in [2] if args.smoke else args.layers:
+                name = f"train_seq{seq}_{backend}_L{layers}"
+                left = args.deadline - (time.perf_counter() - start)
+                if left < 20:
+                    results[name] = {"skipped": "deadline"}
                     break
-                r = guarded(results, f"train_seq{seq}_{backend}_L{layers}", time_training, seq, layers,
-                            2 if args.smoke else 4, 2, args.smoke, backend)
+                r = guarded(results, name, time_in_subprocess, args, seq, layers, backend, left + 60)
+                with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
+                    json.dump(results, f, indent=1, default=str)
                 if "error" not in r:
                     break  # the largest layer count that fits
-            with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
-                json.dump(results, f, indent=1, default=str)
     with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
 

@@ -19,12 +19,23 @@ def image_tokens(rows: int, cols: int) -> list[int]:
     return out + [VISION_END_ID]
 
 
-def make_pack(seq: int, g: torch.Generator, vision_share: float = 0.35) -> dict:
-    """One pack: image-caption documents and long text documents, positions restarting per document."""
+MEAN_IMAGE = sum(r * c + r + 1 for r, c in GRIDS) / len(GRIDS)  # vision tokens of one image
+MEAN_CAPTION = 17  # <s>, caption, </s>
+MEAN_TEXT_DOC = 2100
+
+
+def make_pack(seq: int, g: torch.Generator, vision_share: float = 0.33) -> dict:
+    """One pack: image-caption documents and long text documents, positions restarting per document.
+
+    ``vision_share`` is the expected share of image tokens (SOLO stage 1: 32.7%).
+    """
+    # share = p*I / (p*(I+c) + (1-p)*T), solved for p, the chance of an image document.
+    i, c, t = MEAN_IMAGE, MEAN_CAPTION, MEAN_TEXT_DOC
+    p_image = vision_share * t / (i - vision_share * (i + c) + vision_share * t)
     tokens: list[int] = []
     bounds = [0]
     while len(tokens) < seq:
-        if torch.rand(1, generator=g).item() < vision_share * 1.6:
+        if torch.rand(1, generator=g).item() < p_image:
             rows, cols = GRIDS[int(torch.randint(len(GRIDS), (1,), generator=g))]
             caption = torch.randint(100, 32000, (int(torch.randint(6, 24, (1,), generator=g)),), generator=g)
             doc = [1, *image_tokens(rows, cols), *caption.tolist(), 2]

@@ -160,20 +160,40 @@ def write_weights(sd: dict[str, torch.Tensor], cfg: SoloModelConfig, fmt: str, w
     writer.finish()
 
 
-def _export_worker(ckpt: str, out_dir: str, cfg_dict: dict, rows: int, fmt: str, max_bytes: int,
-                   dtype: str | None, progress: bool) -> None:
+def load_solo_model(checkpoint: str | os.PathLike, parallel: ParallelConfig | None = None,
+                    model_meta: str | os.PathLike | None = None) -> tuple[list[torch.nn.Module], SoloModelConfig]:
+    """Inside an initialized world: this rank's SoloModel chunks loaded from ``checkpoint`` at ``parallel``.
+
+    The stored (padded) vocabulary is kept, whatever TP it was padded for; the returned config has the
+    true vocabulary size (slice logits to ``cfg.vocab_size``).
+    """
     from megatron_solo.model.builder import solo_provider
-    from megatron_solo.platform import init_parallel
     from megatron_solo.training.checkpointing import load_checkpoint
     from megatron_solo.training.model_build import build_model_chunks
+
+    parallel = parallel or ParallelConfig()
+    root, ckpt = resolve_checkpoint(checkpoint)
+    meta_path = Path(model_meta) if model_meta else root / META_FILE
+    meta = read_model_metadata(root, meta_path)
+    rows = check_checkpoint(ckpt, meta, meta_path)
+    cfg = SoloModelConfig(**meta["model"])
+    multiple = 128 * parallel.tensor_parallel
+    load_cfg = dataclasses.replace(cfg, vocab_size=-(-rows // multiple) * multiple, transformer_impl="local")
+    if load_cfg.vocab_size != rows:
+        raise ConversionError(f"{ckpt}: {rows} vocabulary rows cannot be split over TP{parallel.tensor_parallel}")
+    chunks = build_model_chunks(solo_provider(load_cfg, parallel), parallel)
+    load_checkpoint(str(ckpt), chunks, load_rng=False)
+    return chunks, cfg
+
+
+def _export_worker(ckpt: str, out_dir: str, meta_path: str, fmt: str, max_bytes: int,
+                   dtype: str | None, progress: bool) -> None:
+    from megatron_solo.platform import init_parallel
 
     quiet_workers()
     parallel = ParallelConfig()
     init_parallel(parallel, seed=0)
-    cfg = SoloModelConfig(**cfg_dict)
-    load_cfg = dataclasses.replace(cfg, vocab_size=rows, transformer_impl="local")
-    chunks = build_model_chunks(solo_provider(load_cfg, parallel), parallel)
-    load_checkpoint(ckpt, chunks, load_rng=False)
+    chunks, cfg = load_solo_model(ckpt, parallel, meta_path)
     sd = {k: v for k, v in chunks[0].state_dict().items() if torch.is_tensor(v) and "_extra_state" not in k}
     writer = ShardWriter(Path(out_dir), max_bytes, getattr(torch, dtype) if dtype else None)
     write_weights(sd, cfg, fmt, writer, progress)
@@ -243,7 +263,7 @@ def export_checkpoint(
     meta_path = Path(model_meta) if model_meta else root / META_FILE
     meta = read_model_metadata(root, meta_path)
     cfg = SoloModelConfig(**meta["model"])
-    rows = check_checkpoint(ckpt, meta, meta_path)
+    check_checkpoint(ckpt, meta, meta_path)
     tok_dir = Path(tokenizer_dir) if tokenizer_dir else root / "tokenizer"
     tok = load_tokenizer(tok_dir)
     if tok.vpatch_id != cfg.vpatch_token_id or tok.vocab_size > cfg.vocab_size:
@@ -255,8 +275,7 @@ def export_checkpoint(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    spawn(_export_worker, 1, str(ckpt), str(out), dataclasses.asdict(cfg), rows, fmt, max_shard_bytes, dtype,
-          progress)
+    spawn(_export_worker, 1, str(ckpt), str(out), str(meta_path), fmt, max_shard_bytes, dtype, progress)
     write_config(out, cfg, tok, fmt, dtype or "float32")
     tok.save_pretrained(out)
     if fmt == "fuyu":

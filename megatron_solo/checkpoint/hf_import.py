@@ -187,7 +187,7 @@ def import_hf(
     if src.is_solo_release:
         if src_vocab < tok.vocab_size:
             raise ConversionError(f"{src.config_file}: vocab_size {src_vocab} < the tokenizer's {tok.vocab_size} ids")
-        cfg = dataclasses.replace(cfg, vocab_size=tok.vocab_size) if src_vocab == tok.vocab_size else cfg
+        cfg = dataclasses.replace(cfg, vpatch_token_id=tok.vpatch_id, first_special_id=tok.vision_id)
     elif cfg.vocab_size != tok.vocab_size:
         raise ConversionError(f"tokenizer has {tok.vocab_size} ids but the model would have {cfg.vocab_size} rows")
     src.close()

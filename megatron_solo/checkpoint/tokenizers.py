@@ -84,32 +84,39 @@ class HFSoloTokenizer:
 
 
 def tokenizer_for_import(
-    src_dir: Path, base_vocab: int, tokenizer: str | None, chat_tokens: bool, close_with_vision: bool,
+    src_dir: Path, rows: int, tokenizer: str | None, chat_tokens: bool, close_with_vision: bool,
     solo_release: bool,
 ):
-    """The tokenizer of an imported model: SoloTokenizer on a 32000-piece SentencePiece base, else HF + tokens."""
-    candidates = [Path(tokenizer)] if tokenizer else [src_dir]
-    for cand in candidates:
-        sp_file = cand if cand.is_file() else cand / "tokenizer.model"
-        if sp_file.is_file() and base_vocab == BASE_VOCAB:
-            tok = SoloTokenizer(sp_file, chat_tokens=chat_tokens, close_with_vision=close_with_vision)
-            if solo_release and (cand / "tokenizer_config.json").is_file():
-                check_solo_tokens(cand)  # the release's own tokenizer must carry SOLO's ids
-            return tok
-        if cand.is_dir() and any((cand / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-            from transformers import AutoTokenizer
+    """The tokenizer of an imported model: SoloTokenizer on a 32000-piece SentencePiece base, else HF + tokens.
 
-            if solo_release:
-                check_solo_tokens(cand)
-            hf = AutoTokenizer.from_pretrained(str(cand))
-            return HFSoloTokenizer(hf, base_vocab, chat_tokens, close_with_vision)
+    ``rows``: the source's embedding rows. A SOLO release must already hold the SOLO tokens.
+    """
+    cand = Path(tokenizer) if tokenizer else src_dir
+    sp_file = cand if cand.is_file() else cand / "tokenizer.model"
+    has_hf = cand.is_dir() and any((cand / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    base = rows
+    if solo_release:
+        if has_hf:
+            base = check_solo_tokens(cand)
+        elif not sp_file.is_file():
+            raise ConversionError(f"{cand}: no tokenizer with the SOLO tokens found for this SOLO release")
+        else:
+            base = BASE_VOCAB
+        chat_tokens = chat_tokens and rows >= base + len(solo_token_list(True))
+    if sp_file.is_file() and base == BASE_VOCAB:
+        return SoloTokenizer(sp_file, chat_tokens=chat_tokens, close_with_vision=close_with_vision)
+    if has_hf:
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(cand))
+        return HFSoloTokenizer(hf, base, chat_tokens, close_with_vision)
     raise ConversionError(
-        f"no tokenizer found in {candidates[0]} (need tokenizer.model for a 32000-piece base, or a HF tokenizer)"
+        f"no tokenizer found in {cand} (need tokenizer.model for a 32000-piece base, or a HF tokenizer)"
     )
 
 
-def check_solo_tokens(directory: str | os.PathLike, vpatch_id: int | None = None) -> None:
-    """TokenizerMismatchError naming the directory unless its tokenizer holds the SOLO tokens (at vpatch_id)."""
+def check_solo_tokens(directory: str | os.PathLike, vpatch_id: int | None = None) -> int:
+    """Id of ``<vision>`` (= the base vocabulary); TokenizerMismatchError naming the directory if SOLO tokens lack."""
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(str(directory))
@@ -123,6 +130,7 @@ def check_solo_tokens(directory: str | os.PathLike, vpatch_id: int | None = None
         raise TokenizerMismatchError(f"{directory}: SOLO tokens {list(VISION_TOKENS)} are not consecutive: {ids}")
     if vpatch_id is not None and ids[1] != vpatch_id:
         raise TokenizerMismatchError(f"{directory}: <vpatch> is id {ids[1]} but the model uses {vpatch_id}")
+    return ids[0]
 
 
 def load_tokenizer(directory: str | os.PathLike):

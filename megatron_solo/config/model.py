@@ -43,6 +43,8 @@ class SoloModelConfig:
     transformer_impl: str = "auto"
     # Attention over packed documents on the local spec: "auto", "sdpa_mask" or "flex".
     packed_attention: str = "auto"
+    # Fused SwiGLU and cross-entropy kernels (megatron-core's jit versions): None = on with CUDA.
+    fused_kernels: bool | None = None
     fp8: str | None = None  # "hybrid" or "e4m3" with Transformer Engine only
     fp8_recipe: str = "delayed"
     fp8_amax_history_len: int = 1024

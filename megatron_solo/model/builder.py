@@ -35,6 +35,8 @@ def build_solo_model(
     recompute: bool = False,
 ) -> SoloModel:
     """One SoloModel chunk for this rank's pipeline stage."""
+    from megatron_solo.platform.distributed import current_device
+
     impl = resolve_impl(model)
     config = build_transformer_config(model, parallel, bf16=bf16, recompute=recompute, use_te=impl == "te")
     return SoloModel(
@@ -46,7 +48,7 @@ def build_solo_model(
         post_process=post_process,
         vp_stage=vp_stage,
         **gpt_kwargs(model, parallel),
-    )
+    ).to(current_device())  # megatron's local norms are created on the CPU
 
 
 def solo_provider(model: SoloModelConfig, parallel: ParallelConfig, **kwargs):

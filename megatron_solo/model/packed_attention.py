@@ -77,8 +77,17 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex_attention(q, k, v, doc, window, scale):
+_BLOCK_MASK_CACHE: dict = {}
+
+
+def _block_mask(doc: torch.Tensor, window: int | None, cu_seqlens: torch.Tensor):
+    """FlexAttention block mask of one micro-batch, built once and shared by every layer."""
     from torch.nn.attention.flex_attention import create_block_mask
+
+    key = (cu_seqlens.data_ptr(), cu_seqlens.numel(), int(cu_seqlens[-1]), doc.shape, window)
+    cached = _BLOCK_MASK_CACHE.get(key)
+    if cached is not None and torch.equal(cached[0], cu_seqlens):
+        return cached[1]
 
     def mask_mod(b, h, q_idx, kv_idx):
         keep = (doc[b, q_idx] == doc[b, kv_idx]) & (kv_idx <= q_idx)
@@ -86,8 +95,15 @@ def _flex_attention(q, k, v, doc, window, scale):
             keep = keep & (q_idx - kv_idx < window)
         return keep
 
-    batch, _, seq, _ = q.shape
-    block_mask = create_block_mask(mask_mod, batch, None, seq, seq, device=q.device)
+    batch, seq = doc.shape
+    # _compile avoids materialising the S x S mask (8 GiB at 32K tokens).
+    mask = create_block_mask(mask_mod, batch, None, seq, seq, device=doc.device, _compile=True)
+    _BLOCK_MASK_CACHE.clear()
+    _BLOCK_MASK_CACHE[key] = (cu_seqlens.clone(), mask)
+    return mask
+
+
+def _flex_attention(q, k, v, block_mask, scale):
     return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
@@ -141,7 +157,7 @@ class PackedDocumentAttention(torch.nn.Module):
             q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
             doc = document_ids(cu, batch, seq)
             if backend == "flex":
-                ctx = _flex_attention(q, k, v, doc, self.window, self.scale)
+                ctx = _flex_attention(q, k, v, _block_mask(doc, self.window, cu), self.scale)
             else:
                 mask = document_causal_mask(doc, self.window)
                 ctx = F.scaled_dot_product_attention(

@@ -23,6 +23,7 @@ def build_transformer_config(
     from megatron_solo.platform.distributed import pipeline_comm_settings, uses_cuda
 
     dtype = torch.bfloat16 if bf16 else torch.float32
+    fused = uses_cuda() if model.fused_kernels is None else model.fused_kernels
     extra: dict = {}
     if recompute:
         extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
@@ -65,8 +66,10 @@ def build_transformer_config(
         use_cpu_initialization=not uses_cuda(),
         calculate_per_token_loss=True,
         # The fused kernels need CUDA (and some TE/Apex); the plain paths are exact.
-        bias_activation_fusion=use_te,
-        bias_dropout_fusion=use_te,
+        bias_activation_fusion=fused,
+        bias_dropout_fusion=fused,
+        cross_entropy_loss_fusion=fused,
+        cross_entropy_fusion_impl="native",
         masked_softmax_fusion=False,
         apply_rope_fusion=False,
         persist_layer_norm=False,

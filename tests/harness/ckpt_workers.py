@@ -1,0 +1,76 @@
+"""Spawned workers for the checkpoint tests: train a converted model briefly, run it, gather logits."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from megatron_solo.checkpoint.hf_export import load_solo_model
+from megatron_solo.checkpoint.hf_import import quiet_workers, write_metadata
+from megatron_solo.config.parallel import ParallelConfig
+from megatron_solo.platform import init_parallel
+
+
+def _gather_vocab(logits: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logits from the tensor-parallel shards."""
+    from megatron.core import parallel_state as ps
+
+    size = ps.get_tensor_model_parallel_world_size()
+    if size == 1:
+        return logits
+    parts = [torch.empty_like(logits) for _ in range(size)]
+    torch.distributed.all_gather(parts, logits.contiguous(), group=ps.get_tensor_model_parallel_group())
+    return torch.cat(parts, dim=-1)
+
+
+def forward_logits(model, cfg, tokens: torch.Tensor, patches: torch.Tensor | None) -> torch.Tensor:
+    """[B, S, vocab] logits of one sequence batch (positions 0..S-1, causal)."""
+    positions = torch.arange(tokens.shape[1])[None].expand_as(tokens)
+    with torch.no_grad():
+        out = model(tokens, positions, patches=patches)
+    return _gather_vocab(out)[..., : cfg.vocab_size]
+
+
+def train_and_predict(ckpt_root: str, out_root: str, inputs_file: str, steps: int, new_tokens: int) -> None:
+    """Load at TP1, train ``steps`` SGD steps, save a checkpoint, record logits and a greedy continuation."""
+    quiet_workers()
+    parallel = ParallelConfig()
+    init_parallel(parallel, seed=5)
+    chunks, cfg = load_solo_model(ckpt_root, parallel)
+    model = chunks[0]
+    inputs = torch.load(inputs_file)
+    tokens, patches = inputs["input_ids"], inputs["patches"]
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    positions = torch.arange(tokens.shape[1])[None]
+    for _ in range(steps):
+        labels = torch.randint(0, 32000, tokens.shape, generator=g)
+        loss = model(tokens, positions, labels=labels, patches=patches).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    from megatron_solo.training.checkpointing import TrainState, save_checkpoint
+
+    save_checkpoint(out_root, TrainState(iteration=steps), [model])
+    write_metadata(out_root, cfg, parallel)
+    shutil.copytree(Path(ckpt_root) / "tokenizer", Path(out_root) / "tokenizer", dirs_exist_ok=True)
+    logits = forward_logits(model, cfg, tokens, patches)
+    seq = tokens
+    for _ in range(new_tokens):
+        nxt = forward_logits(model, cfg, seq, patches)[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], dim=1)
+    torch.save({"logits": logits, "greedy": seq[:, tokens.shape[1]:]}, Path(out_root) / "predictions.pt")
+
+
+def megatron_logits(ckpt_root: str, tokens_file: str, out_file: str, tp: int, pp: int = 1) -> None:
+    """Load at TP x PP (PP 1 here), run ``tokens`` and write the full logits from rank 0."""
+    quiet_workers()
+    parallel = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp)
+    init_parallel(parallel, seed=5)
+    chunks, cfg = load_solo_model(ckpt_root, parallel)
+    logits = forward_logits(chunks[0].eval(), cfg, torch.load(tokens_file), None)
+    if torch.distributed.get_rank() == 0:
+        torch.save(logits, out_file)
