@@ -112,7 +112,7 @@ def test_fuyu_export_reproduces_solo_logits_and_greedy(mistral, tmp_path):
     # Batched with left padding: the same sample's last-position logits as alone.
     batch = proc2(["What is shown here?", "Describe this picture in a few words please."],
                   images=[[_image(0)], [_image(1, (40, 40)), _image(2, (33, 64))]], chat=True)
-    assert batch["pixel_values"].shape == (1, 6 + 2 + 4, 3072)
+    assert batch["pixel_values"].shape == (1, 6 + 4 + 4, 3072)  # 40x40 and 33x64 -> 64x64 each
     assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][1].all()
     with torch.no_grad():
         batched = model(**batch).logits
