@@ -1,0 +1,131 @@
+"""Bad conversion inputs fail with errors naming the file or field at fault."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from megatron_solo.checkpoint.hf_export import export_checkpoint
+from megatron_solo.checkpoint.hf_import import import_hf
+from megatron_solo.checkpoint.hf_source import ConversionError, open_hf
+from megatron_solo.checkpoint.tokenizers import check_solo_tokens
+from megatron_solo.config.parallel import ParallelConfig
+from megatron_solo.data.tokenizer import TokenizerMismatchError, default_tokenizer_path
+from tests.harness.ckpt_models import save_hf, small_hf_model
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A small random Mistral saved in two or more shards."""
+    return save_hf(small_hf_model("mistral", layers=2), tmp_path_factory.mktemp("hf") / "m", max_shard_size="2MB")
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_config(directory, **fields):
+    path = directory / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(fields)
+    path.write_text(json.dumps(cfg))
+
+
+def test_unsupported_architecture(hf_dir, tmp_path):
+    d = _copy(hf_dir, tmp_path / "gpt2")
+    _edit_config(d, architectures=["GPT2LMHeadModel"])
+    with pytest.raises(ConversionError, match=r"config\.json: field 'architectures'.*GPT2LMHeadModel"):
+        open_hf(d)
+
+
+@pytest.mark.parametrize("field,value,pattern", [
+    ("intermediate_size", 100, r"config\.json: config implies .*mlp\.gate_proj"),
+    ("hidden_size", 32, r"config\.json: field .*hidden_size"),
+    ("num_hidden_layers", 1, r"config\.json: field 'num_hidden_layers' = 1"),
+    ("vocab_size", 100, r"config\.json: field 'vocab_size' = 100"),
+    ("rope_scaling", {"rope_type": "linear", "factor": 2.0}, r"config\.json: field 'rope_scaling'"),
+])
+def test_config_not_matching_weights(hf_dir, tmp_path, field, value, pattern):
+    d = _copy(hf_dir, tmp_path / "bad")
+    _edit_config(d, **{field: value})
+    with pytest.raises(ConversionError, match=pattern):
+        import_hf(d, tmp_path / "out", tokenizer=default_tokenizer_path(), progress=False)
+
+
+def test_missing_shard(hf_dir, tmp_path):
+    d = _copy(hf_dir, tmp_path / "partial")
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    victim = sorted(set(index["weight_map"].values()))[-1]
+    (d / victim).unlink()
+    with pytest.raises(ConversionError, match=rf"index\.json: names shard\(s\) \['{victim}'\] that are missing"):
+        open_hf(d)
+
+
+def test_no_weights(hf_dir, tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    shutil.copy(hf_dir / "config.json", d / "config.json")
+    with pytest.raises(ConversionError, match="neither model.safetensors nor"):
+        open_hf(d)
+
+
+def _plain_tokenizer_dir(tmp_path):
+    d = tmp_path / "plain_tok"
+    d.mkdir()
+    shutil.copy(default_tokenizer_path(), d / "tokenizer.model")
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "legacy": False}))
+    return d
+
+
+def test_tokenizer_without_solo_tokens(tmp_path):
+    d = _plain_tokenizer_dir(tmp_path)
+    with pytest.raises(TokenizerMismatchError, match=rf"{d}: tokenizer lacks the SOLO tokens"):
+        check_solo_tokens(d)
+
+
+@pytest.fixture(scope="module")
+def imported(hf_dir, tmp_path_factory):
+    """hf_dir imported at TP2 PP1."""
+    out = tmp_path_factory.mktemp("mg") / "ckpt"
+    import_hf(hf_dir, out, ParallelConfig(tensor_parallel=2), tokenizer=default_tokenizer_path(), progress=False)
+    return out
+
+
+def test_solo_release_with_plain_tokenizer(imported, tmp_path):
+    release = export_checkpoint(imported, tmp_path / "solo", fmt="solo", progress=False)
+    for f in release.glob("tokenizer*"):
+        f.unlink()
+    shutil.copy(_plain_tokenizer_dir(tmp_path) / "tokenizer_config.json", release / "tokenizer_config.json")
+    shutil.copy(default_tokenizer_path(), release / "tokenizer.model")
+    with pytest.raises(TokenizerMismatchError, match="tokenizer lacks the SOLO tokens"):
+        import_hf(release, tmp_path / "again", progress=False)
+
+
+def test_export_with_tokenizer_lacking_solo_tokens(imported, tmp_path):
+    with pytest.raises(TokenizerMismatchError, match=r"solo_tokenizer\.json: missing"):
+        export_checkpoint(imported, tmp_path / "out", tokenizer_dir=_plain_tokenizer_dir(tmp_path), progress=False)
+
+
+@pytest.mark.parametrize("field,value,pattern", [
+    ("tensor_parallel", 4, r"solo_model\.json: fields tensor_parallel/pipeline_parallel = 4/1 but .* TP2 PP1"),
+    ("pipeline_parallel", 2, r"solo_model\.json: fields tensor_parallel/pipeline_parallel = 2/2"),
+])
+def test_inconsistent_layout_metadata(imported, tmp_path, field, value, pattern):
+    ckpt = _copy(imported, tmp_path / "ckpt")
+    meta = json.loads((ckpt / "solo_model.json").read_text())
+    meta[field] = value
+    (ckpt / "solo_model.json").write_text(json.dumps(meta))
+    with pytest.raises(ConversionError, match=pattern):
+        export_checkpoint(ckpt, tmp_path / "out", progress=False)
+
+
+def test_model_config_not_matching_checkpoint(imported, tmp_path):
+    ckpt = _copy(imported, tmp_path / "ckpt")
+    meta = json.loads((ckpt / "solo_model.json").read_text())
+    meta["model"]["hidden_size"] = 128
+    (ckpt / "solo_model.json").write_text(json.dumps(meta))
+    with pytest.raises(ConversionError, match=r"solo_model\.json: field model\.hidden_size/vocab_size = 128"):
+        export_checkpoint(ckpt, tmp_path / "out", progress=False)
