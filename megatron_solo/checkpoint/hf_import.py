@@ -139,6 +139,16 @@ def quiet_workers() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def check_layout(cfg: SoloModelConfig, parallel: ParallelConfig, config_file) -> None:
+    """ConversionError naming the config field that megatron-core cannot split over the TP size."""
+    tp = parallel.tensor_parallel
+    fields = {"num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_query_groups,
+              "intermediate_size": cfg.ffn_hidden_size}
+    for name, value in fields.items():
+        if value % tp:
+            raise ConversionError(f"{config_file}: field {name!r} = {value} is not divisible by tensor_parallel {tp}")
+
+
 def _import_worker(src_dir: str, out_dir: str, cfg_dict: dict, parallel: ParallelConfig, src_vocab: int,
                    std: float, seed: int, progress: bool) -> None:
     from megatron_solo.model.builder import solo_provider
@@ -191,6 +201,7 @@ def import_hf(
     elif cfg.vocab_size != tok.vocab_size:
         raise ConversionError(f"tokenizer has {tok.vocab_size} ids but the model would have {cfg.vocab_size} rows")
     src.close()
+    check_layout(cfg, parallel, src.config_file)
     if cfg.num_layers % parallel.pipeline_parallel:
         raise ConversionError(f"num_hidden_layers {cfg.num_layers} not divisible by pipeline_parallel "
                               f"{parallel.pipeline_parallel}")

@@ -35,10 +35,12 @@ class HFSoloTokenizer:
     def __init__(self, hf, base_vocab: int, chat_tokens: bool = True, close_with_vision: bool = False):
         """Wrap ``hf``, adding the SOLO tokens at ids ``base_vocab``, ``base_vocab + 1``, ..."""
         self.hf = hf
-        self.added_tokens = solo_token_list(chat_tokens)
+        vocab = hf.get_vocab()
+        # Chat tokens the base already has (e.g. SmolLM2's <|im_start|>) keep their ids.
+        self.added_tokens = [t for t in solo_token_list(chat_tokens)
+                             if t not in CHAT_TOKENS or vocab.get(t, base_vocab) >= base_vocab]
         self.chat_tokens, self.close_with_vision = chat_tokens, close_with_vision
-        have = hf.convert_tokens_to_ids(self.added_tokens[:1])[0]
-        if have is None or have == hf.unk_token_id:
+        if VISION_TOKENS[0] not in vocab:
             filler = [f"<|solo_unused_{i}|>" for i in range(len(hf), base_vocab)]
             hf.add_special_tokens({"additional_special_tokens": filler + self.added_tokens})
         ids = hf.convert_tokens_to_ids(self.added_tokens)

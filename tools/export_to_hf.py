@@ -1,0 +1,30 @@
+#!/usr/bin/env python
+"""Export a megatron_solo checkpoint (any TP/PP) to a stock-transformers Fuyu model or the SOLO release format."""
+
+import argparse
+import sys
+
+from megatron_solo.checkpoint.hf_export import FORMATS, export_checkpoint
+
+
+def main(argv=None) -> int:
+    """Parse arguments and run the export."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="save root (with latest file) or one iter_N directory")
+    p.add_argument("--out", required=True, help="output directory (replaced)")
+    p.add_argument("--format", default="fuyu", choices=FORMATS)
+    p.add_argument("--model-config", help="solo_model.json of the checkpoint (default: ROOT/solo_model.json)")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: ROOT/tokenizer)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast weights (default: as stored)")
+    p.add_argument("--max-shard-mb", type=int, default=512)
+    args = p.parse_args(argv)
+    out = export_checkpoint(
+        args.checkpoint, args.out, args.format, model_meta=args.model_config, tokenizer_dir=args.tokenizer,
+        dtype=args.dtype, max_shard_bytes=args.max_shard_mb << 20,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
