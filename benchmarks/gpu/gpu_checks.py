@@ -161,7 +161,8 @@ def time_in_subprocess(args, seq: int, layers: int, backend: str, timeout: float
     import subprocess
 
     out_file = os.path.join(args.out, f"one_{seq}_{layers}_{backend}.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--out", args.out, "--one", f"{seq},{layers},{backend}"]
+    cmd = [sys.executable, os.path.abspath(__file__), "--out", args.out, "--one", f"{seq},{layers},{backend}",
+           "--microbatches", str(args.microbatches)]
     if args.smoke:
         cmd.append("--smoke")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
@@ -177,7 +178,8 @@ def run_one(args) -> None:
     seq, layers, backend = args.one.split(",")
     init_distributed()
     result: dict = {}
-    guarded(result, "r", time_training, int(seq), int(layers), 2 if args.smoke else 4, 2, args.smoke, backend)
+    guarded(result, "r", time_training, int(seq), int(layers), 2 if args.smoke else 4, args.microbatches,
+            args.smoke, backend)
     with open(os.path.join(args.out, f"one_{seq}_{layers}_{backend}.json"), "w") as f:
         json.dump(result["r"], f, default=str)
 
@@ -191,6 +193,8 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, nargs="+", default=[8192, 32768])
     ap.add_argument("--backends", nargs="+", default=["auto"])
     ap.add_argument("--deadline", type=float, default=300.0, help="start no timing run after this many seconds")
+    ap.add_argument("--microbatches", type=int, default=2, help="micro-batches per optimizer step")
+    ap.add_argument("--skip-attention", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -201,7 +205,8 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
     }
-    guarded(results, "attention", check_attention, args.smoke)
+    if not args.skip_attention:
+        guarded(results, "attention", check_attention, args.smoke)
     for seq in [256] if args.smoke else args.seqs:
         for backend in args.backends:
             for layers in [2] if args.smoke else args.layers:
