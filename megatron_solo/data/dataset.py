@@ -364,7 +364,8 @@ def collate_packs(batch: list[dict]) -> dict:
         torch.cat([b["patches"] for b in batch], out=out["patches"])
     cu = [batch[0]["cu_seqlens"]] + [b["cu_seqlens"][1:] + i * S for i, b in enumerate(batch) if i]
     out["cu_seqlens"] = torch.cat(cu).to(torch.int32)
-    out["num_patches"] = int(sum(b["num_patches"] for b in batch))
+    # per pack, so the model can name the sample whose <vpatch> count disagrees
+    out["num_patches"] = torch.tensor([int(b["num_patches"]) for b in batch], dtype=torch.int64)
     return out
 
 

@@ -21,6 +21,10 @@ import torch
 import torch.distributed as dist
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
+# The distributed optimizer's state gathered into model space, so it loads at another
+# TP/PP/DP layout ('fully_sharded_model_space' needs flattened ranges, which
+# dist_checkpointing 0.16.1 refuses).
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 @dataclass
@@ -76,6 +80,62 @@ def _rng_sharded_object(layout: tuple[int, int, int, int, int, int]):
     return ShardedObject("rng_state", state, (pp, tp, dp), (pp_rank, tp_rank, dp_rank), replica_id=0)
 
 
+def _prime_optimizer_state(optimizer) -> None:
+    """Give a fresh torch Adam its state tensors (and ``step``) so a checkpoint can load into them.
+
+    megatron-core's distributed optimizer reads ``step`` from the inner optimizer's
+    state while building the sharded state dict to load into; a fresh torch Adam has
+    none. One step with zero gradients at learning rate 0 creates it without moving
+    any weight; the checkpoint then overwrites it.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if inner is None or len(inner.state) > 0:
+            continue
+        saved_lr = [g["lr"] for g in inner.param_groups]
+        for group in inner.param_groups:
+            group["lr"] = 0.0
+            for param in group["params"]:
+                param.grad = torch.zeros_like(param)
+        inner.step()
+        inner.zero_grad(set_to_none=True)
+        for group, lr in zip(inner.param_groups, saved_lr):
+            group["lr"] = lr
+
+
+def _load_optimizer_state(optimizer, state) -> None:
+    """Load the distributed optimizer's fully reshardable state.
+
+    megatron-core 0.16.1 copies every per-parameter state entry when it scatters this
+    format, including torch Adam's scalar ``step``, which the format keeps elsewhere
+    (KeyError 'step'). The parameter state is therefore loaded in a second call, with
+    ``step`` held aside; ``load_state_dict`` has already restored it. It also hands
+    every parameter the SAME ``step`` tensor, which torch Adam increments in place once
+    per parameter, so each parameter gets its own copy.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    opts = getattr(optimizer, "chained_optimizers", [optimizer])
+    if len(opts) == 1:
+        states = [state]
+    else:
+        states = [v for _, v in sorted(state.items())] if isinstance(state, dict) else list(state)
+    for opt, st in zip(opts, states):
+        deferred = None
+        if isinstance(opt, DistributedOptimizer) and st.get("param_state_sharding_type") == "fully_reshardable":
+            deferred = st.pop("param_state")
+        opt.load_state_dict(st)
+        if deferred is None:
+            for s in opt.optimizer.state.values():
+                if torch.is_tensor(s.get("step")):
+                    s["step"] = s["step"].clone()
+        else:
+            steps = {p: s.pop("step") for p, s in opt.optimizer.state.items() if "step" in s}
+            opt.load_parameter_state_from_fully_reshardable(deferred)
+            for p, step in steps.items():
+                opt.optimizer.state[p]["step"] = step.clone()
+
+
 def _layout() -> tuple[int, int, int, int, int, int]:
     from megatron.core import parallel_state as ps
 
@@ -109,7 +169,7 @@ def save_checkpoint(
     layout = _layout()
     sharded = _model_sharded_state_dict(chunks)
     if optimizer is not None:
-        sharded["optimizer"] = optimizer.sharded_state_dict(sharded)
+        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_METADATA)
     sharded["rng_state"] = _rng_sharded_object(layout)
     sharded["train_state"] = {
         "iteration": state.iteration,
@@ -162,7 +222,8 @@ def load_checkpoint(
     layout = _layout()
     sharded = _model_sharded_state_dict(chunks)
     if optimizer is not None:
-        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True)
+        _prime_optimizer_state(optimizer)
+        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True, metadata=OPTIMIZER_METADATA)
     same_layout = tuple(saved["layout"]) == layout[:3]
     if load_rng and same_layout:
         sharded["rng_state"] = _rng_sharded_object(layout)
@@ -170,7 +231,7 @@ def load_checkpoint(
     for i, chunk in enumerate(chunks):
         unwrap(chunk).load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+        _load_optimizer_state(optimizer, loaded["optimizer"])
     if scheduler is not None and saved.get("scheduler") is not None:
         scheduler.load_state_dict(saved["scheduler"])
     if "rng_state" in loaded:

