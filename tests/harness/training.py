@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-
-import torch
 
 from megatron_solo.config import ParallelConfig
 from megatron_solo.config.data import DataConfig, DatasetSource, PreprocessConfig
@@ -43,9 +40,6 @@ def small_job(images: str, texts: str, save_dir: str, steps: int, exit_after: in
 
 def run_job(images: str, texts: str, save_dir: str, steps: int, exit_after: int | None, out: str) -> None:
     """Worker: train, then record losses and (rank 0) the full weights of the final model."""
-    from megatron.core import parallel_state as ps
-    from safetensors.torch import save_file
-
     from megatron_solo.training.loop import pretrain
 
     summary = pretrain(small_job(images, texts, save_dir, steps, exit_after))
@@ -53,7 +47,6 @@ def run_job(images: str, texts: str, save_dir: str, steps: int, exit_after: int 
         with open(out, "w") as f:
             json.dump({"losses": summary.losses, "iteration": summary.iteration,
                        "resumed_from": summary.resumed_from, "preempted": summary.preempted}, f)
-    del ps  # layouts here are DP only: every rank holds the full model
 
 
 def final_weights(images: str, texts: str, save_dir: str, out: str) -> None:
@@ -73,4 +66,3 @@ def final_weights(images: str, texts: str, save_dir: str, out: str) -> None:
     load_checkpoint(save_dir, chunks)
     state = {k: v.detach().clone() for k, v in chunks[0].state_dict().items() if "_extra_state" not in k}
     save_file(state, out)
-    assert os.path.isfile(out) and torch.is_tensor(next(iter(state.values())))
