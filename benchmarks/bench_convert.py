@@ -5,8 +5,9 @@ vocab 32000: 1.1 B parameters, like TinyLlama) is written straight to sharded sa
 at a time. Then it is imported (tools' import_hf, at --tp/--pp) and exported back to Fuyu format,
 while a sampler thread records the memory of this process and all its children every 50 ms.
 Memory is reported as a ratio to one fp32 copy of the weights (goal <= 1.3x):
-- anon: RssAnon summed over processes (memory the conversion allocated);
-- rss: RssAnon + RssFile (also counts mapped safetensors pages, which the kernel can drop).
+- anon: Pss_Anon summed over processes (memory the conversion allocated; proportional, so pages
+  shared copy-on-write by the checkpoint writer's forked helpers count once);
+- pss: all of Pss (also counts mapped files: libraries, safetensors pages the kernel can drop).
 
 Run: python benchmarks/bench_convert.py [--layers 22] [--tp 1] [--pp 1] [--work DIR]
 """
@@ -27,17 +28,18 @@ import torch
 
 
 def _proc_mem(p: psutil.Process) -> tuple[int, int]:
-    anon = file = 0
+    """(Pss_Anon, Pss) bytes: proportional set sizes, so pages shared by forked writers count once."""
+    anon = total = 0
     try:
-        with open(f"/proc/{p.pid}/status") as f:
+        with open(f"/proc/{p.pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("RssAnon:"):
+                if line.startswith("Pss_Anon:"):
                     anon = int(line.split()[1]) * 1024
-                elif line.startswith("RssFile:"):
-                    file = int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    total = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return anon, file
+    return anon, total
 
 
 class MemorySampler:
@@ -52,8 +54,8 @@ class MemorySampler:
         while not self._stop.is_set():
             anon = rss = 0
             for p in [me, *me.children(recursive=True)]:
-                a, f = _proc_mem(p)
-                anon, rss = anon + a, rss + a + f
+                a, t = _proc_mem(p)
+                anon, rss = anon + a, rss + t
             self.peak_anon, self.peak_rss = max(self.peak_anon, anon), max(self.peak_rss, rss)
             time.sleep(self.interval)
 
@@ -145,7 +147,7 @@ def main() -> None:
                 fn()
             wall = time.perf_counter() - t
             rows.append((name, wall, mem.peak_anon - base_anon, mem.peak_rss - base_anon))
-        print(f"{'step':8s} {'wall s':>8s} {'peak anon GiB':>14s} {'ratio':>6s} {'peak rss GiB':>13s} {'ratio':>6s}")
+        print(f"{'step':8s} {'wall s':>8s} {'peak anon GiB':>14s} {'ratio':>6s} {'peak pss GiB':>13s} {'ratio':>6s}")
         for name, wall, anon, rss in rows:
             print(f"{name:8s} {wall:8.1f} {anon / 2**30:14.2f} {anon / size:6.2f} {rss / 2**30:13.2f} {rss / size:6.2f}")
         print(f"(layout TP{args.tp} PP{args.pp}; ratios are to one fp32 copy of the weights; "

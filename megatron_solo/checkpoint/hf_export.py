@@ -161,11 +161,13 @@ def write_weights(sd: dict[str, torch.Tensor], cfg: SoloModelConfig, fmt: str, w
 
 
 def load_solo_model(checkpoint: str | os.PathLike, parallel: ParallelConfig | None = None,
-                    model_meta: str | os.PathLike | None = None) -> tuple[list[torch.nn.Module], SoloModelConfig]:
+                    model_meta: str | os.PathLike | None = None, *,
+                    in_place: bool = False) -> tuple[list[torch.nn.Module], SoloModelConfig]:
     """Inside an initialized world: this rank's SoloModel chunks loaded from ``checkpoint`` at ``parallel``.
 
     The stored (padded) vocabulary is kept, whatever TP it was padded for; the returned config has the
-    true vocabulary size (slice logits to ``cfg.vocab_size``).
+    true vocabulary size (slice logits to ``cfg.vocab_size``). ``in_place`` (TP1): weights only, read
+    straight into the parameters (what export uses to bound memory).
     """
     from megatron_solo.model.builder import solo_provider
     from megatron_solo.training.checkpointing import load_checkpoint
@@ -182,8 +184,54 @@ def load_solo_model(checkpoint: str | os.PathLike, parallel: ParallelConfig | No
     if load_cfg.vocab_size != rows:
         raise ConversionError(f"{ckpt}: {rows} vocabulary rows cannot be split over TP{parallel.tensor_parallel}")
     chunks = build_model_chunks(solo_provider(load_cfg, parallel), parallel)
-    load_checkpoint(str(ckpt), chunks, load_rng=False)
+    if in_place and parallel.tensor_parallel == 1:
+        for chunk in chunks:
+            load_in_place(str(ckpt), chunk)
+    else:
+        load_checkpoint(str(ckpt), chunks, load_rng=False)
     return chunks, cfg
+
+
+def load_in_place(ckpt: str, chunk: torch.nn.Module) -> None:
+    """Load a TP1 chunk's weights straight into its parameters (no second copy of the model).
+
+    megatron-core describes SwiGLU fc1 by a factory (gate and up halves, merged into a new tensor
+    after loading); at TP1 the stored [gate; up] block of a layer IS the parameter, so fc1 is asked
+    for as one plain ShardedTensor and read in place like every other weight.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    sharded = chunk.sharded_state_dict()
+    params = {p.data_ptr(): p for p in chunk.parameters()}
+    for key, value in list(sharded.items()):
+        if not isinstance(value, ShardedTensorFactory):
+            continue
+        gate = next(iter(_flat(value.build())))
+        layers = gate.global_shape[0] if gate.prepend_axis_num else None
+        rank_offsets = [(0, gate.global_offset[0], layers)] if layers else []
+        sharded[key] = ShardedTensor.from_rank_offsets(
+            value.key, value.data, *rank_offsets, replica_id=gate.replica_id,
+            prepend_axis_num=gate.prepend_axis_num,
+        )
+    loaded = dist_checkpointing.load(sharded, ckpt)
+    for name, t in loaded.items():
+        if torch.is_tensor(t) and "_extra_state" not in name:
+            p = params.get(t.data_ptr())
+            if p is None:  # not read in place: copy
+                chunk.state_dict()[name].copy_(t)
+    del loaded
+
+
+def _flat(x):
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from _flat(v)
+    elif isinstance(x, list | tuple):
+        for v in x:
+            yield from _flat(v)
+    else:
+        yield x
 
 
 def _export_worker(ckpt: str, out_dir: str, meta_path: str, fmt: str, max_bytes: int,
@@ -193,7 +241,7 @@ def _export_worker(ckpt: str, out_dir: str, meta_path: str, fmt: str, max_bytes:
     quiet_workers()
     parallel = ParallelConfig()
     init_parallel(parallel, seed=0)
-    chunks, cfg = load_solo_model(ckpt, parallel, meta_path)
+    chunks, cfg = load_solo_model(ckpt, parallel, meta_path, in_place=True)
     sd = {k: v for k, v in chunks[0].state_dict().items() if torch.is_tensor(v) and "_extra_state" not in k}
     writer = ShardWriter(Path(out_dir), max_bytes, getattr(torch, dtype) if dtype else None)
     write_weights(sd, cfg, fmt, writer, progress)

@@ -149,6 +149,49 @@ def check_layout(cfg: SoloModelConfig, parallel: ParallelConfig, config_file) ->
             raise ConversionError(f"{config_file}: field {name!r} = {value} is not divisible by tensor_parallel {tp}")
 
 
+class _Prebuilt(torch.nn.Module):
+    """Stands in for a model chunk in save_checkpoint: returns a prepared sharded state dict."""
+
+    def __init__(self, sharded: dict):
+        super().__init__()
+        self._sharded = sharded
+
+    def sharded_state_dict(self) -> dict:
+        """The prepared dict."""
+        return self._sharded
+
+
+def own_storage_sharded_state_dict(chunk: torch.nn.Module) -> dict:
+    """The chunk's sharded state dict with factories built and their views moved to own storage.
+
+    megatron-core's checkpoint writer clones every tensor that is a view (SwiGLU fc1 is saved as its
+    gate and up halves: views), which would hold ~1.5 copies of the weights at once. Here each fc1
+    is split into owned halves one at a time and the parameter's storage is released (the chunk is
+    only saved afterwards, never used again).
+    """
+    from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    sharded = chunk.sharded_state_dict()
+    params = {p.data_ptr(): p for p in chunk.parameters()}
+    for key, value in list(sharded.items()):
+        if not isinstance(value, ShardedTensorFactory):
+            continue
+        built = value.build()
+
+        def own(x):
+            if isinstance(x, ShardedTensor) and x.data is not None:
+                x.data = x.data.clone()
+            return x
+
+        dict_list_map_inplace(own, built)
+        param = params.get(value.data.data_ptr())
+        if param is not None:
+            param.data = torch.empty(0, dtype=param.dtype)
+        sharded[key] = built
+    return sharded
+
+
 def _import_worker(src_dir: str, out_dir: str, cfg_dict: dict, parallel: ParallelConfig, src_vocab: int,
                    std: float, seed: int, progress: bool) -> None:
     from megatron_solo.model.builder import solo_provider
@@ -164,7 +207,9 @@ def _import_worker(src_dir: str, out_dir: str, cfg_dict: dict, parallel: Paralle
     filler = _Filler(src, cfg, src_vocab, cfg.padded_vocab_size(parallel.tensor_parallel), std, seed)
     fill_chunks(chunks, filler, progress)
     src.close()
-    save_checkpoint(out_dir, TrainState(iteration=0), chunks)
+    prebuilt = [_Prebuilt(own_storage_sharded_state_dict(c)) for c in chunks]
+    del chunks
+    save_checkpoint(out_dir, TrainState(iteration=0), prebuilt)
 
 
 def import_hf(
