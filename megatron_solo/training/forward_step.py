@@ -55,3 +55,10 @@ def solo_forward_step(data_iterator: Iterator, model):
         num_patches=batch.get("num_patches"),
     )
     return output, functools.partial(masked_token_loss, batch["loss_mask"])
+
+
+def text_forward_step(data_iterator: Iterator, model):
+    """forward_step_func for a plain GPTModel on text batches (platform tests, benchmarks)."""
+    batch = next(data_iterator)
+    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    return output, functools.partial(masked_token_loss, batch["loss_mask"])

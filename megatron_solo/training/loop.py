@@ -8,7 +8,12 @@ import torch
 
 from megatron_solo.config.job import JobConfig
 from megatron_solo.config.model import model_preset
-from megatron_solo.training.checkpointing import TrainState, latest_iteration, load_checkpoint, save_checkpoint
+from megatron_solo.training.checkpointing import (
+    TrainState,
+    latest_iteration,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 @dataclass

@@ -6,7 +6,6 @@ importable by a spawned process.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Callable
@@ -19,8 +18,7 @@ from megatron_solo.model.builder import solo_provider
 from megatron_solo.model.gpt import build_gpt
 from megatron_solo.platform import init_parallel
 from megatron_solo.training.checkpointing import TrainState, load_checkpoint, save_checkpoint
-from megatron_solo.training.forward_step import solo_forward_step
-from megatron_solo.training.loss import masked_token_loss
+from megatron_solo.training.forward_step import solo_forward_step, text_forward_step
 from megatron_solo.training.model_build import build_model_chunks, wrap_ddp
 from megatron_solo.training.optimizer import build_optimizer, build_scheduler
 from megatron_solo.training.step import train_step
@@ -74,13 +72,6 @@ def gpt_batches(step: int) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def gpt_forward_step(data_iterator, model):
-    """forward_step_func for megatron-core's schedules."""
-    b = next(data_iterator)
-    output = model(b["tokens"], b["position_ids"], None, labels=b["labels"])
-    return output, functools.partial(masked_token_loss, b["loss_mask"])
-
-
 def solo_batches(step: int) -> list[dict[str, torch.Tensor]]:
     """The global batch of ``step`` for SoloModel: packs of documents with images."""
     g = torch.Generator().manual_seed(2000 + step)
@@ -95,7 +86,7 @@ def _provider(kind: str, parallel: ParallelConfig) -> Callable:
 
 
 _BATCHES = {"gpt": gpt_batches, "solo": solo_batches}
-_FORWARD = {"gpt": gpt_forward_step, "solo": solo_forward_step}
+_FORWARD = {"gpt": text_forward_step, "solo": solo_forward_step}
 
 
 def save_initial(out_dir: str, kind: str = "gpt") -> None:
