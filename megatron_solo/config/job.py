@@ -21,5 +21,8 @@ class JobConfig:
     # Weights of the previous stage (a checkpoint directory): loaded with a fresh
     # optimizer and schedule. Ignored when save_dir already holds a checkpoint (resume).
     init_from: str | None = None
+    # SentencePiece model of the tokenizer the shards were made with (default: Mistral's, from
+    # mistral-common); checked against the model and written beside the checkpoints for export.
+    tokenizer: str | None = None
     # Stop (after checkpointing) once this many steps ran in this process; None: run to train_steps.
     exit_after_steps: int | None = None

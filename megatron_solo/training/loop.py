@@ -37,6 +37,35 @@ def _log_rank() -> bool:
     )
 
 
+def _tokenizer_for(job: JobConfig, model_cfg):
+    """The SOLO tokenizer of this job, refused when it does not fit the model's vocabulary."""
+    from megatron_solo.config.model import SOLO_CHAT_VOCAB_SIZE
+    from megatron_solo.data.tokenizer import SoloTokenizer
+
+    tok = SoloTokenizer(job.tokenizer, chat_tokens=model_cfg.vocab_size >= SOLO_CHAT_VOCAB_SIZE)
+    tok.check_compatible(model_cfg.vocab_size, {"<vpatch>": model_cfg.vpatch_token_id})
+    return tok
+
+
+def _write_export_files(save_dir: str, model_cfg, parallel, tok, init_from: str | None) -> None:
+    """solo_model.json and tokenizer/ beside the checkpoints, so tools/export_to_hf.py needs nothing else."""
+    import os
+    import shutil
+
+    from megatron_solo.checkpoint.hf_import import META_FILE, write_metadata
+
+    os.makedirs(save_dir, exist_ok=True)
+    if not os.path.isfile(os.path.join(save_dir, META_FILE)):
+        write_metadata(save_dir, model_cfg, parallel, source="megatron_solo training")
+    target = os.path.join(save_dir, "tokenizer")
+    if not os.path.isdir(target):
+        previous = os.path.join(init_from, "tokenizer") if init_from else None
+        if previous and os.path.isdir(previous):
+            shutil.copytree(previous, target)  # keep the imported base model's tokenizer
+        else:
+            tok.save_pretrained(target)
+
+
 def pretrain(job: JobConfig) -> RunSummary:
     """Train SoloModel as ``job`` says; resumes from ``job.train.save_dir`` when it holds a checkpoint."""
     from megatron.core import parallel_state as ps
@@ -63,6 +92,7 @@ def pretrain(job: JobConfig) -> RunSummary:
             f"seq_length {train.seq_length} exceeds the model's max_position_embeddings "
             f"{model_cfg.max_position_embeddings}"
         )
+    tok = _tokenizer_for(job, model_cfg)
     provider = solo_provider(model_cfg, parallel, bf16=train.bf16, recompute=train.recompute)
     chunks = wrap_ddp(build_model_chunks(provider, parallel), parallel)
     optimizer = build_optimizer(chunks, train, parallel)
@@ -81,6 +111,8 @@ def pretrain(job: JobConfig) -> RunSummary:
         loader.load_state_dict(state.extra["data"])
     batches = iter(loader)
 
+    if train.save_dir and torch.distributed.get_rank() == 0:
+        _write_export_files(train.save_dir, model_cfg, parallel, tok, job.init_from)
     logger = TrainLogger(_log_rank(), train.tensorboard_dir, train.train_steps)
     flag = PreemptionFlag()
     summary = RunSummary(iteration=state.iteration, resumed_from=resumed, is_log_rank=_log_rank())

