@@ -36,7 +36,7 @@ def test_matches_transformers_mistral_reference(world1, window, bf16):
     g = torch.Generator().manual_seed(0)
     doc = SB.document(g, with_image=True)
     b = SB.pack(g, len(doc[0]), [doc])
-    ours = _logits(model, b)
+    ours = _logits(model, b)[..., : cfg.vocab_size]  # drop the padding rows of the vocabulary
     ref = reference_logits(model, cfg, b["tokens"], b["patches"])  # fp32 on the CPU
     assert ours.shape == ref.shape
     scale = max(1.0, ref.abs().max().item())
