@@ -29,6 +29,26 @@ def current_device() -> torch.device:
     return torch.device("cpu")
 
 
+def env_from_slurm() -> None:
+    """Map srun's task variables onto torch.distributed's, for jobs started by srun without torchrun.
+
+    With torchrun (which sets RANK itself) nothing changes. The batch script must export
+    MASTER_ADDR (the first host of the allocation) and may export MASTER_PORT.
+    """
+    env = os.environ
+    if "RANK" in env or "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env:
+        return
+    if "MASTER_ADDR" not in env:
+        raise RuntimeError(
+            "started by srun without MASTER_ADDR: export MASTER_ADDR=$(scontrol show hostnames "
+            "$SLURM_JOB_NODELIST | head -n1) in the batch script"
+        )
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env.setdefault("MASTER_PORT", "29500")
+
+
 def init_distributed(timeout_minutes: int = 10) -> tuple[int, int]:
     """Join the process group named by the launcher's environment; return (rank, world_size).
 
@@ -39,6 +59,7 @@ def init_distributed(timeout_minutes: int = 10) -> tuple[int, int]:
         cpu_emulation.enable()
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
+    env_from_slurm()
     if "RANK" not in os.environ:
         from megatron_solo.platform.launch import free_port
 

@@ -102,6 +102,8 @@ def pretrain(job: JobConfig) -> RunSummary:
     if train.save_dir and latest_iteration(train.save_dir) is not None:
         state = load_checkpoint(train.save_dir, chunks, optimizer, scheduler)
         resumed = state.iteration
+        if _log_rank():
+            print(f"resumed from {train.save_dir} at iteration {resumed}", flush=True)
     elif job.init_from:
         load_checkpoint(job.init_from, chunks, load_rng=False)  # previous stage: weights only
 

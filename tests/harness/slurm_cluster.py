@@ -1,0 +1,127 @@
+"""A real one-node Slurm cluster on loopback for tests (settings from reference/slurm.md).
+
+auth/none, no cgroups (they fail in containers and silently drain the node), daemons
+run in the foreground as our children, state in a private folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "sinfo", "scontrol", "scancel")
+
+
+def slurm_available() -> bool:
+    """Whether the Slurm daemons and clients are installed."""
+    return all(shutil.which(b) for b in SLURM_BINARIES)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SlurmCluster:
+    """slurmctld + slurmd on this machine; ``env`` is what clients need (SLURM_CONF)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        host = socket.gethostname().split(".")[0]
+        node = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+        node = re.sub(r"\s*UpTime=\S+", "", node)
+        for d in ("state", "spool", "log"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        conf = f"""ClusterName=solotest
+SlurmctldHost={host}
+AuthType=auth/none
+CredType=cred/none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
+StateSaveLocation={self.root}/state
+SlurmdSpoolDir={self.root}/spool
+SlurmctldPidFile={self.root}/slurmctld.pid
+SlurmdPidFile={self.root}/slurmd.pid
+SlurmctldLogFile={self.root}/log/slurmctld.log
+SlurmdLogFile={self.root}/log/slurmd.log
+MinJobAge=4
+KillWait=60
+{node} NodeAddr=127.0.0.1
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+        self.conf = self.root / "slurm.conf"
+        self.conf.write_text(conf)
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the daemons and wait for the node to be idle."""
+        log = open(self.root / "log" / "daemons.out", "w")
+        self.procs.append(subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(self.conf)], env=self.env,
+                                           stdout=log, stderr=log))
+        time.sleep(0.5)
+        self.procs.append(subprocess.Popen(["slurmd", "-D", "-f", str(self.conf)], env=self.env,
+                                           stdout=log, stderr=log))
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.node_state() == "idle":
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"Slurm node not idle after {timeout} s: {self.node_state()!r}; see {self.root}/log")
+
+    def node_state(self) -> str:
+        """sinfo's state of the node (idle, allocated, drained, ...)."""
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def sbatch(self, script: str, *args: str, cwd: str, output: Path) -> str:
+        """Submit a batch job; returns its id."""
+        out = subprocess.run(["sbatch", "--parsable", f"--output={output}", script, *args], env=self.env,
+                             cwd=cwd, capture_output=True, text=True, check=True)
+        return out.stdout.strip().split(";")[0]
+
+    def job_state(self, job: str) -> str:
+        """JobState of a job (COMPLETED, RUNNING, FAILED, ...)."""
+        out = subprocess.run(["scontrol", "show", "job", job], env=self.env, capture_output=True, text=True)
+        match = re.search(r"JobState=(\S+)", out.stdout)
+        return match.group(1) if match else "GONE"
+
+    def wait(self, job: str, timeout: float) -> str:
+        """Wait for a job to leave PENDING/RUNNING; returns its final state."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            state = self.job_state(job)
+            if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+                return state
+            time.sleep(1)
+        raise TimeoutError(f"job {job} still {self.job_state(job)} after {timeout} s")
+
+    def signal(self, job: str, sig: str) -> None:
+        """Send a signal to the job's steps (what Slurm does ahead of a time limit or preemption)."""
+        subprocess.run(["scancel", f"--signal={sig}", job], env=self.env, check=True)
+
+    def stop(self) -> None:
+        """Cancel leftover jobs and stop slurmd, then slurmctld."""
+        subprocess.run(["scancel", "--user=root"], env=self.env, capture_output=True)
+        for proc in reversed(self.procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
