@@ -9,9 +9,11 @@ Conventions (see shared/reference/solo.md):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -125,19 +127,28 @@ def _check_not_empty(data: bytes | str) -> None:
         raise ImageError("empty_file", f"zero-byte image {'' if not isinstance(data, str) else data}".strip())
 
 
-def open_image(data: bytes | str) -> Image.Image:
-    """Open encoded bytes or a path and fully decode it, raising ImageError with a reason on failure."""
-    _check_not_empty(data)
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+@contextlib.contextmanager
+def _decode_errors() -> Iterator[None]:
+    """Turn PIL's decoding failures into ImageError with a skip reason."""
     try:
-        img = Image.open(src)
-        img.load()  # truncated files fail here, not later inside a worker
+        yield
+    except ImageError:
+        raise
     except Image.DecompressionBombError as err:
         raise ImageError("too_large", str(err)) from err
     except FileNotFoundError as err:
         raise ImageError("missing_file", str(err)) from err
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as err:
         raise ImageError("corrupt_image", str(err)) from err
+
+
+def open_image(data: bytes | str) -> Image.Image:
+    """Open encoded bytes or a path and fully decode it, raising ImageError with a reason on failure."""
+    _check_not_empty(data)
+    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    with _decode_errors():
+        img = Image.open(src)
+        img.load()  # truncated files fail here, not later inside a worker
     return img
 
 
@@ -149,7 +160,7 @@ def load_resized(
 ) -> Image.Image:
     """Decode an image (bytes or path), convert it to RGB and resize it by SOLO's rule."""
     _check_not_empty(data)
-    try:
+    with _decode_errors():
         img = Image.open(io.BytesIO(data) if not isinstance(data, str) else data)
         if img.format == "JPEG":
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is that much smaller:
@@ -158,14 +169,6 @@ def load_resized(
             target = resize_dims(w, h, patch, max_side)
             img.draft(None, target if (w, h) == img.size else (target[1], target[0]))
         img.load()
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as err:
-        raise ImageError("too_large", str(err)) from err
-    except FileNotFoundError as err:
-        raise ImageError("missing_file", str(err)) from err
-    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as err:
-        raise ImageError("corrupt_image", str(err)) from err
     return resize_rgb(to_rgb(img), patch, max_side, max_aspect)
 
 

@@ -85,6 +85,15 @@ def load_class_names(path: str | os.PathLike | None) -> dict[str, str] | None:
     return {str(i): line.strip() for i, line in enumerate(text.splitlines())}
 
 
+def _rows_with_root(inputs: list[str], image_root: str | None) -> Iterator[tuple[Path, Path, dict]]:
+    """(file, folder its image paths are relative to, row) for every JSON(L) row; skip markers included."""
+    for item in inputs:
+        path = Path(item)
+        root = Path(image_root) if image_root else path.parent
+        for row in _rows(path):
+            yield path, root, row
+
+
 def classification_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
     """Image + label records from class folders or label files."""
     for item in inputs:
@@ -180,22 +189,19 @@ def caption_records(inputs: list[str], image_root: str | None = None) -> Iterato
 
 def interleaved_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
     """Interleaved documents as ordered lists of ("text", str) / ("image", path)."""
-    for item in inputs:
-        path = Path(item)
-        root = Path(image_root) if image_root else path.parent
-        for row in _rows(path):
-            if "skip" in row:
-                yield row
-                continue
-            try:
-                items = _interleaved_items(row, root)
-            except (KeyError, TypeError, ValueError, AttributeError) as err:
-                yield {"skip": "bad_record", "error": f"{path}: malformed interleaved row ({err!r})"}
-                continue
-            if items is None:
-                yield {"skip": "bad_record", "error": f"{path}: interleaved row needs text_list or texts/images"}
-                continue
-            yield {"kind": "interleaved", "items": items, "id": str(row.get("id", row.get("url", "")))[:200]}
+    for path, root, row in _rows_with_root(inputs, image_root):
+        if "skip" in row:
+            yield row
+            continue
+        try:
+            items = _interleaved_items(row, root)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            yield {"skip": "bad_record", "error": f"{path}: malformed interleaved row ({err!r})"}
+            continue
+        if items is None:
+            yield {"skip": "bad_record", "error": f"{path}: interleaved row needs text_list or texts/images"}
+            continue
+        yield {"kind": "interleaved", "items": items, "id": str(row.get("id", row.get("url", "")))[:200]}
 
 
 def _interleaved_items(row: dict, root: Path) -> list[tuple[str, str]] | None:
@@ -232,18 +238,15 @@ def text_records(inputs: list[str], image_root: str | None = None) -> Iterator[d
 
 def conversation_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
     """LLaVA-style conversations with their image paths."""
-    for item in inputs:
-        path = Path(item)
-        root = Path(image_root) if image_root else path.parent
-        for row in _rows(path):
-            if "skip" in row:
-                yield row
-                continue
-            images = row.get("image") or row.get("images") or []
-            images = [images] if isinstance(images, str) else list(images)
-            turns = row.get("conversations") or row.get("messages") or []
-            yield {"kind": "conversation", "images": [_resolve(p, root) for p in images], "turns": turns,
-                   "id": str(row.get("id", ""))}
+    for _, root, row in _rows_with_root(inputs, image_root):
+        if "skip" in row:
+            yield row
+            continue
+        images = row.get("image") or row.get("images") or []
+        images = [images] if isinstance(images, str) else list(images)
+        turns = row.get("conversations") or row.get("messages") or []
+        yield {"kind": "conversation", "images": [_resolve(p, root) for p in images], "turns": turns,
+               "id": str(row.get("id", ""))}
 
 
 READERS = {
