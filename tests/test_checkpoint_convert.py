@@ -19,6 +19,9 @@ from megatron_solo.platform import spawn
 from tests.harness.ckpt_models import decoder_weights, load_safetensors_dir, save_hf, small_hf_model
 from tests.harness.ckpt_workers import train_and_predict
 
+# Conversions run in TP x PP worker processes (gloo); not part of the one-GPU check.
+pytestmark = pytest.mark.multiprocess
+
 SOLO_VOCAB = 32000 + 1029 + 2  # base + SOLO tokens + chat tokens
 
 
