@@ -72,3 +72,24 @@ def test_rng_tracker_gives_distinct_masks_per_tp_rank(tmp_path):
     assert r0["forked"] != r1["forked"]  # model-parallel stream: one per TP rank
     assert r0["shared"] == r1["shared"]  # default stream: the same on every TP rank
     assert r0["restored"] and r1["restored"]  # the fork hands the default state back
+
+
+def test_srun_task_variables_become_the_process_group(monkeypatch):
+    from megatron_solo.platform.distributed import env_from_slurm
+
+    for key, value in dict(SLURM_PROCID="3", SLURM_STEP_NUM_TASKS="4", SLURM_LOCALID="1", MASTER_ADDR="node1",
+                           RANK="0", WORLD_SIZE="1").items():  # RANK/WORLD_SIZE inherited from the shell
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    env_from_slurm()
+    import os
+
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "1")
+    monkeypatch.setenv("RANK", "7")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")  # torchrun numbers its own workers
+    env_from_slurm()
+    assert os.environ["RANK"] == "7"
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    monkeypatch.delenv("MASTER_ADDR")
+    with pytest.raises(RuntimeError, match="MASTER_ADDR"):
+        env_from_slurm()

@@ -55,6 +55,7 @@ def test_sbatch_job_trains(cluster, shards, tmp_path):
     assert cluster.wait(job, timeout=300) == "COMPLETED", out.read_text()
     text = out.read_text()
     assert "done: iteration 3" in text, text  # the trap: COMPLETED with empty output
+    assert "2 processes, layout TP1PP1DP2" in text, text  # the two srun tasks formed one world
     assert (tmp_path / "ckpt" / "iter_0000003").is_dir()
     assert cluster.node_state() == "idle"  # not drained
 

@@ -32,11 +32,13 @@ def current_device() -> torch.device:
 def env_from_slurm() -> None:
     """Map srun's task variables onto torch.distributed's, for jobs started by srun without torchrun.
 
-    With torchrun (which sets RANK itself) nothing changes. The batch script must export
+    Inside an srun step (SLURM_STEP_NUM_TASKS is set) the step's own task numbers win
+    over any RANK/WORLD_SIZE inherited from the submitting shell; under torchrun, which
+    numbers its workers itself, nothing changes. The batch script must export
     MASTER_ADDR (the first host of the allocation) and may export MASTER_PORT.
     """
     env = os.environ
-    if "RANK" in env or "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env:
+    if "TORCHELASTIC_RUN_ID" in env or "SLURM_STEP_NUM_TASKS" not in env or "SLURM_PROCID" not in env:
         return
     if "MASTER_ADDR" not in env:
         raise RuntimeError(
@@ -44,7 +46,7 @@ def env_from_slurm() -> None:
             "$SLURM_JOB_NODELIST | head -n1) in the batch script"
         )
     env["RANK"] = env["SLURM_PROCID"]
-    env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+    env["WORLD_SIZE"] = env["SLURM_STEP_NUM_TASKS"]
     env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
     env.setdefault("MASTER_PORT", "29500")
 

@@ -92,6 +92,10 @@ def pretrain(job: JobConfig) -> RunSummary:
             f"seq_length {train.seq_length} exceeds the model's max_position_embeddings "
             f"{model_cfg.max_position_embeddings}"
         )
+    if torch.distributed.get_rank() == 0:
+        world = torch.distributed.get_world_size()
+        print(f"{job.model}: {world} processes, layout {parallel.describe(world)}, "
+              f"{num_microbatches} micro-batches of {train.micro_batch_size} x {train.seq_length} per step", flush=True)
     tok = _tokenizer_for(job, model_cfg)
     provider = solo_provider(model_cfg, parallel, bf16=train.bf16, recompute=train.recompute)
     chunks = wrap_ddp(build_model_chunks(provider, parallel), parallel)

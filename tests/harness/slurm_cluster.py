@@ -67,7 +67,10 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
         self.conf = self.root / "slurm.conf"
         self.conf.write_text(conf)
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        # Jobs inherit the submitting environment; drop what an in-process test world set.
+        inherited = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+        self.env = {k: v for k, v in os.environ.items() if k not in inherited}
+        self.env["SLURM_CONF"] = str(self.conf)
         self.procs: list[subprocess.Popen] = []
 
     def start(self, timeout: float = 30.0) -> None:
