@@ -11,25 +11,14 @@ from megatron_solo.config.data import PreprocessConfig
 from megatron_solo.data.preprocess import preprocess
 from megatron_solo.data.shards import ShardError, index_path, load_index, read_members, verify_shard
 from megatron_solo.data.tokenizer import SoloTokenizer
-
-try:  # tests/ may or may not be a package
-    from tests.test_data_common import (
-        bad_image_files,
-        caption_tar,
-        classification_folder,
-        encode,
-        real_images,
-        write_jsonl,
-    )
-except ImportError:
-    from test_data_common import (
-        bad_image_files,
-        caption_tar,
-        classification_folder,
-        encode,
-        real_images,
-        write_jsonl,
-    )
+from tests.test_data_common import (
+    bad_image_files,
+    caption_tar,
+    classification_folder,
+    encode,
+    real_images,
+    write_jsonl,
+)
 
 
 @pytest.fixture(scope="module")

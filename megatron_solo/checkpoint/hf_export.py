@@ -179,9 +179,8 @@ def load_solo_model(checkpoint: str | os.PathLike, parallel: ParallelConfig | No
     meta = read_model_metadata(root, meta_path)
     rows = check_checkpoint(ckpt, meta, meta_path)
     cfg = SoloModelConfig(**meta["model"])
-    multiple = 128 * parallel.tensor_parallel
-    load_cfg = dataclasses.replace(cfg, vocab_size=-(-rows // multiple) * multiple, transformer_impl="local")
-    if load_cfg.vocab_size != rows:
+    load_cfg = dataclasses.replace(cfg, vocab_size=rows, transformer_impl="local")
+    if load_cfg.padded_vocab_size(parallel.tensor_parallel) != rows:
         raise ConversionError(f"{ckpt}: {rows} vocabulary rows cannot be split over TP{parallel.tensor_parallel}")
     chunks = build_model_chunks(solo_provider(load_cfg, parallel), parallel)
     if in_place and parallel.tensor_parallel == 1:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_solo.checkpoint.hf_mapping import fuse_qkv
+from megatron_solo.checkpoint.hf_mapping import hf_layer_tensor
 from megatron_solo.checkpoint.hf_source import (
     PATCH_KEY,
     ConversionError,
@@ -31,12 +31,6 @@ from megatron_solo.config.model import SoloModelConfig
 from megatron_solo.config.parallel import ParallelConfig
 
 META_FILE = "solo_model.json"
-_LAYER_DIRECT = {
-    "input_layernorm.weight": "input_layernorm.weight",
-    "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
-    "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
-    "mlp.linear_fc2.weight": "mlp.down_proj.weight",
-}
 
 
 def write_metadata(out_dir: str | os.PathLike, cfg: SoloModelConfig, parallel: ParallelConfig, **extra) -> None:
@@ -73,17 +67,12 @@ class _Filler:
             return torch.randn(cfg.hidden_size, cfg.patch_dim, generator=g) * self.std
         if name == "decoder.final_layernorm.weight":
             return s.get("model.norm.weight")
-        prefix, _, rest = name.partition(".layers.")
+        _, _, rest = name.partition(".layers.")
         idx, _, rest = rest.partition(".")
-        hf = f"model.layers.{idx}."
-        if rest in _LAYER_DIRECT:
-            return s.get(hf + _LAYER_DIRECT[rest])
-        if rest == "self_attention.linear_qkv.weight":
-            q, k, v = (s.get(hf + f"self_attn.{p}_proj.weight") for p in "qkv")
-            return fuse_qkv(q, k, v, cfg)
-        if rest == "mlp.linear_fc1.weight":
-            return torch.cat([s.get(hf + "mlp.gate_proj.weight"), s.get(hf + "mlp.up_proj.weight")])
-        raise ConversionError(f"no HF source for megatron parameter {name!r}")
+        try:
+            return hf_layer_tensor(s.get, int(idx), rest, cfg)
+        except (KeyError, ValueError) as err:
+            raise ConversionError(f"no HF source for megatron parameter {name!r}") from err
 
 
 def tp_slice(full: torch.Tensor, param: torch.Tensor, name: str, rank: int, size: int) -> torch.Tensor:

@@ -8,6 +8,8 @@ half-rotation form).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from megatron_solo.config.model import SoloModelConfig
@@ -65,26 +67,14 @@ def megatron_to_hf(sd: dict[str, torch.Tensor], cfg: SoloModelConfig, vocab_size
     return out
 
 
-def hf_to_megatron(
-    sd: dict[str, torch.Tensor], cfg: SoloModelConfig, padded_vocab: int
-) -> dict[str, torch.Tensor]:
-    """HF Mistral/Llama state dict -> full megatron GPT state dict, vocab padded with zero rows."""
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        if t.shape[0] > padded_vocab:
-            raise ValueError(f"vocabulary {t.shape[0]} is larger than the padded size {padded_vocab}")
-        return torch.cat([t, t.new_zeros(padded_vocab - t.shape[0], t.shape[1])]) if t.shape[0] < padded_vocab else t
-
-    out = {"embedding.word_embeddings.weight": pad(sd["model.embed_tokens.weight"])}
-    for i in range(cfg.num_layers):
-        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
-        for m_name, h_name in _LAYER_DIRECT.items():
-            out[dst + m_name] = sd[src + h_name]
-        out[dst + "self_attention.linear_qkv.weight"] = fuse_qkv(
-            sd[src + "self_attn.q_proj.weight"], sd[src + "self_attn.k_proj.weight"], sd[src + "self_attn.v_proj.weight"], cfg
-        )
-        out[dst + "mlp.linear_fc1.weight"] = torch.cat([sd[src + "mlp.gate_proj.weight"], sd[src + "mlp.up_proj.weight"]])
-    out["decoder.final_layernorm.weight"] = sd["model.norm.weight"]
-    if cfg.untie_embeddings:
-        out["output_layer.weight"] = pad(sd.get("lm_head.weight", sd["model.embed_tokens.weight"]))
-    return out
+def hf_layer_tensor(get: Callable[[str], torch.Tensor], layer: int, name: str, cfg: SoloModelConfig) -> torch.Tensor:
+    """Full megatron tensor ``decoder.layers.{layer}.{name}`` read through ``get(hf_name)``."""
+    hf = f"model.layers.{layer}."
+    if name in _LAYER_DIRECT:
+        return get(hf + _LAYER_DIRECT[name])
+    if name == "self_attention.linear_qkv.weight":
+        q, k, v = (get(hf + f"self_attn.{p}_proj.weight") for p in "qkv")
+        return fuse_qkv(q, k, v, cfg)
+    if name == "mlp.linear_fc1.weight":
+        return torch.cat([get(hf + "mlp.gate_proj.weight"), get(hf + "mlp.up_proj.weight")])
+    raise KeyError(f"no HF source for megatron layer parameter {name!r}")
