@@ -2,12 +2,13 @@
 
 from megatron_solo.platform.distributed import (
     current_device,
+    free_port,
     init_distributed,
     init_parallel,
     teardown,
     uses_cuda,
 )
-from megatron_solo.platform.launch import free_port, spawn
+from megatron_solo.platform.launch import spawn
 
 __all__ = [
     "current_device",

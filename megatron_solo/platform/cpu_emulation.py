@@ -11,7 +11,8 @@ they would on one device whose memory is host memory:
 * the "CUDA" random generator is the CPU default generator, which is the one CPU
   dropout draws from, so the model-parallel RNG tracker's forked states are real,
   distinct generator states;
-* streams, events and synchronisation are no-ops or host-side equivalents.
+* streams, events and synchronisation are no-ops or host-side equivalents;
+* the backward pass runs under the same redirection (see :func:`_backward_under_mode`).
 
 This module is the only place that patches ``torch.cuda``; nothing is patched when
 CUDA is present (:func:`enable` refuses).
@@ -155,13 +156,36 @@ def _cuda_patches() -> dict[str, Callable[..., Any] | Any]:
     }
 
 
+def _backward_under_mode(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap torch's autograd engine entry so backward functions see the CUDA-to-CPU mode.
+
+    ``torch.autograd.backward`` (and ``Tensor.backward``) is dispatched through
+    ``__torch_function__``, and a mode is popped from the stack while it handles a
+    call; the engine captures that (empty) stack, so megatron-core's backward-time
+    allocations on ``torch.cuda.current_device()`` (e.g. the reduce-scatter in the
+    backward of the TP gather used when there are fewer query groups than TP ranks)
+    would ask for a real GPU. Re-pushing the mode around the engine call fixes that.
+    """
+
+    def run_backward(*args: Any, **kwargs: Any) -> Any:
+        mode = _state["mode"]
+        if mode is None or mode in torch.overrides._get_current_function_mode_stack():
+            return original(*args, **kwargs)
+        with mode:
+            return original(*args, **kwargs)
+
+    return run_backward
+
+
 def _megatron_patches() -> list[tuple[Any, str, Any]]:
-    """(module, attribute, replacement) for megatron-core's own CUDA helpers."""
+    """(module, attribute, replacement) for megatron-core's CUDA helpers and torch's backward entry."""
     from megatron.core.tensor_parallel import random as mc_random
 
     return [
         (mc_random, "_get_cuda_rng_state", _get_rng_state),
         (mc_random, "_set_cuda_rng_state", _set_rng_state),
+        # backward() and grad() call the engine through this module-level name.
+        (torch.autograd, "_engine_run_backward", _backward_under_mode(torch.autograd._engine_run_backward)),
     ]
 
 

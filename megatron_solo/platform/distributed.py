@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -29,13 +30,43 @@ def current_device() -> torch.device:
     return torch.device("cpu")
 
 
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def slurm_master_port(job_id: int | str) -> int:
+    """The rendezvous port of a Slurm job: 10000 + job id mod 20000.
+
+    A fixed port makes two jobs sharing a node collide; deriving it from the job id
+    keeps them apart. The range stays below Linux's ephemeral ports (32768 and up),
+    which outgoing connections take at random. The sbatch scripts use the same rule.
+    """
+    return 10000 + int(job_id) % 20000
+
+
+def device_for_local_rank(local_rank: int, device_count: int) -> int:
+    """The CUDA device index a process with ``local_rank`` uses when it sees ``device_count`` GPUs.
+
+    Sites that bind one GPU per task (``--gpus-per-task``, ``--gpu-bind``) show each
+    task a single device 0 whatever its local rank, so the index wraps around what
+    the process actually sees.
+    """
+    if device_count < 1:
+        raise ValueError(f"no CUDA device visible to local rank {local_rank}")
+    return local_rank % device_count
+
+
 def env_from_slurm() -> None:
     """Map srun's task variables onto torch.distributed's, for jobs started by srun without torchrun.
 
     Inside an srun step (SLURM_STEP_NUM_TASKS is set) the step's own task numbers win
     over any RANK/WORLD_SIZE inherited from the submitting shell; under torchrun, which
     numbers its workers itself, nothing changes. The batch script must export
-    MASTER_ADDR (the first host of the allocation) and may export MASTER_PORT.
+    MASTER_ADDR (the first host of the allocation) and may export MASTER_PORT; the
+    default port is derived from SLURM_JOB_ID (:func:`slurm_master_port`).
     """
     env = os.environ
     if "TORCHELASTIC_RUN_ID" in env or "SLURM_STEP_NUM_TASKS" not in env or "SLURM_PROCID" not in env:
@@ -48,7 +79,7 @@ def env_from_slurm() -> None:
     env["RANK"] = env["SLURM_PROCID"]
     env["WORLD_SIZE"] = env["SLURM_STEP_NUM_TASKS"]
     env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-    env.setdefault("MASTER_PORT", "29500")
+    env.setdefault("MASTER_PORT", str(slurm_master_port(env["SLURM_JOB_ID"])) if "SLURM_JOB_ID" in env else "29500")
 
 
 def init_distributed(timeout_minutes: int = 10) -> tuple[int, int]:
@@ -63,13 +94,11 @@ def init_distributed(timeout_minutes: int = 10) -> tuple[int, int]:
         return dist.get_rank(), dist.get_world_size()
     env_from_slurm()
     if "RANK" not in os.environ:
-        from megatron_solo.platform.launch import free_port
-
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device_for_local_rank(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()))
         backend = "nccl"
     else:
         backend = "gloo"

@@ -7,18 +7,17 @@ for code that must start its own workers, e.g. a pytest test.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.multiprocessing as mp
 
+# free_port lives in distributed.py (which needs it for one-process worlds) so the
+# two modules import in one direction only; it stays importable from here.
+from megatron_solo.platform.distributed import free_port, init_distributed, teardown
 
-def free_port() -> int:
-    """A TCP port on the loopback interface that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["free_port", "spawn"]
 
 
 def _worker(local_rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple) -> None:
@@ -31,11 +30,7 @@ def _worker(local_rank: int, world_size: int, port: int, fn: Callable[..., Any],
     )
     # Each worker gets one core's worth of threads so world sizes above the core
     # count do not oversubscribe the machine.
-    import torch
-
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    from megatron_solo.platform.distributed import init_distributed, teardown
-
     init_distributed()
     try:
         fn(*args)

@@ -1,0 +1,171 @@
+"""Platform hardening (issue 12): forked children of a trainer, device choice, ports, TP2 with one KV group."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_solo.platform import cpu_emulation, distributed, launch, spawn
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A trainer stand-in: installs the preemption flag, forks a child the way megatron-core's
+# checkpoint writer does (multiprocessing "fork"), prints the child's pid, then waits.
+_PARENT = """
+import multiprocessing as mp, os, signal, sys, time
+from megatron_solo.training.preemption import PreemptionFlag
+flag = PreemptionFlag()
+child = mp.get_context("fork").Process(target=time.sleep, args=(120,))
+child.start()
+print(child.pid, flush=True)
+if sys.argv[1] == "term":  # signal the child while the parent lives; report how it ended
+    os.kill(child.pid, signal.SIGUSR1)  # ignored: the child keeps running
+    time.sleep(0.5)
+    print("alive after USR1", child.is_alive(), flush=True)
+    os.kill(child.pid, signal.SIGTERM)
+    child.join(timeout=10)
+    print("exitcode", child.exitcode, flush=True)
+    if child.is_alive():
+        child.kill()
+    os.kill(os.getpid(), signal.SIGTERM)  # the parent's own flag still catches SIGTERM
+    print("parent flag", flag.received, flush=True)
+else:
+    time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for a reaper counts as dead)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def _start_parent(mode: str) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", _PARENT, mode], stdout=subprocess.PIPE, text=True, env=env)
+    return proc, int(proc.stdout.readline())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_forked_child_dies_with_a_killed_parent():
+    parent, child = _start_parent("kill")
+    try:
+        assert _alive(child)
+        parent.kill()  # SIGKILL mid-save: no handler of ours runs
+        parent.wait(timeout=10)
+        deadline = time.time() + 10
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the forked child outlived its SIGKILLed parent"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_forked_child_ends_on_sigterm_and_ignores_usr1():
+    parent, _ = _start_parent("term")
+    out, _ = parent.communicate(timeout=60)
+    assert "alive after USR1 True" in out, out
+    assert f"exitcode {-signal.SIGTERM}" in out, out
+    assert "parent flag True" in out, out
+
+
+def test_device_follows_local_rank_modulo_visible_devices():
+    assert [distributed.device_for_local_rank(r, 8) for r in range(8)] == list(range(8))
+    assert [distributed.device_for_local_rank(r, 1) for r in range(4)] == [0, 0, 0, 0]  # --gpus-per-task=1
+    assert distributed.device_for_local_rank(5, 4) == 1
+    with pytest.raises(ValueError, match="no CUDA device"):
+        distributed.device_for_local_rank(0, 0)
+
+
+def test_srun_default_port_comes_from_the_job_id(monkeypatch):
+    for key, value in dict(SLURM_PROCID="0", SLURM_STEP_NUM_TASKS="2", SLURM_LOCALID="0",
+                           MASTER_ADDR="node1", SLURM_JOB_ID="123457").items():
+        monkeypatch.setenv(key, value)
+    for key in ("TORCHELASTIC_RUN_ID", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    distributed.env_from_slurm()
+    assert os.environ["MASTER_PORT"] == str(10000 + 123457 % 20000) == "13457"
+    monkeypatch.setenv("SLURM_JOB_ID", "123458")
+    monkeypatch.delenv("MASTER_PORT")
+    distributed.env_from_slurm()
+    assert os.environ["MASTER_PORT"] == "13458"  # the next job on the node gets another port
+    assert all(10000 <= distributed.slurm_master_port(j) < 32768 for j in (0, 19999, 20000, 10**9 + 7))
+
+
+def test_distributed_does_not_import_launch():
+    tree = ast.parse(Path(distributed.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "megatron_solo.platform.launch" not in imported
+    assert launch.free_port is distributed.free_port  # still importable from launch
+
+
+class _AllocatesInBackward(torch.autograd.Function):
+    """Like megatron-core's TP gather: its backward allocates on ``torch.cuda.current_device()``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = torch.empty(grad.shape, dtype=grad.dtype, device=torch.cuda.current_device())
+        return out.copy_(grad * 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="emulation is for machines without CUDA")
+@pytest.mark.parametrize("how", ["tensor.backward", "autograd.backward", "autograd.grad"])
+def test_emulation_covers_the_backward_pass(how):
+    with cpu_emulation.emulated():
+        x = torch.ones(3, requires_grad=True)
+        y = _AllocatesInBackward.apply(x).sum()
+        if how == "tensor.backward":
+            y.backward()
+            grad = x.grad
+        elif how == "autograd.backward":
+            torch.autograd.backward([y])
+            grad = x.grad
+        else:
+            (grad,) = torch.autograd.grad(y, [x])
+    assert torch.equal(grad, torch.full((3,), 2.0))
+
+
+def train_tp2_one_query_group(images: str, texts: str, save_dir: str, out: str) -> None:
+    """Worker (2 processes): solo-tiny with a single query group at TP2, two steps."""
+    from megatron_solo.config import ParallelConfig
+    from megatron_solo.training.loop import pretrain
+    from tests.harness import training as T
+
+    job = T.small_job(images, texts, save_dir, 2, None)
+    job = dataclasses.replace(job, parallel=ParallelConfig(tensor_parallel=2),
+                              model_overrides={**job.model_overrides, "num_query_groups": 1})
+    summary = pretrain(job)
+    if summary.is_log_rank:
+        Path(out).write_text(json.dumps({"losses": summary.losses, "iteration": summary.iteration}))
+
+
+@pytest.mark.multiprocess
+def test_tp2_trains_with_one_query_group(tmp_path):
+    from tests.harness import training as T
+
+    images, texts = T.build_shards(tmp_path)
+    out = tmp_path / "run.json"
+    spawn(train_tp2_one_query_group, 2, images, texts, str(tmp_path / "ckpt"), str(out))
+    run = json.loads(out.read_text())
+    assert run["iteration"] == 2 and len(run["losses"]) == 2, run
+    assert all(math.isfinite(x) for x in run["losses"]), run
