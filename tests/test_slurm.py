@@ -1,7 +1,9 @@
-"""sbatch on a real one-node Slurm: the CPU job trains, and a signalled job checkpoints and resumes."""
+"""sbatch on a real one-node Slurm: the CPU job trains from any directory, a signalled job checkpoints,
+requeues itself and finishes, two jobs share the node, and the GPU scripts launch what they should."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -15,8 +17,9 @@ pytestmark = [
     pytest.mark.skipif(not slurm_available(), reason="Slurm not installed (.ci/run installs it)"),
 ]
 
-REPO = str(Path(__file__).resolve().parents[1])
-SCRIPT = "examples/slurm/cpu_smoke.sbatch"
+REPO = Path(__file__).resolve().parents[1]
+SLURM = REPO / "examples" / "slurm"
+SCRIPT = str(SLURM / "cpu_smoke.sbatch")
 
 
 @pytest.fixture(scope="module")
@@ -48,35 +51,111 @@ def _wait_for(path: Path, text: str, timeout: float) -> None:
     raise TimeoutError(f"{text!r} not in {path} after {timeout} s:\n{path.read_text() if path.exists() else ''}")
 
 
-def test_sbatch_job_trains(cluster, shards, tmp_path):
-    out = tmp_path / "job.out"
-    job = cluster.sbatch(SCRIPT, *_data_args(shards), "--train-steps", "3", "--save", str(tmp_path / "ckpt"),
-                         cwd=REPO, output=out)
-    assert cluster.wait(job, timeout=300) == "COMPLETED", out.read_text()
+def _port(job: str) -> int:
+    return 10000 + int(job) % 20000
+
+
+def test_sbatch_job_trains_from_any_directory(cluster, shards, tmp_path):
+    # Submitted from a folder that is not the checkout, with no --output: the script finds the
+    # repo itself and writes its log in the submit directory.
+    job = cluster.sbatch(SCRIPT, *_data_args(shards), "--train-steps", "3", "--save", "ckpt", cwd=tmp_path)
+    out = tmp_path / f"solo-smoke-{job}.out"
+    assert cluster.wait(job, timeout=300) == "COMPLETED", out.read_text() if out.exists() else "no log"
     text = out.read_text()
     assert "done: iteration 3" in text, text  # the trap: COMPLETED with empty output
     assert "2 processes, layout TP1PP1DP2" in text, text  # the two srun tasks formed one world
-    assert (tmp_path / "ckpt" / "iter_0000003").is_dir()
+    assert f"repo {REPO}," in text and f"rendezvous {cluster.host}:{_port(job)}" in text, text
+    assert (tmp_path / "ckpt" / "iter_0000003").is_dir()  # relative paths: the submit directory
+    assert "requeueing" not in text, text
     assert cluster.node_state() == "idle"  # not drained
 
 
-def test_signalled_job_checkpoints_and_resumes(cluster, shards, tmp_path):
-    ckpt = tmp_path / "ckpt"
-    first = tmp_path / "first.out"
-    job = cluster.sbatch(SCRIPT, *_data_args(shards), "--train-steps", "500", "--save-interval", "1000",
-                         "--save", str(ckpt), cwd=REPO, output=first)
-    _wait_for(first, "step 2/500", timeout=240)
-    cluster.signal(job, "USR1")  # what --signal=USR1@600 sends ahead of the time limit
-    assert cluster.wait(job, timeout=240) == "COMPLETED", first.read_text()
-    assert "stopped early, checkpoint saved" in first.read_text(), first.read_text()
-    stopped_at = int((ckpt / "latest_checkpointed_iteration.txt").read_text())
-    assert stopped_at >= 2
-
-    second = tmp_path / "second.out"
-    job = cluster.sbatch(SCRIPT, *_data_args(shards), "--train-steps", str(stopped_at + 2), "--save", str(ckpt),
-                         cwd=REPO, output=second)
-    assert cluster.wait(job, timeout=300) == "COMPLETED", second.read_text()
-    text = second.read_text()
-    assert f"resumed from {ckpt} at iteration {stopped_at}" in text, text
-    assert f"step {stopped_at + 1}/{stopped_at + 2}" in text and f"done: iteration {stopped_at + 2}" in text, text
+@pytest.mark.parametrize("launcher", ["srun", "torchrun"])
+def test_signalled_job_requeues_itself_and_finishes(cluster, shards, tmp_path, launcher):
+    steps = 12
+    if launcher == "srun":
+        options, env = (), {}
+    else:  # one task running torchrun with two workers, as pretrain_stage1_torchrun.sbatch does per node
+        options, env = ("--ntasks=1", "--cpus-per-task=2"), {"SOLO_LAUNCHER": "torchrun", "SOLO_PROCS_PER_NODE": "2"}
+    job = cluster.sbatch(SCRIPT, *_data_args(shards), "--train-steps", str(steps), "--save-interval", "1000",
+                         "--save", "ckpt", cwd=tmp_path, options=options, env=env)
+    out = tmp_path / f"solo-smoke-{job}.out"
+    _wait_for(out, f"step 2/{steps}", timeout=240)
+    cluster.signal(job, "USR1")  # what --signal=USR1@900 sends ahead of the time limit
+    assert cluster.wait(job, timeout=400) == "COMPLETED", out.read_text()
+    text = out.read_text()
+    first, _, second = text.partition("requeueing job")
+    assert second, text  # the stopped run requeued the job ...
+    stopped = re.search(r"done: iteration (\d+), .*\(stopped early, checkpoint saved\)", first)
+    assert stopped, text
+    stopped_at = int(stopped.group(1))
+    assert 2 <= stopped_at < steps, text
+    if launcher == "torchrun":  # it handled USR1 and passed it on instead of dying of it
+        assert "closing signal SIGUSR1" in first, text
+    # ... and the log was appended to, not overwritten: both runs are in it
+    assert "restart 0," in first and "restart 1," in second, text
+    assert f"resumed from ckpt at iteration {stopped_at}" in second, text
+    assert f"step {stopped_at + 1}/{steps}" in second and f"done: iteration {steps}," in second, text
+    assert "stopped early" not in second and second.count("requeueing") == 0, text
+    assert int((tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text()) == steps
     assert cluster.node_state() == "idle"
+
+
+def test_two_jobs_on_one_node_use_different_ports(cluster, shards, tmp_path):
+    # One task each, so both fit on the node's two cores at once; a fixed rendezvous port
+    # makes the second one fail to listen.
+    jobs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        jobs.append(cluster.sbatch(SCRIPT, *_data_args(shards), "--train-steps", "2", cwd=tmp_path / name,
+                                   options=("--ntasks=1",)))
+    deadline, overlapped = time.time() + 120, False
+    while time.time() < deadline and not overlapped:
+        overlapped = all(cluster.job_state(j) == "RUNNING" for j in jobs)
+        time.sleep(0.2)
+    assert overlapped, "the two jobs never ran at the same time"
+    for name, job in zip(("a", "b"), jobs):
+        out = tmp_path / name / f"solo-smoke-{job}.out"
+        assert cluster.wait(job, timeout=300) == "COMPLETED", out.read_text()
+        text = out.read_text()
+        assert "done: iteration 2" in text and f"rendezvous {cluster.host}:{_port(job)}" in text, text
+    assert _port(jobs[0]) != _port(jobs[1])
+
+
+@pytest.mark.parametrize("script,launch", [
+    ("pretrain_stage1.sbatch", "srun --kill-on-bad-exit=1 "),
+    ("pretrain_stage1_torchrun.sbatch", "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 "),
+])
+def test_gpu_scripts_launch_from_any_directory(cluster, tmp_path, script, launch):
+    # No GPU here: override the GPU request and print the launch line instead of training.
+    job = cluster.sbatch(str(SLURM / script), cwd=tmp_path, env={"SOLO_DRY_RUN": "1"},
+                         options=("--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"))
+    state = cluster.wait(job, timeout=120)
+    logs = list(tmp_path.glob(f"*-{job}.out"))
+    assert len(logs) == 1, (state, list(tmp_path.iterdir()))  # the log is in the submit directory
+    text = logs[0].read_text()
+    assert state == "COMPLETED", text
+    assert launch in text and f"{REPO}/tools/pretrain.py --recipe stage1 --model solo-7b" in text, text
+    assert f"rendezvous {cluster.host}:{_port(job)}" in text, text
+
+
+def test_gpu_scripts_requeue_with_an_appended_log_and_a_long_enough_signal_lead():
+    for script in ("pretrain_stage1.sbatch", "pretrain_stage1_torchrun.sbatch"):
+        directives = re.findall(r"^#SBATCH (\S+)", (SLURM / script).read_text(), re.M)
+        assert "--requeue" in directives and "--open-mode=append" in directives, (script, directives)
+        output = next(d for d in directives if d.startswith("--output="))
+        assert "/" not in output, (script, output)  # Slurm creates no folder for the log
+        lead = int(next(d for d in directives if d.startswith("--signal=USR1@")).split("@")[1])
+        assert lead >= 90 + 300, (script, lead)  # a 7B step (a minute or more) plus a save (minutes)
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"SOLO_REPO": "/nonexistent"}, "solo: no megatron_solo checkout at '/nonexistent': set SOLO_REPO"),
+    ({"PYTHON": "/nonexistent/python"}, "solo: interpreter '/nonexistent/python' not found"),
+])
+def test_setup_errors_are_one_line_and_exit_2(cluster, tmp_path, env, message):
+    job = cluster.sbatch(SCRIPT, cwd=tmp_path, env=env)
+    state = cluster.wait(job, timeout=60)
+    text = (tmp_path / f"solo-smoke-{job}.out").read_text()
+    assert state == "FAILED" and text.strip().splitlines() == [text.strip()] and message in text, (state, text)
+    assert cluster.job_field(job, "ExitCode") in ("2:0", "GONE")

@@ -1,7 +1,9 @@
 """A real one-node Slurm cluster on loopback for tests (settings from reference/slurm.md).
 
 auth/none, no cgroups (they fail in containers and silently drain the node), daemons
-run in the foreground as our children, state in a private folder.
+run in the foreground as our children, state in a private folder. A requeued job waits
+``cred_expire`` seconds before it may start again (120 by default, 5 here, so the
+requeue tests take seconds rather than minutes).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class SlurmCluster:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        host = socket.gethostname().split(".")[0]
+        self.host = host = socket.gethostname().split(".")[0]
         node = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
         node = re.sub(r"\s*UpTime=\S+", "", node)
         for d in ("state", "spool", "log"):
@@ -62,6 +64,9 @@ SlurmctldLogFile={self.root}/log/slurmctld.log
 SlurmdLogFile={self.root}/log/slurmd.log
 MinJobAge=4
 KillWait=60
+JobRequeue=1
+AuthInfo=cred_expire=5
+SchedulerParameters=sched_interval=2
 {node} NodeAddr=127.0.0.1
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
@@ -93,24 +98,33 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env, capture_output=True, text=True)
         return out.stdout.strip()
 
-    def sbatch(self, script: str, *args: str, cwd: str, output: Path) -> str:
-        """Submit a batch job; returns its id."""
-        out = subprocess.run(["sbatch", "--parsable", f"--output={output}", script, *args], env=self.env,
-                             cwd=cwd, capture_output=True, text=True, check=True)
+    def sbatch(self, script: str, *args: str, cwd: str | Path, output: Path | None = None,
+               options: tuple[str, ...] = (), env: dict[str, str] | None = None) -> str:
+        """Submit a batch job (sbatch ``options``, the script's ``args``, extra ``env``); returns its id.
+
+        Without ``output`` the script's own ``--output`` applies (relative to ``cwd``).
+        """
+        cmd = ["sbatch", "--parsable", *options, *([f"--output={output}"] if output else []), script, *args]
+        out = subprocess.run(cmd, env={**self.env, **(env or {})}, cwd=cwd, capture_output=True, text=True,
+                             check=True)
         return out.stdout.strip().split(";")[0]
+
+    def job_field(self, job: str, field: str) -> str:
+        """One field of ``scontrol show job`` (JobState, Restarts, ExitCode, ...); GONE once purged."""
+        out = subprocess.run(["scontrol", "show", "job", job], env=self.env, capture_output=True, text=True)
+        match = re.search(rf"\b{field}=(\S+)", out.stdout)
+        return match.group(1) if match else "GONE"
 
     def job_state(self, job: str) -> str:
         """JobState of a job (COMPLETED, RUNNING, FAILED, ...)."""
-        out = subprocess.run(["scontrol", "show", "job", job], env=self.env, capture_output=True, text=True)
-        match = re.search(r"JobState=(\S+)", out.stdout)
-        return match.group(1) if match else "GONE"
+        return self.job_field(job, "JobState")
 
     def wait(self, job: str, timeout: float) -> str:
-        """Wait for a job to leave PENDING/RUNNING; returns its final state."""
+        """Wait for a job to leave PENDING/RUNNING (a requeue passes through both); returns its final state."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             state = self.job_state(job)
-            if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+            if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED"):
                 return state
             time.sleep(1)
         raise TimeoutError(f"job {job} still {self.job_state(job)} after {timeout} s")
