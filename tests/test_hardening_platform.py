@@ -21,13 +21,22 @@ from megatron_solo.platform import cpu_emulation, distributed, launch, spawn
 REPO = Path(__file__).resolve().parents[1]
 
 # A trainer stand-in: installs the preemption flag, forks a child the way megatron-core's
-# checkpoint writer does (multiprocessing "fork"), prints the child's pid, then waits.
+# checkpoint writer does (multiprocessing "fork"), which forks one more; both pids are
+# printed (the grandchild's first), then the parent waits or signals the child.
 _PARENT = """
 import multiprocessing as mp, os, signal, sys, time
 from megatron_solo.training.preemption import PreemptionFlag
+def writer():  # megatron-core's async save: a forked caller process forks the writers
+    grandchild = mp.get_context("fork").Process(target=time.sleep, args=(120,))
+    grandchild.start()
+    print(grandchild.pid, flush=True)
+    ready.set()
+    time.sleep(120)
 flag = PreemptionFlag()
-child = mp.get_context("fork").Process(target=time.sleep, args=(120,))
+ready = mp.get_context("fork").Event()
+child = mp.get_context("fork").Process(target=writer)
 child.start()
+assert ready.wait(60)
 print(child.pid, flush=True)
 if sys.argv[1] == "term":  # signal the child while the parent lives; report how it ended
     os.kill(child.pid, signal.SIGUSR1)  # ignored: the child keeps running
@@ -54,30 +63,33 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-def _start_parent(mode: str) -> tuple[subprocess.Popen, int]:
+def _start_parent(mode: str) -> tuple[subprocess.Popen, int, int]:
+    """The parent process, its forked child and the child's own forked child."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", _PARENT, mode], stdout=subprocess.PIPE, text=True, env=env)
-    return proc, int(proc.stdout.readline())
+    grandchild = int(proc.stdout.readline())
+    return proc, int(proc.stdout.readline()), grandchild
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
-def test_forked_child_dies_with_a_killed_parent():
-    parent, child = _start_parent("kill")
+def test_forked_children_die_with_a_killed_parent():
+    parent, *children = _start_parent("kill")
     try:
-        assert _alive(child)
+        assert all(_alive(pid) for pid in children)
         parent.kill()  # SIGKILL mid-save: no handler of ours runs
         parent.wait(timeout=10)
         deadline = time.time() + 10
-        while _alive(child) and time.time() < deadline:
+        while any(_alive(pid) for pid in children) and time.time() < deadline:
             time.sleep(0.1)
-        assert not _alive(child), "the forked child outlived its SIGKILLed parent"
+        assert not any(_alive(pid) for pid in children), "a forked child outlived its SIGKILLed parent"
     finally:
-        if _alive(child):
-            os.kill(child, signal.SIGKILL)
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_forked_child_ends_on_sigterm_and_ignores_usr1():
-    parent, _ = _start_parent("term")
+    parent, *_ = _start_parent("term")
     out, _ = parent.communicate(timeout=60)
     assert "alive after USR1 True" in out, out
     assert f"exitcode {-signal.SIGTERM}" in out, out

@@ -25,9 +25,11 @@ import torch.distributed as dist
 # prctl(2) option: the signal the kernel sends a process when its parent dies.
 _PR_SET_PDEATHSIG = 1
 
-# Flags whose handlers are installed in this process, and the forking parent's pid.
+# Flags whose handlers are installed in this process; the forking parent's pid and thread;
+# whether this process is itself such a child (its own children must die with it too:
+# megatron-core's async save forks a caller process that forks the writers).
 _active: list[PreemptionFlag] = []
-_fork: dict[str, int | bool | None] = {"parent": None, "main_thread": False}
+_fork: dict[str, int | bool | None] = {"parent": None, "main_thread": False, "descendant": False}
 
 
 class PreemptionFlag:
@@ -75,10 +77,11 @@ def _before_fork() -> None:
 
 def _after_fork_in_child() -> None:
     """In a child forked while a flag is installed: default SIGTERM, ignore SIGUSR1, die with the parent."""
-    if not _active:
+    if not _active and not _fork["descendant"]:
         return
     signals = {sig for flag in _active for sig in flag._previous}
     _active.clear()  # the child's copies of the flags are not the trainer's
+    _fork["descendant"] = True
     for sig in signals:
         # SIGTERM must end the child again (it is how a user or Slurm stops a process).
         # SIGUSR1 is ignored rather than defaulted: Slurm delivers --signal to every
