@@ -1,7 +1,9 @@
 """Start a world of processes on this machine (tests, the quick start, benchmarks).
 
-On a cluster the launcher is torchrun under Slurm; this is its one-machine twin
-for code that must start its own workers, e.g. a pytest test.
+On a cluster the launcher is srun (one task per GPU) or torchrun under srun (one per
+node, with ``--signals-to-handle`` including SIGUSR1 so the preemption signal reaches the
+workers): see examples/slurm/. This is their one-machine twin for code that must start
+its own workers, e.g. a pytest test.
 """
 
 from __future__ import annotations
