@@ -101,6 +101,17 @@ def test_signalled_job_requeues_itself_and_finishes(cluster, shards, tmp_path, l
     assert cluster.node_state() == "idle"
 
 
+def test_signalled_job_without_save_is_not_requeued(cluster, shards, tmp_path):
+    job = cluster.sbatch(SCRIPT, *_data_args(shards), "--train-steps", "40", cwd=tmp_path)
+    out = tmp_path / f"solo-smoke-{job}.out"
+    _wait_for(out, "step 2/40", timeout=240)
+    cluster.signal(job, "USR1")
+    assert cluster.wait(job, timeout=240) == "COMPLETED", out.read_text()
+    text = out.read_text()
+    assert "stopped early" in text and "no --save was given: not requeueing" in text, text
+    assert "restart 1," not in text and "requeueing job" not in text, text
+
+
 def test_two_jobs_on_one_node_use_different_ports(cluster, shards, tmp_path):
     # One task each, so both fit on the node's two cores at once; a fixed rendezvous port
     # makes the second one fail to listen.

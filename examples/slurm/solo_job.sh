@@ -19,6 +19,9 @@
 #   SOLO_REQUEUE=0           never requeue (a stopped run then ends the job as COMPLETED)
 #   SOLO_DRY_RUN=1           print the launch line instead of running it
 #
+# --exit-after-steps N in ARGS stops the same way as a signal, so such a job trains N steps
+# per allocation and requeues itself until it reaches --train-steps. Without --save there
+# is nothing to resume from and the job is not requeued.
 # Relative paths in ARGS (--data, --save, ...) are relative to the submit directory, where
 # the job runs.
 
@@ -80,6 +83,15 @@ solo_stopped_early() {
   [ -z "$total" ] || [ "$iteration" -lt "$total" ]
 }
 
+# Whether the trainer's arguments name a checkpoint folder.
+solo_saves() {
+  local arg
+  for arg in "$@"; do
+    case "$arg" in --save|--save=*) return 0 ;; esac
+  done
+  return 1
+}
+
 solo_train() {
   solo_launch_line "$@"
   if [ "${SOLO_DRY_RUN:-0}" = 1 ]; then
@@ -96,6 +108,12 @@ solo_train() {
   set -e
   if [ "${SOLO_REQUEUE:-1}" != 0 ] && solo_stopped_early "$log"; then
     rm -f "$log"
+    # tools/pretrain.py reports a stop the same way without --save; a requeue would then
+    # start again from scratch.
+    if ! solo_saves "$@"; then
+      echo "solo: stopped early but no --save was given: not requeueing (nothing to resume from)"
+      return "$rc"
+    fi
     echo "solo: stopped early with a checkpoint saved; requeueing job $SLURM_JOB_ID to resume"
     # Slurm ends this script and queues the job again (after a short delay), same job id.
     scontrol requeue "$SLURM_JOB_ID" \
