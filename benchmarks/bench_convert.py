@@ -112,10 +112,10 @@ def write_random_mistral(out: Path, layers: int, hidden: int, heads: int, kv: in
 
 def main() -> None:
     """Build the model, import it, export it, print time and memory ratios."""
-    from megatron_solo.checkpoint.hf_export import export_checkpoint
-    from megatron_solo.checkpoint.hf_import import import_hf
     from megatron_solo.config.parallel import ParallelConfig
-    from megatron_solo.data.tokenizer import default_tokenizer_path
+    from megatron_solo.hf.exporter import export_checkpoint
+    from megatron_solo.hf.importer import import_hf
+    from megatron_solo.vocab import default_tokenizer_path
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=22)

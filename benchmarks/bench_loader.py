@@ -29,7 +29,7 @@ from PIL import Image
 from megatron_solo.config.data import DataConfig, DatasetSource, PreprocessConfig
 from megatron_solo.data.dataset import PackedDataset
 from megatron_solo.data.preprocess import preprocess
-from megatron_solo.data.tokenizer import SoloTokenizer
+from megatron_solo.vocab import SoloTokenizer
 
 
 def source_images() -> list[tuple[Image.Image, str]]:
@@ -87,8 +87,7 @@ def bench_ours(rows, work: Path, seq_length: int) -> dict:
     stats = preprocess(PreprocessConfig(kind="caption", inputs=[str(jsonl)], output=str(work / "shards"),
                                         workers=1, shard_size=200), progress=False)
     t_pre = time.perf_counter() - t
-    ds = PackedDataset(DataConfig(datasets=[DatasetSource(str(work / "shards"))], seq_length=seq_length,
-                                  seed=1))
+    ds = PackedDataset(DataConfig(datasets=[DatasetSource(str(work / "shards"))], seed=1), seq_length)
     len(ds)  # plan outside the timed loop (a DataLoader does it once, before its workers start)
     ds[0]  # warm caches (file handles, allocator)
     elapsed = float("inf")

@@ -31,8 +31,9 @@ SEQ = 1024
 def build_ours(cfg):
     """SoloModel at TP1 with megatron-core's DDP and distributed optimizer."""
     from megatron_solo.model.builder import solo_provider
+    from megatron_solo.model.chunks import build_model_chunks
     from megatron_solo.platform import init_distributed, init_parallel
-    from megatron_solo.training.model_build import build_model_chunks, wrap_ddp
+    from megatron_solo.training.ddp import wrap_ddp
     from megatron_solo.training.optimizer import build_optimizer, build_scheduler
 
     init_distributed()

@@ -19,7 +19,7 @@ import numpy as np
 
 from megatron_solo.data.image import resize_dims
 from megatron_solo.data.packing import pack, pack_reference, shuffled_order
-from megatron_solo.data.samples import image_token_count
+from megatron_solo.vocab import image_token_count
 
 L = 32768
 

@@ -36,9 +36,10 @@ def worker(tp: int, pp: int, steps: int, out: str) -> None:
     """Time ``steps`` training steps at (tp, pp); rank 0 writes the step times."""
     from megatron.core import parallel_state as ps
 
+    from megatron_solo.model.chunks import build_model_chunks
     from megatron_solo.model.gpt import build_gpt
+    from megatron_solo.training.ddp import wrap_ddp
     from megatron_solo.training.forward_step import text_forward_step
-    from megatron_solo.training.model_build import build_model_chunks, wrap_ddp
     from megatron_solo.training.optimizer import build_optimizer, build_scheduler
     from megatron_solo.training.step import train_step
 

@@ -8,14 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from megatron_solo.checkpoint.hf_export import export_checkpoint
-from megatron_solo.checkpoint.hf_import import import_hf
-from megatron_solo.checkpoint.processor import SoloProcessor, fuyu_to_solo_patches
-from megatron_solo.checkpoint.tokenizers import load_tokenizer
-from megatron_solo.config.model import VPATCH_ID
 from megatron_solo.config.parallel import ParallelConfig
-from megatron_solo.data.tokenizer import default_tokenizer_path
+from megatron_solo.hf.exporter import export_checkpoint
+from megatron_solo.hf.importer import import_hf
+from megatron_solo.hf.processor import SoloProcessor, fuyu_to_solo_patches
 from megatron_solo.platform import spawn
+from megatron_solo.vocab import VPATCH_ID, default_tokenizer_path, load_tokenizer
 from tests.harness.ckpt_models import decoder_weights, load_safetensors_dir, save_hf, small_hf_model
 from tests.harness.ckpt_workers import train_and_predict
 

@@ -7,12 +7,13 @@ import shutil
 
 import pytest
 
-from megatron_solo.checkpoint.hf_export import export_checkpoint
-from megatron_solo.checkpoint.hf_import import import_hf
-from megatron_solo.checkpoint.hf_source import ConversionError, open_hf
-from megatron_solo.checkpoint.tokenizers import check_solo_tokens
+from megatron_solo.checkpoint import CheckpointError
 from megatron_solo.config.parallel import ParallelConfig
-from megatron_solo.data.tokenizer import TokenizerMismatchError, default_tokenizer_path
+from megatron_solo.hf.adapters import open_hf
+from megatron_solo.hf.exporter import export_checkpoint
+from megatron_solo.hf.importer import import_hf
+from megatron_solo.hf.source import ConversionError
+from megatron_solo.vocab import TokenizerMismatchError, check_solo_tokens, default_tokenizer_path
 from tests.harness.ckpt_models import save_hf, small_hf_model
 
 
@@ -118,7 +119,7 @@ def test_inconsistent_layout_metadata(imported, tmp_path, field, value, pattern)
     meta = json.loads((ckpt / "solo_model.json").read_text())
     meta[field] = value
     (ckpt / "solo_model.json").write_text(json.dumps(meta))
-    with pytest.raises(ConversionError, match=pattern):
+    with pytest.raises(CheckpointError, match=pattern):
         export_checkpoint(ckpt, tmp_path / "out", progress=False)
 
 
@@ -127,5 +128,5 @@ def test_model_config_not_matching_checkpoint(imported, tmp_path):
     meta = json.loads((ckpt / "solo_model.json").read_text())
     meta["model"]["hidden_size"] = 128
     (ckpt / "solo_model.json").write_text(json.dumps(meta))
-    with pytest.raises(ConversionError, match=r"solo_model\.json: field model\.hidden_size/vocab_size = 128"):
+    with pytest.raises(CheckpointError, match=r"solo_model\.json: field model\.hidden_size/vocab_size = 128"):
         export_checkpoint(ckpt, tmp_path / "out", progress=False)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_solo.checkpoint.hf_export import export_checkpoint
-from megatron_solo.checkpoint.hf_import import import_hf
-from megatron_solo.checkpoint.hf_source import ConversionError
 from megatron_solo.config.parallel import ParallelConfig
+from megatron_solo.hf.exporter import export_checkpoint
+from megatron_solo.hf.importer import import_hf
+from megatron_solo.hf.source import ConversionError
 from megatron_solo.platform import spawn
 from tests.harness.ckpt_models import decoder_weights, load_safetensors_dir
 from tests.harness.ckpt_workers import megatron_logits
@@ -93,7 +93,7 @@ def test_smollm2_to_megatron_tp3_and_back(tmp_path):
 def test_command_line_tools(tmp_path):
     from PIL import Image
 
-    from megatron_solo.data.tokenizer import default_tokenizer_path
+    from megatron_solo.vocab import default_tokenizer_path
     from tests.harness.ckpt_models import save_hf, small_hf_model
 
     src = save_hf(small_hf_model("mistral", layers=2), tmp_path / "hf")

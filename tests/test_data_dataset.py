@@ -16,7 +16,7 @@ from megatron_solo.data.image import image_to_patches
 from megatron_solo.data.loader import PackedDataLoader
 from megatron_solo.data.preprocess import preprocess
 from megatron_solo.data.shards import ShardError
-from megatron_solo.data.tokenizer import SoloTokenizer
+from megatron_solo.vocab import SoloTokenizer
 
 try:
     from tests.test_data_common import classification_folder, write_jsonl
@@ -57,12 +57,16 @@ def shards(tmp_path_factory):
 def _config(root, **kw):
     datasets = [DatasetSource(str(root / "img"), 0.4), DatasetSource(str(root / "txt"), 0.4),
                 DatasetSource(str(root / "sft"), 0.2)]
-    base = {"seq_length": L, "seed": 3, "patch_size": 32, "weighting": "samples", "samples_per_epoch": 40}
+    base = {"seed": 3, "weighting": "samples", "samples_per_epoch": 40}
     return DataConfig(datasets=datasets, **{**base, **kw})
 
 
+def _dataset(root, patch_size=32, **kw):
+    return PackedDataset(_config(root, **kw), L, patch_size)
+
+
 def test_pack_keys_and_semantics(shards, tok):
-    ds = PackedDataset(_config(shards))
+    ds = _dataset(shards)
     assert len(ds) > 3
     sft_answers = []
     for g in range(len(ds)):
@@ -89,18 +93,18 @@ def test_pack_keys_and_semantics(shards, tok):
 
 
 def test_every_token_packed_once_and_long_text_split(shards):
-    ds = PackedDataset(_config(shards))
+    ds = _dataset(shards)
     stats = ds.stats(0)
     assert stats["split_samples"] >= 1 and stats["dropped_samples"] == 0
     drawn = ds.plan(0)
     expected = sum(int(ds.sets[d].lengths[i]) for d, i in zip(drawn.dataset, drawn.sample))
     assert stats["tokens"] == expected
-    dropped = PackedDataset(_config(shards, overflow="drop")).stats(0)
+    dropped = _dataset(shards, overflow="drop").stats(0)
     assert dropped["dropped_samples"] >= 1 and dropped["dropped_tokens"] > L
 
 
 def test_patches_match_stored_images(shards):
-    ds = PackedDataset(_config(shards, max_side=128))
+    ds = _dataset(shards)
     stored = []
     for tar in sorted((shards / "img").glob("*.tar")):
         for s in wds.WebDataset(str(tar), shardshuffle=False, empty_check=False):
@@ -117,16 +121,16 @@ def test_patches_match_stored_images(shards):
 
 
 def test_deterministic_and_seed_dependent(shards):
-    a, b = PackedDataset(_config(shards)), PackedDataset(_config(shards))
+    a, b = _dataset(shards), _dataset(shards)
     for g in (0, 2, len(a) + 1):  # also a pack of epoch 1
         assert torch.equal(a[g]["tokens"], b[g]["tokens"])
-    c = PackedDataset(_config(shards, seed=4))
+    c = _dataset(shards, seed=4)
     assert any(not torch.equal(a[g]["tokens"], c[g]["tokens"]) for g in range(3))
     assert not np.array_equal(a.plan(0).sample, a.plan(1).sample)  # epochs differ
 
 
 def test_collate_offsets(shards):
-    ds = PackedDataset(_config(shards))
+    ds = _dataset(shards)
     items = [ds[0], ds[1]]
     batch = collate_packs(items)
     assert batch["tokens"].shape == (2, L) and batch["loss_mask"].shape == (2, L)
@@ -149,7 +153,7 @@ def _take(loader, n):
 
 
 def test_dp_sharding_covers_global_sequence(shards):
-    ds = PackedDataset(_config(shards))
+    ds = _dataset(shards)
     single = _take(PackedDataLoader(ds, micro_batch_size=1, num_workers=0), 8)
     r0 = _take(PackedDataLoader(ds, micro_batch_size=2, rank=0, world_size=2, num_workers=0), 2)
     r1 = _take(PackedDataLoader(ds, micro_batch_size=2, rank=1, world_size=2, num_workers=0), 2)
@@ -158,19 +162,19 @@ def test_dp_sharding_covers_global_sequence(shards):
 
 
 def test_resume_sees_the_same_packs(shards):
-    ds = PackedDataset(_config(shards))
+    ds = _dataset(shards)
     n_epoch = len(ds)
     ref = _take(PackedDataLoader(ds, micro_batch_size=2, num_workers=2), n_epoch)  # crosses into epoch 1
-    loader = PackedDataLoader(PackedDataset(_config(shards)), micro_batch_size=2, num_workers=2)
+    loader = PackedDataLoader(_dataset(shards), micro_batch_size=2, num_workers=2)
     _take(loader, 3)
     state = loader.state_dict()
     assert state["consumed_packs"] == 6
-    resumed = PackedDataLoader(PackedDataset(_config(shards)), micro_batch_size=2, num_workers=2)
+    resumed = PackedDataLoader(_dataset(shards), micro_batch_size=2, num_workers=2)
     resumed.load_state_dict(state)
     rest = _take(resumed, n_epoch - 3)
     assert all(torch.equal(a, b) for a, b in zip(ref[3:], rest))
     with pytest.raises(ValueError, match="differs"):
-        PackedDataLoader(PackedDataset(_config(shards, seed=9))).load_state_dict(state)
+        PackedDataLoader(_dataset(shards, seed=9)).load_state_dict(state)
 
 
 def test_shard_mismatch_is_a_clear_error(shards, tmp_path):
@@ -179,9 +183,9 @@ def test_shard_mismatch_is_a_clear_error(shards, tmp_path):
     tars = sorted(bad.glob("*.tar"))
     shutil.copyfile(tars[1], tars[0])
     with pytest.raises(ShardError, match="shard-000000.tar"):
-        PackedDataset(DataConfig(datasets=[DatasetSource(str(bad))], seq_length=L))
+        PackedDataset(DataConfig(datasets=[DatasetSource(str(bad))]), L)
 
 
 def test_patch_size_mismatch_refused(shards):
     with pytest.raises(ShardError, match="16-pixel|32-pixel"):
-        PackedDataset(_config(shards, patch_size=16))
+        _dataset(shards, patch_size=16)

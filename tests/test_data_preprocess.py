@@ -10,7 +10,7 @@ import webdataset as wds
 from megatron_solo.config.data import PreprocessConfig
 from megatron_solo.data.preprocess import preprocess
 from megatron_solo.data.shards import ShardError, index_path, load_index, read_members, verify_shard
-from megatron_solo.data.tokenizer import SoloTokenizer
+from megatron_solo.vocab import SoloTokenizer
 from tests.test_data_common import (
     bad_image_files,
     caption_tar,

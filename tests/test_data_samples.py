@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from megatron_solo.data import samples as sm
-from megatron_solo.data.tokenizer import SoloTokenizer
+from megatron_solo.vocab import SoloTokenizer
 
 
 @pytest.fixture(scope="module")

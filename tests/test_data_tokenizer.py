@@ -2,7 +2,7 @@
 
 import pytest
 
-from megatron_solo.data.tokenizer import SoloTokenizer, TokenizerMismatchError
+from megatron_solo.vocab import SoloTokenizer, TokenizerMismatchError
 
 
 @pytest.fixture(scope="module")

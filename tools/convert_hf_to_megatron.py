@@ -4,8 +4,9 @@
 import argparse
 import sys
 
-from megatron_solo.checkpoint.hf_import import import_hf
 from megatron_solo.config.parallel import ParallelConfig
+from megatron_solo.errors import run_tool
+from megatron_solo.hf.importer import import_hf
 
 
 def main(argv=None) -> int:
@@ -31,4 +32,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -4,7 +4,8 @@
 import argparse
 import sys
 
-from megatron_solo.checkpoint.hf_export import FORMATS, export_checkpoint
+from megatron_solo.errors import run_tool
+from megatron_solo.hf.exporter import FORMATS, export_checkpoint
 
 
 def main(argv=None) -> int:
@@ -27,4 +28,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

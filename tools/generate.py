@@ -4,7 +4,8 @@
 import argparse
 import sys
 
-from megatron_solo.checkpoint.generate import generate
+from megatron_solo.errors import run_tool
+from megatron_solo.hf.generate import generate
 
 
 def main(argv=None) -> int:
@@ -21,4 +22,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

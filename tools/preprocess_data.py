@@ -6,30 +6,34 @@ import json
 import sys
 
 from megatron_solo.config.data import PreprocessConfig
+from megatron_solo.config.defaults import defaults
+from megatron_solo.data.kinds import kind_names
 from megatron_solo.data.preprocess import preprocess
-from megatron_solo.data.sources import KINDS
+from megatron_solo.errors import run_tool
+
+D = defaults(PreprocessConfig)
 
 
 def main(argv=None) -> int:
     """Parse arguments, run the preprocessing job, print its stats."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--kind", required=True, choices=kind_names())
     p.add_argument("--input", nargs="+", required=True, help="folders / tars / JSON(L) files of the source")
     p.add_argument("--output", required=True, help="folder for the shards, their indexes and stats.json")
     p.add_argument("--image-root", help="base folder of relative image paths (default: the input's folder)")
     p.add_argument("--class-names", help="classification: label -> class name map (JSON or text lines)")
-    p.add_argument("--caption-template", default="{}", help='classification caption, e.g. "a photo of a {}."')
+    p.add_argument("--caption-template", default=D.caption_template, help='classification caption, e.g. "a photo of a {}."')
     p.add_argument("--tokenizer", help="SentencePiece model (default: mistral-common's Mistral tokenizer)")
     p.add_argument("--close-with-vision", action="store_true", help="the SOLO release's SFT image-close quirk")
-    p.add_argument("--patch-size", type=int, default=32)
-    p.add_argument("--max-side", type=int, default=1024)
-    p.add_argument("--max-aspect", type=float, default=32.0, help="skip more elongated images (0: keep all)")
-    p.add_argument("--image-format", default="jpeg", choices=["jpeg", "png", "webp"])
-    p.add_argument("--image-quality", type=int, default=95)
-    p.add_argument("--shard-size", type=int, default=2000, help="records per shard")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (0: in this process)")
+    p.add_argument("--patch-size", type=int, default=D.patch_size)
+    p.add_argument("--max-side", type=int, default=D.max_side)
+    p.add_argument("--max-aspect", type=float, default=D.max_aspect, help="skip more elongated images (0: keep all)")
+    p.add_argument("--image-format", default=D.image_format, choices=["jpeg", "png", "webp"])
+    p.add_argument("--image-quality", type=int, default=D.image_quality)
+    p.add_argument("--shard-size", type=int, default=D.shard_size, help="records per shard")
+    p.add_argument("--workers", type=int, default=D.workers, help="worker processes (0: in this process)")
     p.add_argument("--max-length", type=int, help="skip samples longer than this many tokens")
-    p.add_argument("--prefix", default="shard")
+    p.add_argument("--prefix", default=D.prefix)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     cfg = PreprocessConfig(
@@ -46,4 +50,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -9,40 +9,46 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from megatron_solo.config import ParallelConfig, model_preset, preset_names
 from megatron_solo.config.data import DataConfig, DatasetSource
+from megatron_solo.config.defaults import defaults
 from megatron_solo.config.job import JobConfig
 from megatron_solo.config.recipes import recipe, recipe_names
+from megatron_solo.config.train import TrainConfig
+from megatron_solo.errors import run_tool
+
+JOB, TRAIN, PARALLEL, DATA = defaults(JobConfig), defaults(TrainConfig), defaults(ParallelConfig), defaults(DataConfig)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="solo-small", choices=preset_names())
+    p.add_argument("--model", default=JOB.model, choices=preset_names())
     p.add_argument("--model-overrides", default="{}", help='JSON, e.g. \'{"num_layers": 2}\'')
     p.add_argument("--recipe", default="stage1", choices=recipe_names(), help="SOLO stage defaults")
     p.add_argument("--data", nargs="+", required=True, help="shard folders, each optionally PATH:WEIGHT")
     p.add_argument("--seq-length", type=int)
-    p.add_argument("--micro-batch-size", type=int, default=1)
+    p.add_argument("--micro-batch-size", type=int, default=TRAIN.micro_batch_size)
     p.add_argument("--global-batch-size", type=int)
     p.add_argument("--train-steps", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--min-lr", type=float)
     p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--tensor-parallel", type=int, default=1)
-    p.add_argument("--pipeline-parallel", type=int, default=1)
+    p.add_argument("--tensor-parallel", type=int, default=PARALLEL.tensor_parallel)
+    p.add_argument("--pipeline-parallel", type=int, default=PARALLEL.pipeline_parallel)
     p.add_argument("--virtual-pipeline", type=int)
     p.add_argument("--sequence-parallel", action="store_true")
     p.add_argument("--no-distributed-optimizer", action="store_true")
     p.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16")
     p.add_argument("--recompute", action="store_true", help="full activation recompute")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=TRAIN.seed)
     p.add_argument("--save", help="checkpoint folder; the run resumes from it when it holds one")
-    p.add_argument("--save-interval", type=int, default=100)
+    p.add_argument("--save-interval", type=int, default=TRAIN.save_interval)
     p.add_argument("--init-from", help="previous stage's checkpoint: weights only, fresh optimizer")
     p.add_argument("--tensorboard-dir")
-    p.add_argument("--data-workers", type=int, default=2)
+    p.add_argument("--data-workers", type=int, default=DATA.num_workers)
     p.add_argument("--exit-after-steps", type=int, help="checkpoint and stop after this many steps")
     return p.parse_args(argv)
 
@@ -74,8 +80,7 @@ def build_job(args: argparse.Namespace) -> JobConfig:
             use_distributed_optimizer=not args.no_distributed_optimizer,
         ),
         train=train,
-        data=DataConfig(datasets=sources, seq_length=train.seq_length, seed=args.seed,
-                        num_workers=args.data_workers),
+        data=DataConfig(datasets=sources, seed=args.seed, num_workers=args.data_workers),
         init_from=args.init_from,
         exit_after_steps=args.exit_after_steps,
     )
@@ -92,4 +97,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main))

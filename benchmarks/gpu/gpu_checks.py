@@ -96,8 +96,9 @@ def model_flops(cfg, seq_tokens: int, keys: int, n_patches: int) -> float:
 def time_training(seq: int, layers: int, steps: int, microbatches: int, smoke: bool, backend: str) -> dict:
     """Median step time of SoloModel training with megatron-core's schedule + distributed optimizer."""
     from megatron_solo.model.builder import solo_provider
+    from megatron_solo.model.chunks import build_model_chunks
+    from megatron_solo.training.ddp import wrap_ddp
     from megatron_solo.training.forward_step import solo_forward_step
-    from megatron_solo.training.model_build import build_model_chunks, wrap_ddp
     from megatron_solo.training.optimizer import build_optimizer, build_scheduler
     from megatron_solo.training.step import train_step
 

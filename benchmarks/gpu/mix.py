@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from megatron_solo.config.model import VISION_END_ID, VISION_START_ID, VPATCH_ID, VROW_SEP_ID
+from megatron_solo.vocab import VISION_END_ID, VISION_START_ID, VPATCH_ID, VROW_SEP_ID
 
 # Patch grids of ImageNet-like images after the SOLO resize rule (rows, cols):
 # e.g. 500x375 -> 512x384 = 12 rows x 16 cols; 1024-wide photos -> 32 columns.

@@ -1,2 +1,16 @@
-"""HF <-> megatron conversion: hf_source (read HF dirs), hf_import (-> dist checkpoint at any TP/PP),
-hf_export (-> Fuyu / SOLO release), hf_mapping (weight layouts), tokenizers, processor, generate."""
+"""The Megatron checkpoint format, owned here alone.
+
+- ``layout``: where checkpoints live (``SAVE/iter_N``, the ``latest`` file, ``.partial`` folders),
+  resolving a save root or an iteration folder;
+- ``state``: atomic save and load at any TP/PP/DP layout (weights, distributed optimizer, scheduler,
+  RNG, train state) with megatron-core ``dist_checkpointing``;
+- ``metadata``: ``solo_model.json`` (model config and saved layout) and the tokenizer copy beside it;
+- ``weights``: weights-only loading in place (export) and owned-storage state for the importer;
+- ``model_io``: a SoloModel built from a checkpoint's metadata and loaded at a given layout.
+
+Every problem with a checkpoint a user named raises :class:`CheckpointError`.
+"""
+
+from megatron_solo.checkpoint.layout import CheckpointError
+
+__all__ = ["CheckpointError"]

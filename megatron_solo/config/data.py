@@ -17,13 +17,14 @@ class DatasetSource:
 
 @dataclass
 class DataConfig:
-    """The packed training data: blend of shard sets, sequence length, seed and packing policy."""
+    """The packed training data: blend of shard sets, seed and packing policy.
+
+    The pack length and micro-batch size are the training run's (``TrainConfig``), the patch size the
+    model's (``SoloModelConfig``): the loader is given them, they are not stated twice.
+    """
 
     datasets: list[DatasetSource] = field(default_factory=list)
-    seq_length: int = 32768
     seed: int = 1234
-    patch_size: int = 32
-    max_side: int = 1024
     # a sample longer than seq_length: "split" at a text boundary (never inside an image) or "drop";
     # both are counted in the packing stats, neither truncates silently
     overflow: Literal["split", "drop"] = "split"
@@ -32,8 +33,7 @@ class DataConfig:
     weighting: Literal["tokens", "samples"] = "tokens"
     # samples drawn per epoch; 0 = the sum of the datasets' sizes
     samples_per_epoch: int = 0
-    num_workers: int = 2
-    micro_batch_size: int = 1
+    num_workers: int = 2  # DataLoader worker processes per rank (they decode images)
 
     def __post_init__(self) -> None:
         self.datasets = [d if isinstance(d, DatasetSource) else DatasetSource(**d) for d in self.datasets]
@@ -41,8 +41,8 @@ class DataConfig:
             raise ValueError(f"overflow must be 'split' or 'drop', got {self.overflow!r}")
         if self.weighting not in ("tokens", "samples"):
             raise ValueError(f"weighting must be 'tokens' or 'samples', got {self.weighting!r}")
-        if self.seq_length <= 0 or self.open_bins <= 0:
-            raise ValueError("seq_length and open_bins must be positive")
+        if self.open_bins <= 0:
+            raise ValueError("open_bins must be positive")
         if any(d.weight <= 0 for d in self.datasets):
             raise ValueError("dataset weights must be positive")
 
@@ -55,7 +55,7 @@ class DataConfig:
 class PreprocessConfig:
     """How tools/preprocess_data.py turns one raw source into shards."""
 
-    kind: Literal["classification", "caption", "interleaved", "text", "conversation"]
+    kind: str  # a registered sample kind (megatron_solo.data.kinds: classification, caption, ...)
     inputs: list[str]
     output: str
     image_root: str | None = None

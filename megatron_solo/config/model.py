@@ -6,15 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-# Special-token ids of the released SOLO-7B (see reference/solo.md): appended to
-# Mistral's 32000 SentencePiece pieces in this order.
-VISION_START_ID = 32000
-VPATCH_ID = 32001
-VROW_SEP_ID = 32002
-VFRAME_SEP_ID = 32003
-VISION_END_ID = 32004
-SOLO_VOCAB_SIZE = 33029  # 32000 + 5 vision tokens + 1024 <loc_*> tokens
-SOLO_CHAT_VOCAB_SIZE = SOLO_VOCAB_SIZE + 2  # + <|im_start|>, <|im_end|>
+from megatron_solo.vocab.ids import SOLO_VOCAB_SIZE, VISION_START_ID, VPATCH_ID
 
 
 @dataclass

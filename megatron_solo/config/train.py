@@ -33,9 +33,7 @@ class TrainConfig:
     bf16: bool = True
     recompute: bool = False
     save_dir: str | None = None
-    load_dir: str | None = None
     save_interval: int = 100
-    log_interval: int = 1
     tensorboard_dir: str | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
 

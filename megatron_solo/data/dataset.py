@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config.data import DataConfig
-from .image import patchify_into
-from .packing import PackResult, blend_indices, normalize_weights, pack, shuffled_order
-from .samples import VisionIds, expand
-from .shards import TOKEN_DTYPE, ShardError, load_index, read_members
+from megatron_solo.vocab import PAD_ID, VisionIds
 
-PAD_ID = 2  # Mistral has no pad piece: padding carries </s> and is never trained on
+from ..config.data import DataConfig
+from .image import PATCH_SIZE, patchify_into
+from .packing import PackResult, blend_indices, normalize_weights, pack, shuffled_order
+from .samples import expand
+from .shards import TOKEN_DTYPE, ShardError, load_index, read_members
 
 
 def _shard_paths(path: str | list[str]) -> list[Path]:
@@ -128,15 +128,20 @@ def _gather_blocks(ptr, start, end, idx):
 class PackedDataset(torch.utils.data.Dataset):
     """Map-style dataset over global pack indices (all epochs back to back); see the module docstring."""
 
-    def __init__(self, config: DataConfig, pad_id: int = PAD_ID):
-        """Index the shards of every dataset of the blend (tars are opened lazily, per worker)."""
+    def __init__(self, config: DataConfig, seq_length: int, patch_size: int = PATCH_SIZE, pad_id: int = PAD_ID):
+        """Index the shards of every dataset of the blend (tars are opened lazily, per worker).
+
+        ``seq_length``: tokens per pack (the training run's); ``patch_size``: the model's patch side.
+        """
         if not config.datasets:
             raise ValueError("DataConfig.datasets is empty")
-        self.config = config
+        if seq_length <= 0:
+            raise ValueError(f"seq_length must be positive, got {seq_length}")
+        self.config, self.seq_length, self.patch_size = config, seq_length, patch_size
         self.pad_id = pad_id
         self.sets = [ShardSet(d.path) for d in config.datasets]
         for d in config.datasets:
-            _check_patch_size(d.path, config.patch_size)
+            _check_patch_size(d.path, patch_size)
         visions = {s.vision for s in self.sets}
         if len(visions) > 1:
             raise ShardError(f"datasets of the blend use different image-block ids: {sorted(visions)}")
@@ -179,7 +184,7 @@ class PackedDataset(torch.utils.data.Dataset):
         block_ptr, block_start, block_end = _gather_blocks(self._block_ptr, self._block_start, self._block_end,
                                                            stream)
         lengths = self._lengths[stream]
-        packs = pack(lengths, cfg.seq_length, cfg.seed, epoch, block_ptr, block_start, block_end,
+        packs = pack(lengths, self.seq_length, cfg.seed, epoch, block_ptr, block_start, block_end,
                      overflow=cfg.overflow, open_bins=cfg.open_bins, shuffle=True)
         result = EpochPlan(packs, ds.astype(np.int64), sample)
         self._plans[epoch] = result
@@ -219,7 +224,7 @@ class PackedDataset(torch.utils.data.Dataset):
         """Hash of everything that determines the packs (config and shard identities)."""
         cfg = self.config
         ident = {"datasets": [[d.weight, s.fingerprint()] for d, s in zip(cfg.datasets, self.sets)],
-                 "seq_length": cfg.seq_length, "seed": cfg.seed, "overflow": cfg.overflow,
+                 "seq_length": self.seq_length, "seed": cfg.seed, "overflow": cfg.overflow,
                  "open_bins": cfg.open_bins, "weighting": cfg.weighting, "samples_per_epoch": cfg.samples_per_epoch}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -253,8 +258,8 @@ class PackedDataset(torch.utils.data.Dataset):
         """Global pack g as model-ready tensors."""
         epoch, p = self.locate(int(g))
         plan = self.plan(epoch)
-        S = self.config.seq_length
-        P = self.config.patch_size
+        S = self.seq_length
+        P = self.patch_size
         tokens = np.full(S, self.pad_id, np.int64)
         target = np.zeros(S, bool)
         position_ids = np.zeros(S, np.int64)
@@ -372,12 +377,3 @@ def collate_packs(batch: list[dict]) -> dict:
 def patch_positions(tokens: torch.Tensor, vpatch_id: int = 32001) -> torch.Tensor:
     """Flat indices of the <vpatch> slots of a [S] or [B, S] token tensor, in the order of `patches`."""
     return torch.nonzero(tokens.reshape(-1) == vpatch_id).squeeze(1)
-
-
-def __getattr__(name: str):
-    """`PackedDataLoader` and `build_data_loader` live in loader.py; keep them importable from here."""
-    if name in ("PackedDataLoader", "build_data_loader"):
-        from . import loader
-
-        return getattr(loader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,6 +13,7 @@ import torch
 
 from ..config.data import DataConfig
 from .dataset import PackedDataset, collate_packs
+from .image import PATCH_SIZE
 
 
 class _RankSampler(torch.utils.data.Sampler):
@@ -68,8 +69,8 @@ class PackedDataLoader:
         self.consumed_packs = consumed
 
 
-def build_data_loader(config: DataConfig, rank: int = 0, world_size: int = 1,
-                      limit: int | None = None) -> PackedDataLoader:
-    """PackedDataset + rank-sharded loader from a DataConfig (micro batch and workers taken from it)."""
-    return PackedDataLoader(PackedDataset(config), config.micro_batch_size, rank, world_size,
+def build_data_loader(config: DataConfig, seq_length: int, micro_batch_size: int, patch_size: int = PATCH_SIZE,
+                      rank: int = 0, world_size: int = 1, limit: int | None = None) -> PackedDataLoader:
+    """PackedDataset + rank-sharded loader: the blend from ``config``, pack shape from the run and model."""
+    return PackedDataLoader(PackedDataset(config, seq_length, patch_size), micro_batch_size, rank, world_size,
                             config.num_workers, limit)

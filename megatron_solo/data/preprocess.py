@@ -18,22 +18,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..config.data import PreprocessConfig
-from .image import ImageError, load_resized
-from .samples import (
-    ImageSegment,
-    Sample,
-    SkipSample,
-    VisionIds,
-    caption_sample,
-    classification_sample,
-    conversation_sample,
-    interleaved_sample,
-    text_sample,
-)
-from .shards import INDEX_SUFFIX, ShardWriter, index_path, load_index
-from .sources import iter_records, load_class_names
-from .tokenizer import SoloTokenizer
+from megatron_solo.config.data import PreprocessConfig
+from megatron_solo.data.image import ImageError, load_resized
+from megatron_solo.data.kinds import BuildContext, build_sample, iter_records
+from megatron_solo.data.samples import ImageSegment, SkipSample
+from megatron_solo.data.shards import INDEX_SUFFIX, ShardWriter, index_path, load_index
+from megatron_solo.data.sources import load_class_names
+from megatron_solo.vocab import SoloTokenizer
 
 CONFIG_FILE = "preprocess_config.json"
 STATS_FILE = "stats.json"
@@ -42,9 +33,11 @@ _worker: dict = {}  # per-process state: config, tokenizer, class names
 
 
 def _setup(cfg: PreprocessConfig) -> None:
+    tok = SoloTokenizer(cfg.tokenizer, close_with_vision=cfg.close_with_vision)
     _worker["cfg"] = cfg
-    _worker["tok"] = SoloTokenizer(cfg.tokenizer, close_with_vision=cfg.close_with_vision)
-    _worker["class_names"] = load_class_names(cfg.class_names)
+    _worker["ctx"] = BuildContext(tok=tok, image=lambda source: _image(source, cfg),
+                                  class_names=load_class_names(cfg.class_names),
+                                  caption_template=cfg.caption_template)
 
 
 def _image(source, cfg: PreprocessConfig) -> ImageSegment:
@@ -53,35 +46,6 @@ def _image(source, cfg: PreprocessConfig) -> ImageSegment:
     except ImageError as err:
         raise SkipSample(err.reason, str(err)) from err
     return ImageSegment(img, cfg.patch_size)
-
-
-def build_sample(record: dict, key: str, cfg: PreprocessConfig, tok: SoloTokenizer,
-                 class_names: dict[str, str] | None = None) -> Sample:
-    """One record -> a Sample (images decoded and resized), or SkipSample with the reason."""
-    if "skip" in record:
-        raise SkipSample(record["skip"], record.get("error", ""))
-    kind = record["kind"]
-    if kind == "classification":
-        if class_names is not None and str(record["label"]) not in class_names:
-            # checked before decoding the image: no point paying for it
-            raise SkipSample("missing_class_name", f"label {record['label']!r} of {record['image']}")
-        return classification_sample(key, _image(record["image"], cfg), record["label"], tok, class_names,
-                                     cfg.caption_template)
-    if kind == "caption":
-        if not str(record.get("caption") or "").strip():
-            raise SkipSample("empty_caption", str(record.get("id", key)))
-        return caption_sample(key, _image(record["image"], cfg), record["caption"], tok)
-    if kind == "text":
-        return text_sample(key, record["text"], tok)
-    if kind == "interleaved":
-        items = [_image(v, cfg) if t == "image" else v for t, v in record["items"]]
-        return interleaved_sample(key, items, tok)
-    if kind == "conversation":
-        turns = record["turns"]
-        # cheap checks first so a broken conversation does not cost image decoding
-        conversation_sample(key, [], turns, tok)
-        return conversation_sample(key, [_image(p, cfg) for p in record["images"]], turns, tok)
-    raise SkipSample("bad_record", f"unknown kind {kind!r}")
 
 
 def shard_path(output: str | os.PathLike, prefix: str, k: int) -> Path:
@@ -93,8 +57,8 @@ def process_shard(k: int, first: int, records: list[dict], cfg: PreprocessConfig
     """Build and write shard k from its records; returns its stats (also stored in its index)."""
     if cfg is not None and _worker.get("cfg") is not cfg:
         _setup(cfg)
-    cfg, tok, class_names = _worker["cfg"], _worker["tok"], _worker["class_names"]
-    writer = ShardWriter(shard_path(cfg.output, cfg.prefix, k), VisionIds.from_tokenizer(tok),
+    cfg, ctx = _worker["cfg"], _worker["ctx"]
+    writer = ShardWriter(shard_path(cfg.output, cfg.prefix, k), ctx.tok.vision_ids,
                          cfg.image_format, cfg.image_quality)
     skipped: Counter = Counter()
     examples: list[str] = []
@@ -103,7 +67,7 @@ def process_shard(k: int, first: int, records: list[dict], cfg: PreprocessConfig
         for i, record in enumerate(records):
             key = f"{first + i:010d}"
             try:
-                sample = build_sample(record, key, cfg, tok, class_names)
+                sample = build_sample(record, key, ctx)
                 if cfg.max_length is not None and len(sample) > cfg.max_length:
                     raise SkipSample("too_long", f"{key}: {len(sample)} tokens > max_length {cfg.max_length}")
             except SkipSample as skip:

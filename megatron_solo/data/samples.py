@@ -14,12 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from .tokenizer import SoloTokenizer
+from megatron_solo.vocab import SOLO_VISION_IDS, Tokenizer, VisionIds, image_block, image_token_count
 
 
 class SkipSample(Exception):
@@ -74,39 +73,6 @@ class Sample:
         return self.text_tokens() + self.image_tokens()
 
 
-class VisionIds(NamedTuple):
-    """The ids an image block is built from; stored in every shard index so loaders need no tokenizer."""
-
-    vision: int = 32000
-    vpatch: int = 32001
-    vrow_sep: int = 32002
-    close: int = 32004  # </vision>, or <vision> for the release's instruction-tuned quirk
-
-    @classmethod
-    def from_tokenizer(cls, tok: SoloTokenizer) -> VisionIds:
-        """The block ids `tok` uses."""
-        return cls(tok.vision_id, tok.vpatch_id, tok.vrow_sep_id, tok.image_close_id)
-
-
-SOLO_VISION_IDS = VisionIds()
-
-
-def image_token_count(rows: int, cols: int) -> int:
-    """Tokens of one image block: patches, separators between rows, open and close."""
-    return rows * cols + rows - 1 + 2
-
-
-def image_block(rows: int, cols: int, ids: VisionIds = SOLO_VISION_IDS) -> np.ndarray:
-    """The id block of one image (same as SoloTokenizer.image_tokens, vectorized)."""
-    block = np.full((rows, cols + 1), ids.vpatch, dtype=np.int64)
-    block[:, -1] = ids.vrow_sep
-    out = np.empty(image_token_count(rows, cols), dtype=np.int64)
-    out[0] = ids.vision
-    out[1:-1] = block.reshape(-1)[:-1]  # no separator after the last row
-    out[-1] = ids.close
-    return out
-
-
 def _clean(text: str | None) -> str:
     return (text or "").strip()
 
@@ -116,7 +82,7 @@ def _clean(text: str | None) -> str:
 
 
 def image_text_sample(key: str, kind: str, images: Sequence[ImageSegment], caption: str,
-                      tok: SoloTokenizer) -> Sample:
+                      tok: Tokenizer) -> Sample:
     """<s> [img]... caption </s> (classification and caption data)."""
     caption = _clean(caption)
     if not caption:
@@ -125,7 +91,7 @@ def image_text_sample(key: str, kind: str, images: Sequence[ImageSegment], capti
                               TextSegment(tok.encode(caption) + [tok.eos_id], loss=True)])
 
 
-def classification_sample(key: str, image: ImageSegment, label: str, tok: SoloTokenizer,
+def classification_sample(key: str, image: ImageSegment, label: str, tok: Tokenizer,
                           class_names: dict[str, str] | None = None, template: str = "{}") -> Sample:
     """Image + caption made from its class name through `template` (e.g. "a photo of a {}.")."""
     label = str(label)
@@ -139,12 +105,12 @@ def classification_sample(key: str, image: ImageSegment, label: str, tok: SoloTo
                              else "", tok)
 
 
-def caption_sample(key: str, image: ImageSegment, caption: str, tok: SoloTokenizer) -> Sample:
+def caption_sample(key: str, image: ImageSegment, caption: str, tok: Tokenizer) -> Sample:
     """Image-caption pair."""
     return image_text_sample(key, "caption", [image], caption, tok)
 
 
-def text_sample(key: str, text: str, tok: SoloTokenizer) -> Sample:
+def text_sample(key: str, text: str, tok: Tokenizer) -> Sample:
     """Plain text document."""
     text = text or ""
     if not text.strip():
@@ -153,7 +119,7 @@ def text_sample(key: str, text: str, tok: SoloTokenizer) -> Sample:
                                 TextSegment(tok.encode(text) + [tok.eos_id], loss=True)])
 
 
-def interleaved_sample(key: str, items: Sequence[str | ImageSegment], tok: SoloTokenizer) -> Sample:
+def interleaved_sample(key: str, items: Sequence[str | ImageSegment], tok: Tokenizer) -> Sample:
     """Interleaved document: `items` are texts and images in reading order."""
     segments: list[Segment] = [TextSegment([tok.bos_id], loss=False)]
     n_images = n_text = 0
@@ -191,7 +157,7 @@ def normalize_turns(turns: Sequence[dict]) -> list[tuple[str, str]]:
 
 
 def conversation_sample(key: str, images: Sequence[ImageSegment], turns: Sequence[dict],
-                        tok: SoloTokenizer) -> Sample:
+                        tok: Tokenizer) -> Sample:
     """SOLO's SFT template: images first, then <s>[INST] q [/INST] a</s>...; loss on answers and their </s>."""
     pairs = normalize_turns(turns)
     system = " ".join(t for r, t in pairs if r == "system" and t)

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"}
-KINDS = ("classification", "caption", "interleaved", "text", "conversation")
 
 
 def _open_text(path: Path):
@@ -247,22 +246,3 @@ def conversation_records(inputs: list[str], image_root: str | None = None) -> It
         turns = row.get("conversations") or row.get("messages") or []
         yield {"kind": "conversation", "images": [_resolve(p, root) for p in images], "turns": turns,
                "id": str(row.get("id", ""))}
-
-
-READERS = {
-    "classification": classification_records,
-    "caption": caption_records,
-    "interleaved": interleaved_records,
-    "text": text_records,
-    "conversation": conversation_records,
-}
-
-
-def iter_records(kind: str, inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
-    """Records of a source of `kind` (see the module docstring); missing inputs raise naming the file."""
-    if kind not in READERS:
-        raise ValueError(f"unknown source kind {kind!r}; one of {', '.join(KINDS)}")
-    for item in inputs:
-        if not Path(item).exists():
-            raise FileNotFoundError(f"input {item} does not exist")
-    return READERS[kind](inputs, image_root)

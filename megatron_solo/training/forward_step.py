@@ -36,8 +36,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def solo_forward_step(data_iterator: Iterator, model):
     """Read one micro-batch, run SoloModel, return (per-token losses, loss function)."""
+    from megatron_solo.model.chunks import unwrap
     from megatron_solo.platform.distributed import current_device
-    from megatron_solo.training.model_build import unwrap
 
     batch = to_device(next(data_iterator), current_device())
     missing = [k for k in BATCH_KEYS if k not in batch]

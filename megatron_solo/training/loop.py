@@ -6,14 +6,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from megatron_solo.checkpoint.layout import latest_iteration
+from megatron_solo.checkpoint.metadata import write_run_files
+from megatron_solo.checkpoint.state import TrainState, load_checkpoint, save_checkpoint
 from megatron_solo.config.job import JobConfig
 from megatron_solo.config.model import model_preset
-from megatron_solo.training.checkpointing import (
-    TrainState,
-    latest_iteration,
-    load_checkpoint,
-    save_checkpoint,
-)
+from megatron_solo.vocab.tokenizers import tokenizer_for_vocab
 
 
 @dataclass
@@ -39,31 +37,9 @@ def _log_rank() -> bool:
 
 def _tokenizer_for(job: JobConfig, model_cfg):
     """The SOLO tokenizer of this job, refused when it does not fit the model's vocabulary."""
-    from megatron_solo.config.model import SOLO_CHAT_VOCAB_SIZE
-    from megatron_solo.data.tokenizer import SoloTokenizer
-
-    tok = SoloTokenizer(job.tokenizer, chat_tokens=model_cfg.vocab_size >= SOLO_CHAT_VOCAB_SIZE)
+    tok = tokenizer_for_vocab(job.tokenizer, model_cfg.vocab_size)
     tok.check_compatible(model_cfg.vocab_size, {"<vpatch>": model_cfg.vpatch_token_id})
     return tok
-
-
-def _write_export_files(save_dir: str, model_cfg, parallel, tok, init_from: str | None) -> None:
-    """solo_model.json and tokenizer/ beside the checkpoints, so tools/export_to_hf.py needs nothing else."""
-    import os
-    import shutil
-
-    from megatron_solo.checkpoint.hf_import import META_FILE, write_metadata
-
-    os.makedirs(save_dir, exist_ok=True)
-    if not os.path.isfile(os.path.join(save_dir, META_FILE)):
-        write_metadata(save_dir, model_cfg, parallel, source="megatron_solo training")
-    target = os.path.join(save_dir, "tokenizer")
-    if not os.path.isdir(target):
-        previous = os.path.join(init_from, "tokenizer") if init_from else None
-        if previous and os.path.isdir(previous):
-            shutil.copytree(previous, target)  # keep the imported base model's tokenizer
-        else:
-            tok.save_pretrained(target)
 
 
 def pretrain(job: JobConfig) -> RunSummary:
@@ -72,17 +48,16 @@ def pretrain(job: JobConfig) -> RunSummary:
 
     from megatron_solo.data.loader import build_data_loader
     from megatron_solo.model.builder import solo_provider
+    from megatron_solo.model.chunks import build_model_chunks
     from megatron_solo.platform import init_distributed, init_parallel
+    from megatron_solo.training.ddp import wrap_ddp
     from megatron_solo.training.forward_step import solo_forward_step
-    from megatron_solo.training.model_build import build_model_chunks, wrap_ddp
     from megatron_solo.training.optimizer import build_optimizer, build_scheduler
     from megatron_solo.training.preemption import PreemptionFlag
     from megatron_solo.training.progress import TrainLogger
     from megatron_solo.training.step import train_step
 
     train, parallel = job.train, job.parallel
-    if job.data.seq_length != train.seq_length:
-        raise ValueError(f"data seq_length {job.data.seq_length} != train seq_length {train.seq_length}")
     init_distributed()
     dp = init_parallel(parallel, seed=train.seed)
     num_microbatches = train.num_microbatches(dp)
@@ -111,14 +86,14 @@ def pretrain(job: JobConfig) -> RunSummary:
     elif job.init_from:
         load_checkpoint(job.init_from, chunks, load_rng=False)  # previous stage: weights only
 
-    job.data.micro_batch_size = train.micro_batch_size
-    loader = build_data_loader(job.data, rank=ps.get_data_parallel_rank(), world_size=dp)
+    loader = build_data_loader(job.data, train.seq_length, train.micro_batch_size, model_cfg.patch_size,
+                               rank=ps.get_data_parallel_rank(), world_size=dp)
     if "data" in state.extra:
         loader.load_state_dict(state.extra["data"])
     batches = iter(loader)
 
     if train.save_dir and torch.distributed.get_rank() == 0:
-        _write_export_files(train.save_dir, model_cfg, parallel, tok, job.init_from)
+        write_run_files(train.save_dir, model_cfg, parallel, tok, job.init_from)
     logger = TrainLogger(_log_rank(), train.tensorboard_dir, train.train_steps)
     flag = PreemptionFlag()
     summary = RunSummary(iteration=state.iteration, resumed_from=resumed, is_log_rank=_log_rank())

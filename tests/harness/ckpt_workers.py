@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
-from megatron_solo.checkpoint.hf_export import load_solo_model
-from megatron_solo.checkpoint.hf_import import quiet_workers, write_metadata
+from megatron_solo.checkpoint.metadata import write_metadata
+from megatron_solo.checkpoint.model_io import load_solo_model
 from megatron_solo.config.parallel import ParallelConfig
+from megatron_solo.hf.importer import quiet_workers
 from megatron_solo.platform import init_parallel
 
 
@@ -52,7 +53,7 @@ def train_and_predict(ckpt_root: str, out_root: str, inputs_file: str, steps: in
         loss.backward()
         opt.step()
     model.eval()
-    from megatron_solo.training.checkpointing import TrainState, save_checkpoint
+    from megatron_solo.checkpoint.state import TrainState, save_checkpoint
 
     save_checkpoint(out_root, TrainState(iteration=steps), [model])
     write_metadata(out_root, cfg, parallel)

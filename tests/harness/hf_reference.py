@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from megatron_solo.checkpoint.hf_mapping import megatron_to_hf
+from megatron_solo.hf.weights import megatron_to_hf
 
 
 def reference_logits(model, cfg, tokens: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:

@@ -12,14 +12,15 @@ from collections.abc import Callable
 
 import torch
 
+from megatron_solo.checkpoint.state import TrainState, load_checkpoint, save_checkpoint
 from megatron_solo.config import ParallelConfig, TrainConfig, model_preset
 from megatron_solo.config.train import OptimConfig
 from megatron_solo.model.builder import solo_provider
+from megatron_solo.model.chunks import build_model_chunks
 from megatron_solo.model.gpt import build_gpt
 from megatron_solo.platform import init_parallel
-from megatron_solo.training.checkpointing import TrainState, load_checkpoint, save_checkpoint
+from megatron_solo.training.ddp import wrap_ddp
 from megatron_solo.training.forward_step import solo_forward_step, text_forward_step
-from megatron_solo.training.model_build import build_model_chunks, wrap_ddp
 from megatron_solo.training.optimizer import build_optimizer, build_scheduler
 from megatron_solo.training.step import train_step
 from tests.harness import solo_batches as SB

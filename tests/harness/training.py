@@ -32,8 +32,8 @@ def small_job(images: str, texts: str, save_dir: str, steps: int, exit_after: in
     """solo-tiny (real SOLO vocabulary), DP2 with the distributed optimizer, fp32."""
     train = recipe("stage1", seq_length=SEQ, global_batch_size=4, train_steps=steps, bf16=False, seed=5,
                    save_dir=save_dir, save_interval=100, optim={"lr": 2e-3, "warmup_steps": 1})
-    data = DataConfig(datasets=[DatasetSource(images, 0.7), DatasetSource(texts, 0.3)], seq_length=SEQ, seed=5,
-                      num_workers=1, max_side=256)
+    data = DataConfig(datasets=[DatasetSource(images, 0.7), DatasetSource(texts, 0.3)], seed=5,
+                      num_workers=1)
     return JobConfig(model="solo-tiny", model_overrides={"vocab_size": 33031}, parallel=ParallelConfig(),
                      train=train, data=data, exit_after_steps=exit_after)
 
@@ -53,11 +53,11 @@ def final_weights(images: str, texts: str, save_dir: str, out: str) -> None:
     """Worker (1 process): load the latest checkpoint of ``save_dir`` and write its weights."""
     from safetensors.torch import save_file
 
+    from megatron_solo.checkpoint.state import load_checkpoint
     from megatron_solo.config import model_preset
     from megatron_solo.model.builder import solo_provider
+    from megatron_solo.model.chunks import build_model_chunks
     from megatron_solo.platform import init_parallel
-    from megatron_solo.training.checkpointing import load_checkpoint
-    from megatron_solo.training.model_build import build_model_chunks
 
     job = small_job(images, texts, save_dir, 1, None)
     init_parallel(ParallelConfig(), seed=1)

@@ -1,13 +1,9 @@
-"""Training checkpoints with megatron-core ``dist_checkpointing`` (loadable at another TP/PP).
+"""Save and load training checkpoints with megatron-core ``dist_checkpointing`` (loadable at another TP/PP/DP).
 
-Layout of a save directory::
-
-    SAVE/iter_0000100/          one checkpoint (torch_dist format)
-    SAVE/latest_checkpointed_iteration.txt
-
-A checkpoint is written to ``iter_N.partial`` and renamed into place by rank 0 only
+A checkpoint (see :mod:`megatron_solo.checkpoint.layout`) is written to ``iter_N.partial`` and renamed into place by rank 0 only
 after every rank finished, then the ``latest`` file is replaced atomically; a
-partly written checkpoint is never taken as the latest.
+partly written checkpoint is never taken as the latest. Older ``.partial`` folders (a
+save that was killed) are removed once a newer checkpoint is complete.
 """
 
 from __future__ import annotations
@@ -20,7 +16,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-LATEST_FILE = "latest_checkpointed_iteration.txt"
+from megatron_solo.checkpoint.layout import (
+    LATEST_FILE,
+    PARTIAL_SUFFIX,
+    checkpoint_dir,
+    resolve_checkpoint,
+)
+from megatron_solo.checkpoint.metadata import layout_dict, read_train_state, record_saved_layout, saved_layout
+from megatron_solo.model.chunks import unwrap
+
 # The distributed optimizer's state gathered into model space, so it loads at another
 # TP/PP/DP layout ('fully_sharded_model_space' needs flattened ranges, which
 # dist_checkpointing 0.16.1 refuses).
@@ -36,28 +40,7 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def checkpoint_dir(root: str, iteration: int) -> str:
-    """Directory of the checkpoint of ``iteration`` under ``root``."""
-    return os.path.join(root, f"iter_{iteration:07d}")
-
-
-def latest_iteration(root: str) -> int | None:
-    """Iteration named by the ``latest`` file, or None when there is no finished checkpoint."""
-    path = os.path.join(root, LATEST_FILE)
-    if not os.path.isfile(path):
-        return None
-    text = open(path).read().strip()
-    if not text.isdigit():
-        raise ValueError(f"{path}: expected an iteration number, found {text!r}")
-    iteration = int(text)
-    if not os.path.isdir(checkpoint_dir(root, iteration)):
-        raise ValueError(f"{path} names iteration {iteration} but {checkpoint_dir(root, iteration)} is missing")
-    return iteration
-
-
 def _model_sharded_state_dict(chunks: list[torch.nn.Module]) -> dict[str, Any]:
-    from megatron_solo.training.model_build import unwrap
-
     # The unwrapped modules: DDP would prefix every key with "module.".
     if len(chunks) == 1:
         return {"model": unwrap(chunks[0]).sharded_state_dict()}
@@ -160,7 +143,7 @@ def save_checkpoint(
     from megatron.core import dist_checkpointing
 
     final = checkpoint_dir(root, state.iteration)
-    partial = final + ".partial"
+    partial = final + PARTIAL_SUFFIX
     if dist.get_rank() == 0:
         os.makedirs(root, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)
@@ -175,7 +158,7 @@ def save_checkpoint(
         "iteration": state.iteration,
         "consumed_samples": state.consumed_samples,
         "extra": state.extra,
-        "layout": layout[:3],
+        "layout": layout_dict(layout),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
     }
     dist_checkpointing.save(sharded, partial)
@@ -188,6 +171,8 @@ def save_checkpoint(
         with open(tmp, "w") as f:
             f.write(str(state.iteration))
         os.replace(tmp, os.path.join(root, LATEST_FILE))
+        record_saved_layout(root, layout_dict(layout))
+        _remove_stale_partials(root, state.iteration)
     dist.barrier()
     return final
 
@@ -208,23 +193,14 @@ def load_checkpoint(
     """
     from megatron.core import dist_checkpointing
 
-    from megatron_solo.training.model_build import unwrap
-
-    if os.path.isfile(os.path.join(path, LATEST_FILE)):
-        iteration = latest_iteration(path)
-        path = checkpoint_dir(path, iteration)
-    if not os.path.isdir(path) or path.endswith(".partial"):
-        raise FileNotFoundError(f"{path}: not a finished checkpoint directory")
-    common = dist_checkpointing.load_common_state_dict(path)
-    saved = common.get("train_state")
-    if saved is None:
-        raise ValueError(f"{path}: checkpoint has no train_state (not written by megatron_solo?)")
+    path = str(resolve_checkpoint(path)[1])
+    saved = read_train_state(path)
     layout = _layout()
     sharded = _model_sharded_state_dict(chunks)
     if optimizer is not None:
         _prime_optimizer_state(optimizer)
         sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True, metadata=OPTIMIZER_METADATA)
-    same_layout = tuple(saved["layout"]) == layout[:3]
+    same_layout = saved_layout(saved) == layout_dict(layout)
     if load_rng and same_layout:
         sharded["rng_state"] = _rng_sharded_object(layout)
     loaded = dist_checkpointing.load(sharded, path)
@@ -239,6 +215,17 @@ def load_checkpoint(
     return TrainState(
         iteration=saved["iteration"], consumed_samples=saved["consumed_samples"], extra=saved["extra"]
     )
+
+
+def _remove_stale_partials(root: str, completed: int) -> None:
+    """Drop ``iter_N.partial`` folders of saves older than ``completed`` (killed mid-save; never loadable)."""
+    for entry in os.scandir(root):
+        name = entry.name
+        if not (entry.is_dir() and name.startswith("iter_") and name.endswith(PARTIAL_SUFFIX)):
+            continue
+        number = name[len("iter_"):-len(PARTIAL_SUFFIX)]
+        if number.isdigit() and int(number) < completed:
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _restore_rng(state: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ def load_exported(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float
     """(model, processor) of a directory written by :func:`export_checkpoint` (format "fuyu")."""
     from transformers import AutoModelForCausalLM
 
-    from megatron_solo.checkpoint.processor import SoloProcessor
+    from megatron_solo.hf.processor import SoloProcessor
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
     return model, SoloProcessor.from_pretrained(model_dir)

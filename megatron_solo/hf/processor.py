@@ -38,7 +38,7 @@ class SoloProcessor:
     """Tokenizer + SOLO's image rule, called like a transformers processor."""
 
     def __init__(self, tokenizer, patch_size: int = 32, max_side: int = 1024):
-        """``tokenizer``: SoloTokenizer or HFSoloTokenizer (see megatron_solo.checkpoint.tokenizers)."""
+        """``tokenizer``: SoloTokenizer or HFSoloTokenizer (megatron_solo.vocab)."""
         self.tokenizer, self.patch_size, self.max_side = tokenizer, patch_size, max_side
 
     def image(self, image) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -109,14 +109,14 @@ class SoloProcessor:
     def save_pretrained(self, directory: str | os.PathLike) -> str:
         """Write solo_processor.json (the tokenizer is saved separately, in the same directory)."""
         Path(directory, PROCESSOR_FILE).write_text(json.dumps(
-            {"processor_class": "megatron_solo.checkpoint.processor.SoloProcessor",
+            {"processor_class": "megatron_solo.hf.processor.SoloProcessor",
              "patch_size": self.patch_size, "max_side": self.max_side}, indent=2))
         return str(directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> SoloProcessor:
         """Load the processor and tokenizer of an exported model directory."""
-        from megatron_solo.checkpoint.tokenizers import load_tokenizer
+        from megatron_solo.vocab import load_tokenizer
 
         meta_file = Path(directory, PROCESSOR_FILE)
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}

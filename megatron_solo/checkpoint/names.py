@@ -1,0 +1,41 @@
+"""Parameter names as the checkpoint stores them, whatever layer implementation built the model.
+
+megatron-core's Transformer Engine spec fuses each RMSNorm into the linear after it
+(``self_attention.linear_qkv.layer_norm_weight``, ``mlp.linear_fc1.layer_norm_weight``); the local
+spec keeps separate norms (``input_layernorm.weight``, ``pre_mlp_layernorm.weight``) but maps them
+onto the TE names in its ``sharded_state_dict`` (``sharded_state_dict_keys_map``). So a checkpoint
+always holds the TE names: they are the canonical names here, and both specs load the same
+checkpoint. TE modules also carry ``_extra_state`` (FP8 scaling history), which only a TE model
+has and needs.
+"""
+
+from __future__ import annotations
+
+# local-spec module prefix -> the canonical (TE) prefix of the same weight
+LOCAL_TO_CANONICAL = {
+    "input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+    "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
+}
+EXTRA_STATE = "_extra_state"
+
+
+def canonical_name(name: str) -> str:
+    """The checkpoint name of parameter ``name`` of a local- or TE-spec model (``decoder.layers.i.*``)."""
+    head, sep, rest = name.partition(".layers.")
+    if not sep:
+        return name
+    idx, dot, tail = rest.partition(".")
+    for local, canonical in LOCAL_TO_CANONICAL.items():
+        if tail.startswith(local):
+            return f"{head}.layers.{idx}{dot}{canonical}{tail[len(local):]}"
+    return name
+
+
+def is_extra_state(name: str) -> bool:
+    """Whether ``name`` is Transformer Engine's non-tensor ``_extra_state`` (FP8 metadata)."""
+    return name.endswith(EXTRA_STATE)
+
+
+def canonical_state_dict(state: dict) -> dict:
+    """A model's tensors keyed by their canonical names, without TE's ``_extra_state``."""
+    return {canonical_name(k): v for k, v in state.items() if not is_extra_state(k) and v is not None}

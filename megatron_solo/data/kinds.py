@@ -1,0 +1,104 @@
+"""The sample-kind registry: one entry per kind, its reader of raw sources and its sample builder.
+
+Adding a kind means writing a reader (raw files -> records, in ``sources.py``), a builder (record ->
+:class:`~megatron_solo.data.samples.Sample`, in ``samples.py``) and one :class:`SampleKind` entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from megatron_solo.data import samples as sm
+from megatron_solo.data import sources as src
+from megatron_solo.vocab import Tokenizer
+
+
+@dataclass
+class BuildContext:
+    """What a builder may use: the tokenizer, the class-name map and an image loader (decode + SOLO resize)."""
+
+    tok: Tokenizer
+    image: Callable[[object], sm.ImageSegment]
+    class_names: dict[str, str] | None = None
+    caption_template: str = "{}"
+
+
+@dataclass(frozen=True)
+class SampleKind:
+    """A source kind: ``read(inputs, image_root)`` yields records, ``build(record, key, ctx)`` makes a Sample."""
+
+    name: str
+    read: Callable[[list[str], str | None], Iterator[dict]]
+    build: Callable[[dict, str, BuildContext], sm.Sample]
+
+
+def _classification(record: dict, key: str, ctx: BuildContext) -> sm.Sample:
+    if ctx.class_names is not None and str(record["label"]) not in ctx.class_names:
+        # checked before decoding the image: no point paying for it
+        raise sm.SkipSample("missing_class_name", f"label {record['label']!r} of {record['image']}")
+    return sm.classification_sample(key, ctx.image(record["image"]), record["label"], ctx.tok, ctx.class_names,
+                                    ctx.caption_template)
+
+
+def _caption(record: dict, key: str, ctx: BuildContext) -> sm.Sample:
+    if not str(record.get("caption") or "").strip():
+        raise sm.SkipSample("empty_caption", str(record.get("id", key)))
+    return sm.caption_sample(key, ctx.image(record["image"]), record["caption"], ctx.tok)
+
+
+def _text(record: dict, key: str, ctx: BuildContext) -> sm.Sample:
+    return sm.text_sample(key, record["text"], ctx.tok)
+
+
+def _interleaved(record: dict, key: str, ctx: BuildContext) -> sm.Sample:
+    items = [ctx.image(v) if t == "image" else v for t, v in record["items"]]
+    return sm.interleaved_sample(key, items, ctx.tok)
+
+
+def _conversation(record: dict, key: str, ctx: BuildContext) -> sm.Sample:
+    turns = record["turns"]
+    # cheap checks first so a broken conversation does not cost image decoding
+    sm.conversation_sample(key, [], turns, ctx.tok)
+    return sm.conversation_sample(key, [ctx.image(p) for p in record["images"]], turns, ctx.tok)
+
+
+KINDS: dict[str, SampleKind] = {k.name: k for k in (
+    SampleKind("classification", src.classification_records, _classification),
+    SampleKind("caption", src.caption_records, _caption),
+    SampleKind("interleaved", src.interleaved_records, _interleaved),
+    SampleKind("text", src.text_records, _text),
+    SampleKind("conversation", src.conversation_records, _conversation),
+)}
+
+
+def kind_names() -> list[str]:
+    """The registered kinds, in registration order."""
+    return list(KINDS)
+
+
+def get_kind(name: str) -> SampleKind:
+    """The registry entry of ``name``; ValueError naming the known kinds."""
+    if name not in KINDS:
+        raise ValueError(f"unknown source kind {name!r}; one of {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def iter_records(kind: str, inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
+    """Records of a source of ``kind`` (see sources.py); missing inputs raise naming the file."""
+    entry = get_kind(kind)
+    for item in inputs:
+        if not Path(item).exists():
+            raise FileNotFoundError(f"input {item} does not exist")
+    return entry.read(inputs, image_root)
+
+
+def build_sample(record: dict, key: str, ctx: BuildContext) -> sm.Sample:
+    """One record -> a Sample (images decoded and resized), or SkipSample with the reason."""
+    if "skip" in record:
+        raise sm.SkipSample(record["skip"], record.get("error", ""))
+    kind = KINDS.get(record["kind"])
+    if kind is None:
+        raise sm.SkipSample("bad_record", f"unknown kind {record['kind']!r}")
+    return kind.build(record, key, ctx)

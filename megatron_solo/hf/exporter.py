@@ -1,0 +1,193 @@
+"""Export a training checkpoint (saved at any TP/PP, by either layer spec) to Hugging Face formats.
+
+The format's adapter (:mod:`megatron_solo.hf.adapters`: ``fuyu`` for stock transformers, ``solo``
+for the SOLO-7B release layout) names the tensors and writes config.json. The checkpoint is
+loaded at TP1 PP1 in one worker process (dist_checkpointing reshards), then written layer by
+layer into safetensors shards with an index.
+
+The export is built in a hidden folder beside ``out_dir`` and renamed into place when complete.
+An existing ``out_dir`` is replaced only when it is a previous export (it holds ``solo_export.json``);
+anything else, or a folder holding the checkpoint itself, is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from megatron_solo.checkpoint.layout import resolve_checkpoint
+from megatron_solo.checkpoint.metadata import TOKENIZER_DIR, check_checkpoint, model_config, read_metadata
+from megatron_solo.checkpoint.model_io import load_solo_model
+from megatron_solo.checkpoint.names import canonical_state_dict
+from megatron_solo.config.model import SoloModelConfig
+from megatron_solo.config.parallel import ParallelConfig
+from megatron_solo.hf.adapters import FORMATS, exporter
+from megatron_solo.hf.importer import quiet_workers
+from megatron_solo.hf.processor import SoloProcessor
+from megatron_solo.hf.source import INDEX_FILE, ConversionError
+from megatron_solo.hf.weights import layer_megatron_to_hf
+from megatron_solo.platform import init_parallel, spawn
+from megatron_solo.vocab import TokenizerMismatchError, load_tokenizer
+
+EXPORT_META = "solo_export.json"
+EMBED_KEY = "embedding.word_embeddings.weight"
+
+__all__ = ["EXPORT_META", "FORMATS", "export_checkpoint"]
+
+
+class SafetensorsWriter:
+    """Collect tensors and write safetensors shards of about ``max_bytes`` plus the index json."""
+
+    def __init__(self, out_dir: Path, max_bytes: int, dtype: torch.dtype | None):
+        self.out_dir, self.max_bytes, self.dtype = out_dir, max_bytes, dtype
+        self.pending: dict[str, torch.Tensor] = {}
+        self.size, self.files, self.weight_map, self.total = 0, [], {}, 0
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        """Queue one tensor (converted to the export dtype, contiguous)."""
+        t = t.detach().to(self.dtype) if self.dtype is not None else t.detach()
+        if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone()  # a view into a larger tensor: safetensors refuses shared storage
+        self.pending[name] = t.contiguous()
+        self.size += t.numel() * t.element_size()
+        if self.size >= self.max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued tensors as one shard."""
+        from safetensors.torch import save_file
+
+        if not self.pending:
+            return
+        fname = f"model-{len(self.files) + 1:05d}.safetensors"
+        save_file(self.pending, str(self.out_dir / fname), metadata={"format": "pt"})
+        self.files.append(fname)
+        self.weight_map.update({k: fname for k in self.pending})
+        self.total += self.size
+        self.pending, self.size = {}, 0
+
+    def finish(self) -> None:
+        """Flush, give shards their final names and write model.safetensors.index.json."""
+        self.flush()
+        n = len(self.files)
+        rename = {f: f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i, f in enumerate(self.files)}
+        for old, new in rename.items():
+            os.replace(self.out_dir / old, self.out_dir / new)
+        index = {"metadata": {"total_size": self.total}, "weight_map": {k: rename[v] for k, v in self.weight_map.items()}}
+        (self.out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))
+
+
+def write_weights(sd: dict[str, torch.Tensor], cfg: SoloModelConfig, fmt: str, writer: SafetensorsWriter,
+                  progress: bool = False) -> None:
+    """Stream the full TP1 canonical megatron state dict into ``writer`` in format ``fmt``."""
+    from tqdm import tqdm
+
+    target = exporter(fmt)
+    lm, vocab = target.lm_prefix, cfg.vocab_size
+    embed = sd[EMBED_KEY]
+    writer.add(lm + "embed_tokens.weight", embed[:vocab])
+    for i in tqdm(range(cfg.num_layers), desc=f"export {fmt}", disable=not progress, unit="layer"):
+        for name, t in layer_megatron_to_hf(sd, i, cfg).items():
+            writer.add(lm + name, t)
+    writer.add(lm + "norm.weight", sd["decoder.final_layernorm.weight"])
+    if "output_layer.weight" in sd and cfg.untie_embeddings:
+        writer.add("lm_head.weight", sd["output_layer.weight"][:vocab])
+    elif target.untied_output:
+        writer.add("lm_head.weight", embed[:vocab])
+    for name, t in target.export_vision(sd, cfg).items():
+        writer.add(name, t)
+    writer.finish()
+
+
+def _export_worker(ckpt: str, out_dir: str, meta_path: str, fmt: str, max_bytes: int,
+                   dtype: str | None, progress: bool) -> None:
+    quiet_workers()
+    parallel = ParallelConfig()
+    init_parallel(parallel, seed=0)
+    chunks, cfg = load_solo_model(ckpt, parallel, meta_path, in_place=True)
+    sd = canonical_state_dict({k: v for k, v in chunks[0].state_dict().items() if torch.is_tensor(v)})
+    writer = SafetensorsWriter(Path(out_dir), max_bytes, getattr(torch, dtype) if dtype else None)
+    write_weights(sd, cfg, fmt, writer, progress)
+
+
+def write_config(out_dir: Path, cfg: SoloModelConfig, tok, fmt: str, dtype: str) -> None:
+    """config.json (+ generation_config.json) of the exported model."""
+    from transformers import GenerationConfig
+
+    top = exporter(fmt).export_config(cfg, tok, dtype)
+    (out_dir / "config.json").write_text(json.dumps(top, indent=2, sort_keys=True))
+    GenerationConfig(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id).save_pretrained(
+        str(out_dir))
+
+
+def _check_target(out: Path, root: Path, ckpt: Path) -> None:
+    """Refuse an output folder that would overwrite the checkpoint or files that are not our export."""
+    out_r, protected = out.resolve(), {root.resolve(), ckpt.resolve()}
+    if any(p == out_r or out_r in p.parents for p in protected):
+        raise ConversionError(f"--out {out} would replace the checkpoint {ckpt}; choose another folder")
+    if out.exists() and not (out.is_dir() and ((out / EXPORT_META).is_file() or not any(out.iterdir()))):
+        raise ConversionError(f"--out {out} exists and is not a previous export (no {EXPORT_META}); "
+                              "choose a new folder or remove it yourself")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move a finished export into place, replacing a previous export only after the new one is complete."""
+    old = out.with_name(f".{out.name}.old-export")
+    if old.exists():
+        shutil.rmtree(old)  # left by an interrupted publish of ours
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    fmt: str = "fuyu",
+    *,
+    model_meta: str | os.PathLike | None = None,
+    tokenizer_dir: str | os.PathLike | None = None,
+    dtype: str | None = None,
+    max_shard_bytes: int = 512 << 20,
+    progress: bool = True,
+) -> Path:
+    """Export ``checkpoint`` (save root or iter_N dir) to ``out_dir`` as ``fmt`` ("fuyu" or "solo").
+
+    ``model_meta`` defaults to ROOT/solo_model.json and ``tokenizer_dir`` to ROOT/tokenizer.
+    ``dtype``: e.g. "bfloat16" to cast; None keeps the stored precision.
+    """
+    exporter(fmt)
+    root, ckpt = resolve_checkpoint(checkpoint)
+    meta, meta_path = read_metadata(root, model_meta)
+    cfg = model_config(meta)
+    check_checkpoint(ckpt, meta, meta_path)
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir else root / TOKENIZER_DIR
+    tok = load_tokenizer(tok_dir)
+    if tok.vpatch_id != cfg.vpatch_token_id or tok.vocab_size > cfg.vocab_size:
+        raise TokenizerMismatchError(
+            f"{tok_dir}: <vpatch> id {tok.vpatch_id} / {tok.vocab_size} ids do not fit the model "
+            f"(vpatch_token_id {cfg.vpatch_token_id}, vocab_size {cfg.vocab_size})"
+        )
+    out = Path(out_dir)
+    _check_target(out, root, ckpt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-export")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # an interrupted export of ours
+    tmp.mkdir()
+    spawn(_export_worker, 1, str(ckpt), str(tmp), str(meta_path), fmt, max_shard_bytes, dtype, progress)
+    write_config(tmp, cfg, tok, fmt, dtype or "float32")
+    tok.save_pretrained(tmp)
+    if fmt == "fuyu":
+        SoloProcessor(tok, patch_size=cfg.patch_size).save_pretrained(tmp)
+    (tmp / EXPORT_META).write_text(json.dumps(
+        {"format": fmt, "checkpoint": str(ckpt.resolve()), "source": meta.get("source"),
+         "template": meta.get("template", "plain")}, indent=2))
+    _publish(tmp, out)
+    return out
