@@ -37,13 +37,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from megatron_solo.config.data import DataConfig
+from megatron_solo.data.image import PATCH_SIZE, patchify_into
+from megatron_solo.data.packing import PackResult, blend_indices, normalize_weights, pack, shuffled_order
+from megatron_solo.data.samples import expand
+from megatron_solo.data.shards import TOKEN_DTYPE, ShardError, load_index, read_members
 from megatron_solo.vocab import PAD_ID, VisionIds
-
-from ..config.data import DataConfig
-from .image import PATCH_SIZE, patchify_into
-from .packing import PackResult, blend_indices, normalize_weights, pack, shuffled_order
-from .samples import expand
-from .shards import TOKEN_DTYPE, ShardError, load_index, read_members
 
 
 def _shard_paths(path: str | list[str]) -> list[Path]:

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import torch
 
-from ..config.data import DataConfig
-from .dataset import PackedDataset, collate_packs
-from .image import PATCH_SIZE
+from megatron_solo.config.data import DataConfig
+from megatron_solo.data.dataset import PackedDataset, collate_packs
+from megatron_solo.data.image import PATCH_SIZE
 
 
 class _RankSampler(torch.utils.data.Sampler):

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .samples import ImageSegment, Sample, VisionIds, layout, segments_meta
+from megatron_solo.data.samples import ImageSegment, Sample, layout, segments_meta
+from megatron_solo.vocab import VisionIds
 
 INDEX_SUFFIX = ".idx.npz"
 TOKEN_DTYPE = np.dtype("<u2")
@@ -44,7 +45,8 @@ class ShardWriter:
     def __init__(self, path: str | os.PathLike, vision: VisionIds, image_format: str = "jpeg",
                  image_quality: int = 95):
         """Open a shard for writing; nothing appears under the final name until `close()`."""
-        from .image import encode_image  # local: keeps this module importable without torch for tools
+        # local: keeps this module importable without torch for tools
+        from megatron_solo.data.image import encode_image
 
         self._encode = encode_image
         self.path = Path(path)
