@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from megatron_solo.config.data import DataConfig
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.config.train import TrainConfig
+from megatron_solo.errors import UserInputError
+
+TEMPLATES = ("plain", "chat")
 
 
 @dataclass
@@ -18,6 +21,8 @@ class JobConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    # Held-out data for the validation loss (TrainConfig.eval_interval / eval_iters); None: no validation.
+    eval_data: DataConfig | None = None
     # Weights of the previous stage (a checkpoint directory): loaded with a fresh
     # optimizer and schedule. Ignored when save_dir already holds a checkpoint (resume).
     init_from: str | None = None
@@ -26,3 +31,15 @@ class JobConfig:
     tokenizer: str | None = None
     # Stop (after checkpointing) once this many steps ran in this process; None: run to train_steps.
     exit_after_steps: int | None = None
+    # Resume from a checkpoint whose data blend differs from this job's: the new blend's packs are read
+    # from the checkpoint's position (its count of consumed packs), not from the start.
+    allow_data_change: bool = False
+    # The prompt template the trained model expects ("chat": SOLO's [INST] ... [/INST]), recorded in
+    # solo_model.json for export and generation.
+    template: str = "plain"
+
+    def __post_init__(self) -> None:
+        if self.template not in TEMPLATES:
+            raise UserInputError(f"template must be one of {TEMPLATES}, got {self.template!r}")
+        if self.exit_after_steps is not None and self.exit_after_steps < 1:
+            raise UserInputError(f"exit_after_steps must be at least 1, got {self.exit_after_steps}")

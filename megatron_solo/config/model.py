@@ -6,6 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from megatron_solo.errors import UserInputError
 from megatron_solo.vocab.ids import SOLO_VOCAB_SIZE, VISION_START_ID, VPATCH_ID
 
 
@@ -95,13 +96,18 @@ def preset_names() -> list[str]:
 
 
 def model_preset(name: str, **overrides) -> SoloModelConfig:
-    """A preset with any field overridden; ValueError naming unknown presets or fields."""
+    """A preset with any field overridden; UserInputError naming unknown presets or fields, or a bad shape."""
     if name not in _PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {preset_names()}")
+        raise UserInputError(f"unknown model preset {name!r}; choose one of {preset_names()}")
     fields = {f.name for f in dataclasses.fields(SoloModelConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ValueError(f"unknown SoloModelConfig field(s) {unknown}")
+        raise UserInputError(f"unknown SoloModelConfig field(s) {unknown}")
     cfg = SoloModelConfig(**{**_PRESETS[name], **overrides})
-    cfg.validate()
+    try:
+        cfg.validate()
+    except UserInputError:
+        raise
+    except ValueError as err:  # validate() states what is wrong with the shape the user asked for
+        raise UserInputError(f"model {name} with overrides {overrides}: {err}") from err
     return cfg

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_solo.errors import UserInputError
+
 
 @dataclass
 class OptimConfig:
@@ -35,13 +37,27 @@ class TrainConfig:
     save_dir: str | None = None
     save_interval: int = 100
     tensorboard_dir: str | None = None
+    # Validation (when the job has eval data): every eval_interval steps and at the last step, over
+    # eval_iters global batches of the eval data, the same packs each time.
+    eval_interval: int = 100
+    eval_iters: int = 10
     optim: OptimConfig = field(default_factory=OptimConfig)
 
+    def __post_init__(self) -> None:
+        for name in ("micro_batch_size", "global_batch_size", "seq_length", "save_interval", "eval_interval",
+                     "eval_iters"):
+            if getattr(self, name) < 1:
+                raise UserInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.train_steps < 0:
+            raise UserInputError(f"train_steps must not be negative, got {self.train_steps}")
+        if self.optim.warmup_steps < 0:
+            raise UserInputError(f"warmup_steps must not be negative, got {self.optim.warmup_steps}")
+
     def num_microbatches(self, data_parallel: int) -> int:
-        """Micro-batches per step on one data-parallel rank; ValueError if the batch does not divide."""
+        """Micro-batches per step on one data-parallel rank; UserInputError if the batch does not divide."""
         per_step = self.micro_batch_size * data_parallel
         if self.global_batch_size % per_step:
-            raise ValueError(
+            raise UserInputError(
                 f"global_batch_size {self.global_batch_size} is not divisible by "
                 f"micro_batch_size x data_parallel = {self.micro_batch_size} x {data_parallel}"
             )
