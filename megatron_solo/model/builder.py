@@ -9,7 +9,7 @@ from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.model.gpt import gpt_kwargs
 from megatron_solo.model.packed_attention import PackedDocumentAttention
 from megatron_solo.model.solo_model import SoloModel
-from megatron_solo.model.specs import layer_spec, resolve_impl
+from megatron_solo.model.specs import check_fp8, layer_spec, resolve_impl
 from megatron_solo.model.transformer_config import build_transformer_config
 
 
@@ -33,17 +33,25 @@ def build_solo_model(
     *,
     bf16: bool = False,
     recompute: bool = False,
+    packed_format: str | None = None,
 ) -> SoloModel:
-    """One SoloModel chunk for this rank's pipeline stage."""
+    """One SoloModel chunk for this rank's pipeline stage.
+
+    ``packed_format``: how packed documents reach attention; None picks "thd" for the TE spec (the
+    only packed layout TE attention takes) and "sbhd" for the local one (whose attention takes both).
+    """
     from megatron_solo.platform.distributed import current_device
 
     impl = resolve_impl(model)
+    check_fp8(model)
+    if impl == "te" and packed_format == "sbhd":
+        raise ValueError("Transformer Engine attention takes packed documents only in the thd layout")
     config = build_transformer_config(model, parallel, bf16=bf16, recompute=recompute, use_te=impl == "te")
     return SoloModel(
         config=config,
         transformer_layer_spec=solo_layer_spec(model, impl),
         solo=model,
-        packed_format="thd" if impl == "te" else "sbhd",
+        packed_format=packed_format or ("thd" if impl == "te" else "sbhd"),
         pre_process=pre_process,
         post_process=post_process,
         vp_stage=vp_stage,

@@ -3,7 +3,8 @@
 A pack holds several documents back to back; attention must stay causal inside each
 document and never cross into another, and Mistral's sliding window applies inside
 a document. Document boundaries arrive as ``PackedSeqParams.cu_seqlens_q`` over the
-flattened ``batch x seq`` tokens (sbhd layout).
+flattened ``batch x seq`` tokens: q/k/v are ``[S, B, heads, dim]`` (sbhd) or, in megatron-core's
+packed thd layout, ``[B*S, heads, dim]`` (one flat sequence; see :mod:`megatron_solo.model.thd`).
 
 Backends, chosen by ``SoloModelConfig.packed_attention``:
 - ``sdpa_mask``: a boolean block-diagonal causal mask through
@@ -143,7 +144,11 @@ class PackedDocumentAttention(torch.nn.Module):
         attention_bias=None,
         packed_seq_params=None,
     ) -> torch.Tensor:
-        """[S, B, heads, dim] q/k/v -> [S, B, heads * dim] context."""
+        """[S, B, heads, dim] q/k/v -> [S, B, heads * dim] context; thd [T, heads, dim] -> [T, heads * dim]."""
+        if query.dim() == 3:  # thd: one flat sequence of T tokens
+            out = self.forward(*(t.unsqueeze(1) for t in (query, key, value)), attention_mask,
+                               attn_mask_type, attention_bias, packed_seq_params)
+            return out.squeeze(1)
         seq, batch, heads, dim = query.shape
         if packed_seq_params is None:
             cu = torch.arange(0, (batch + 1) * seq, seq, device=query.device, dtype=torch.int32)

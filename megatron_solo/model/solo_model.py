@@ -4,6 +4,11 @@ On the first pipeline stage a tensor-parallel linear projects each 3072-value pa
 to the model width, and the result is ADDED to the ``<vpatch>`` token embedding at
 that patch's position (SOLO adds, it does not replace). Rotary positions come from
 ``position_ids``, which restart at 0 for every packed document.
+
+Two layouts of a packed micro-batch reach the decoder: ``sbhd`` ([S, B, H], the local spec; our
+core attention reads document boundaries from ``cu_seqlens``), and ``thd`` (one flat [B*S, 1, H]
+sequence, the Transformer Engine path: see :mod:`megatron_solo.model.thd`). Either way the caller
+passes [B, S] tensors and gets [B, S] losses or [B, S, V] logits back.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from megatron.core import tensor_parallel
 from megatron.core.models.gpt import GPTModel
 
 from megatron_solo.config.model import SoloModelConfig
+from megatron_solo.model import thd as T
 from megatron_solo.model.batch_checks import check_batch
 
 
@@ -28,6 +34,8 @@ class SoloModel(GPTModel):
             scatter_embedding_sequence_parallel=False,  # we scatter after adding patches
             **gpt_kwargs,
         )
+        if packed_format not in ("sbhd", "thd"):
+            raise ValueError(f"packed_format must be 'sbhd' or 'thd', got {packed_format!r}")
         self.solo = solo
         # "thd" when Transformer Engine attention takes packed documents, "sbhd" for the local spec.
         self.packed_format = packed_format
@@ -46,8 +54,9 @@ class SoloModel(GPTModel):
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
         patches: torch.Tensor | None,
+        thd: bool = False,
     ) -> torch.Tensor:
-        """[S, B, H] input embeddings: token embedding plus projected patch at each ``<vpatch>``."""
+        """[S, B, H] input embeddings (``thd``: [B*S, 1, H]): token embedding plus projected patch at each ``<vpatch>``."""
         hidden = self.embedding(input_ids=input_ids, position_ids=position_ids)
         if patches is None:
             # Still run the projection so its gradient exists (zero) and the
@@ -57,6 +66,8 @@ class SoloModel(GPTModel):
         b_idx, s_idx = (input_ids == self.solo.vpatch_token_id).nonzero(as_tuple=True)
         # nonzero is row-major over [B, S]: batch-major, the order patches come in.
         hidden = hidden.index_put((s_idx, b_idx), projected, accumulate=True)
+        if thd:
+            hidden = T.to_thd(hidden)  # before the scatter: sequence parallelism splits the flat tokens
         if self.config.sequence_parallel:
             hidden = tensor_parallel.scatter_to_sequence_parallel_region(hidden)
         return hidden
@@ -90,7 +101,15 @@ class SoloModel(GPTModel):
         num_patches: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """Logits [B, S, V/tp] without labels, per-token loss [B, S] with them (last stage)."""
+        """Logits [B, S, V/tp] without labels, per-token loss [B, S] with them (last stage).
+
+        ``packed_seq_params`` (document boundaries over the flattened batch) is taken in this
+        model's layout whatever its ``qkv_format`` says.
+        """
+        batch = input_ids.shape[0]
+        thd = packed_seq_params is not None and self.packed_format == "thd"
+        if packed_seq_params is not None:
+            packed_seq_params = T.with_format(packed_seq_params, self.packed_format)
         decoder_input = None
         if self.pre_process:
             check_batch(
@@ -99,8 +118,21 @@ class SoloModel(GPTModel):
                 vocab_size=self.vocab_size, max_positions=self.max_sequence_length,
                 num_patches=num_patches,
             )
-            decoder_input = self.embed(input_ids, position_ids, patches)
-        return super().forward(
+            if thd:
+                T.check_positions(position_ids, packed_seq_params.cu_seqlens_q)
+            decoder_input = self.embed(input_ids, position_ids, patches, thd=thd)
+        elif thd and self.decoder.input_tensor is not None:
+            self.decoder.input_tensor = T.from_pipeline_view(self.decoder.input_tensor)
+        if thd:
+            input_ids, position_ids = T.flatten_tokens(input_ids), T.flatten_tokens(position_ids)
+            labels = None if labels is None else T.flatten_tokens(labels)
+        out = super().forward(
             input_ids, position_ids, attention_mask, decoder_input=decoder_input, labels=labels,
             packed_seq_params=packed_seq_params, **kwargs,
         )
+        if not thd:
+            return out
+        if not self.post_process:
+            # megatron-core's p2p and backward expect the [S, B, H] shape of the pipeline buffers.
+            return T.pipeline_view(out, batch)
+        return T.unflatten_tokens(out, batch)

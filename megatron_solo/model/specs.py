@@ -1,11 +1,32 @@
-"""Choose the transformer layer implementation in one place (TE on GPUs, local otherwise)."""
+"""Choose the transformer layer implementation and check its precision, in one place.
+
+Transformer Engine (TE) on GPUs, megatron-core's local layers otherwise. ``transformer_impl="auto"``
+can be forced to one of them with the environment variable ``SOLO_TRANSFORMER_IMPL`` (read here and
+nowhere else), so one machine with TE can run the same code under both specs. FP8 needs the TE spec
+and a GPU that has FP8 tensor cores; :func:`check_fp8` refuses everything else with one clear line.
+"""
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 
 from megatron_solo.config.model import SoloModelConfig
+from megatron_solo.errors import UserInputError
+
+IMPL_ENV = "SOLO_TRANSFORMER_IMPL"
+FP8_FORMATS = ("hybrid", "e4m3")
+FP8_AMAX_ALGOS = ("max", "most_recent")
+# megatron-core 0.16.1's Fp8Recipe names we can configure (its "custom" needs a quantizer factory
+# module, which SoloModelConfig does not carry), with the compute capability TE 2.9-2.11 needs:
+# per-tensor scaling from Ada (8.9), 1x128/128x128 block scaling from Hopper (9.0), MXFP8 from
+# Blackwell (10.0).
+FP8_RECIPES = {"delayed": (8, 9), "tensorwise": (8, 9), "blockwise": (9, 0), "mxfp8": (10, 0)}
+
+
+class LayerImplError(UserInputError):
+    """A layer implementation or precision that this machine or megatron-core cannot provide."""
 
 
 @functools.cache
@@ -23,14 +44,70 @@ def transformer_engine_usable() -> bool:
 
 
 def resolve_impl(model: SoloModelConfig) -> str:
-    """"te" or "local" for this config on this machine; ValueError when TE is asked for but absent."""
-    if model.transformer_impl == "auto":
-        return "te" if transformer_engine_usable() else "local"
-    if model.transformer_impl == "te" and not transformer_engine_usable():
-        raise ValueError("transformer_impl='te' but Transformer Engine or CUDA is not available")
-    if model.transformer_impl not in ("te", "local"):
-        raise ValueError(f"transformer_impl must be 'auto', 'te' or 'local', got {model.transformer_impl!r}")
-    return model.transformer_impl
+    """"te" or "local" for this config on this machine; LayerImplError when TE is asked for but absent."""
+    requested = model.transformer_impl
+    if requested == "auto":
+        forced = os.environ.get(IMPL_ENV, "").strip()
+        if forced not in ("", "auto", "te", "local"):
+            raise LayerImplError(f"{IMPL_ENV}={forced!r}: use 'te', 'local' or 'auto'")
+        requested = forced if forced in ("te", "local") else "auto"
+        if requested == "auto":
+            return "te" if transformer_engine_usable() else "local"
+    if requested not in ("te", "local"):
+        raise LayerImplError(f"transformer_impl must be 'auto', 'te' or 'local', got {requested!r}")
+    if requested == "te" and not transformer_engine_usable():
+        raise LayerImplError(
+            "transformer_impl='te' needs Transformer Engine and a CUDA GPU, and this machine lacks "
+            "one of them; use transformer_impl='local' (or 'auto')"
+        )
+    return requested
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    """Compute capability (major, minor) of the current GPU, None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability())
+
+
+def check_fp8(model: SoloModelConfig) -> None:
+    """Raise LayerImplError when ``model.fp8`` is set but this machine or config cannot train in FP8."""
+    if not model.fp8:
+        return
+    if model.fp8 not in FP8_FORMATS:
+        raise LayerImplError(f"fp8 must be one of {FP8_FORMATS} (or unset), got {model.fp8!r}")
+    if model.fp8_recipe not in FP8_RECIPES:
+        raise LayerImplError(f"fp8_recipe must be one of {tuple(FP8_RECIPES)}, got {model.fp8_recipe!r}")
+    if model.fp8_amax_compute_algo not in FP8_AMAX_ALGOS:
+        raise LayerImplError(
+            f"fp8_amax_compute_algo must be one of {FP8_AMAX_ALGOS}, got {model.fp8_amax_compute_algo!r}"
+        )
+    if model.fp8_amax_history_len < 1:
+        raise LayerImplError(f"fp8_amax_history_len must be >= 1, got {model.fp8_amax_history_len}")
+    if not transformer_engine_usable():
+        raise LayerImplError("fp8 needs Transformer Engine on a CUDA GPU, and this machine has no usable TE")
+    if resolve_impl(model) != "te":
+        raise LayerImplError("fp8 needs the Transformer Engine layers, but the local spec is selected "
+                             f"(transformer_impl={model.transformer_impl!r}, {IMPL_ENV}={os.environ.get(IMPL_ENV)!r})")
+    capability = gpu_capability()
+    needed = FP8_RECIPES[model.fp8_recipe]
+    if capability is None or capability < needed:
+        have = "no GPU" if capability is None else "compute capability {}.{}".format(*capability)
+        raise LayerImplError(
+            f"fp8_recipe={model.fp8_recipe!r} needs compute capability {needed[0]}.{needed[1]} or newer, "
+            f"this GPU has {have}"
+        )
+
+
+def describe_precision(model: SoloModelConfig, bf16: bool) -> str:
+    """Start-up line naming the layer spec and precision, e.g. "TE spec, bf16 + FP8 hybrid (delayed)"."""
+    impl = resolve_impl(model)
+    precision = "bf16" if bf16 else "fp32"
+    if model.fp8:
+        precision += f" + FP8 {model.fp8} ({model.fp8_recipe})"
+    return f"{'TE' if impl == 'te' else 'local'} spec, {precision}"
 
 
 def layer_spec(model: SoloModelConfig, impl: str, core_attention=None):

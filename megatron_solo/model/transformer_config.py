@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from megatron_solo.config.model import SoloModelConfig
 from megatron_solo.config.parallel import ParallelConfig
+from megatron_solo.model.specs import LayerImplError
 
 
 def build_transformer_config(
@@ -29,10 +30,12 @@ def build_transformer_config(
         extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     if model.fp8:
         if not use_te:
-            raise ValueError("fp8 needs Transformer Engine on a GPU; set fp8=None on this machine")
+            raise LayerImplError("fp8 needs the Transformer Engine layers; the local spec has no FP8 path")
+        from megatron.core.enums import Fp8Recipe
+
         extra.update(
             fp8=model.fp8,
-            fp8_recipe=model.fp8_recipe,
+            fp8_recipe=Fp8Recipe(model.fp8_recipe),  # megatron-core compares against its enum
             fp8_amax_history_len=model.fp8_amax_history_len,
             fp8_amax_compute_algo=model.fp8_amax_compute_algo,
         )
