@@ -150,3 +150,40 @@ def test_encode_formats_roundtrip():
         assert back.size == img.size and ext in ("jpg", "png", "webp")
     png, _ = im.encode_image(img, "png")
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), np.asarray(img))
+
+
+def _big_jpeg(size=(2268, 1022)) -> bytes:
+    """A real photo at the reference example's size, as a camera would store it."""
+    photo = Image.fromarray(skdata.chelsea()).resize(size, Image.Resampling.BICUBIC)
+    return _encode(photo, "JPEG", quality=92)
+
+
+def test_jpeg_default_is_full_decode_then_resize():
+    blob = _big_jpeg()
+    full = Image.open(io.BytesIO(blob))
+    full.load()
+    assert full.size == (2268, 1022)  # no reduced-scale decode in the reference
+    reference = full.convert("RGB").resize((1024, 480), Image.Resampling.BICUBIC, reducing_gap=None)
+    exact = im.load_resized(blob)
+    assert exact.size == (1024, 480) and np.array_equal(np.asarray(exact), np.asarray(reference))
+    fast = im.load_resized(blob, fast_jpeg=True)  # libjpeg's 1/2-scale decode: close, not equal
+    assert fast.size == exact.size
+    ref_patches, fast_patches = im.image_to_patches(reference)[0], im.image_to_patches(fast)[0]
+    gap = (ref_patches - fast_patches).abs().max().item()
+    assert 0 < gap < 2.0
+
+
+def test_fast_jpeg_decode_flag_reaches_the_config(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = tmp_path / "t.jsonl"
+    src.write_text(json.dumps({"text": "hello"}) + "\n")
+    tool = Path(__file__).resolve().parents[1] / "tools" / "preprocess_data.py"
+    for flag, expected in (([], False), (["--fast-jpeg-decode"], True)):
+        out = tmp_path / f"o{int(expected)}"
+        subprocess.run([sys.executable, str(tool), "--kind", "text", "--input", str(src), "--output", str(out),
+                        "--workers", "0", "--quiet", *flag], check=True, capture_output=True)
+        assert json.loads((out / "preprocess_config.json").read_text())["fast_jpeg_decode"] is expected

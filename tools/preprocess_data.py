@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--shard-size", type=int, default=D.shard_size, help="records per shard")
     p.add_argument("--workers", type=int, default=D.workers, help="worker processes (0: in this process)")
     p.add_argument("--max-length", type=int, help="skip samples longer than this many tokens")
+    p.add_argument("--fast-jpeg-decode", action="store_true",
+                   help="decode big JPEGs at reduced scale before the resize (faster; not SOLO's exact pixels)")
     p.add_argument("--prefix", default=D.prefix)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
         caption_template=a.caption_template, tokenizer=a.tokenizer, close_with_vision=a.close_with_vision,
         patch_size=a.patch_size, max_side=a.max_side, max_aspect=a.max_aspect or None,
         image_format=a.image_format, image_quality=a.image_quality, shard_size=a.shard_size,
-        workers=a.workers, max_length=a.max_length, prefix=a.prefix,
+        workers=a.workers, max_length=a.max_length, prefix=a.prefix, fast_jpeg_decode=a.fast_jpeg_decode,
     )
     stats = preprocess(cfg, progress=not a.quiet)
     json.dump({k: v for k, v in stats.items() if k != "skip_examples"}, sys.stdout, indent=2)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
+
+from megatron_solo.errors import UserInputError
 
 
 @dataclass
@@ -13,6 +16,12 @@ class DatasetSource:
     path: str | list[str]
     weight: float = 1.0
     name: str = ""
+
+    def label(self) -> str:
+        """The name reports use: ``name``, or the path when it is empty."""
+        if self.name:
+            return self.name
+        return self.path if isinstance(self.path, str) else ",".join(map(str, self.path))
 
 
 @dataclass
@@ -34,6 +43,9 @@ class DataConfig:
     # samples drawn per epoch; 0 = the sum of the datasets' sizes
     samples_per_epoch: int = 0
     num_workers: int = 2  # DataLoader worker processes per rank (they decode images)
+    # largest share of a dataset's drawn tokens the packer may drop (samples it can neither fit nor split,
+    # e.g. an image block longer than seq_length) before PackedDataset.check_overflow refuses the run
+    max_drop_share: float = 0.01
 
     def __post_init__(self) -> None:
         self.datasets = [d if isinstance(d, DatasetSource) else DatasetSource(**d) for d in self.datasets]
@@ -43,8 +55,12 @@ class DataConfig:
             raise ValueError(f"weighting must be 'tokens' or 'samples', got {self.weighting!r}")
         if self.open_bins <= 0:
             raise ValueError("open_bins must be positive")
-        if any(d.weight <= 0 for d in self.datasets):
-            raise ValueError("dataset weights must be positive")
+        for d in self.datasets:
+            if not (d.weight > 0 and math.isfinite(d.weight)):  # also refuses NaN
+                raise UserInputError(f"dataset weights must be positive and finite: {d.label()} has weight "
+                                     f"{d.weight}")
+        if not 0 <= self.max_drop_share <= 1:
+            raise UserInputError(f"max_drop_share must be within [0, 1], got {self.max_drop_share}")
 
     def to_dict(self) -> dict:
         """Plain dict (for checkpoints and logs)."""
@@ -74,6 +90,9 @@ class PreprocessConfig:
     shard_size: int = 2000  # records per shard
     workers: int = 1  # 0 = in this process
     max_length: int | None = None  # skip samples longer than this many tokens (None: keep, packer splits)
+    # SOLO decodes every image fully before the bicubic resize; True lets libjpeg decode big JPEGs at
+    # 1/2..1/8 scale first (faster, but the patches differ: benchmarks/bench_jpeg_decode.py)
+    fast_jpeg_decode: bool = False
     prefix: str = "shard"
 
     def to_dict(self) -> dict:

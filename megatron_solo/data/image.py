@@ -36,6 +36,7 @@ class ImageError(ValueError):
     def __init__(self, reason: str, message: str):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
+        self.detail = message
 
 
 def resize_dims(width: int, height: int, patch: int = PATCH_SIZE, max_side: int = MAX_SIDE) -> tuple[int, int]:
@@ -128,25 +129,31 @@ def _check_not_empty(data: bytes | str) -> None:
 
 
 @contextlib.contextmanager
-def _decode_errors() -> Iterator[None]:
-    """Turn PIL's decoding failures into ImageError with a skip reason."""
+def _decode_errors(data: bytes | str) -> Iterator[None]:
+    """Turn PIL's decoding failures into ImageError with a skip reason, naming the file when it has one."""
+
+    def named(err: BaseException) -> str:
+        # PIL's messages ("image file is truncated", "exceeds limit ...") do not say which file
+        text = str(err)
+        return f"{data}: {text}" if isinstance(data, str) and data not in text else text
+
     try:
         yield
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageError("too_large", str(err)) from err
+        raise ImageError("too_large", named(err)) from err
     except FileNotFoundError as err:
-        raise ImageError("missing_file", str(err)) from err
+        raise ImageError("missing_file", named(err)) from err
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as err:
-        raise ImageError("corrupt_image", str(err)) from err
+        raise ImageError("corrupt_image", named(err)) from err
 
 
 def open_image(data: bytes | str) -> Image.Image:
     """Open encoded bytes or a path and fully decode it, raising ImageError with a reason on failure."""
     _check_not_empty(data)
     src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    with _decode_errors():
+    with _decode_errors(data):
         img = Image.open(src)
         img.load()  # truncated files fail here, not later inside a worker
     return img
@@ -157,14 +164,18 @@ def load_resized(
     patch: int = PATCH_SIZE,
     max_side: int = MAX_SIDE,
     max_aspect: float | None = None,
+    fast_jpeg: bool = False,
 ) -> Image.Image:
-    """Decode an image (bytes or path), convert it to RGB and resize it by SOLO's rule."""
+    """Decode an image (bytes or path), convert it to RGB and resize it by SOLO's rule.
+
+    ``fast_jpeg``: let libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale before the bicubic resize.
+    Faster on big photos, but the pixels differ from SOLO's full decode + resize (up to ~0.8 in
+    normalized units on a 2268x1022 photo; benchmarks/bench_jpeg_decode.py), so it is off by default.
+    """
     _check_not_empty(data)
-    with _decode_errors():
+    with _decode_errors(data):
         img = Image.open(io.BytesIO(data) if not isinstance(data, str) else data)
-        if img.format == "JPEG":
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is that much smaller:
-            # a large speed-up on big photos with no visible cost after the downscale.
+        if fast_jpeg and img.format == "JPEG":
             w, h = _oriented_size(img)
             target = resize_dims(w, h, patch, max_side)
             img.draft(None, target if (w, h) == img.size else (target[1], target[0]))

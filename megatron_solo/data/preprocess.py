@@ -42,10 +42,17 @@ def _setup(cfg: PreprocessConfig) -> None:
 
 def _image(source, cfg: PreprocessConfig) -> ImageSegment:
     try:
-        img = load_resized(source, cfg.patch_size, cfg.max_side, cfg.max_aspect)
+        img = load_resized(source, cfg.patch_size, cfg.max_side, cfg.max_aspect, fast_jpeg=cfg.fast_jpeg_decode)
     except ImageError as err:
-        raise SkipSample(err.reason, str(err)) from err
+        raise SkipSample(err.reason, err.detail) from err
     return ImageSegment(img, cfg.patch_size)
+
+
+def _example(key: str, record: dict, message: str) -> str:
+    """A skip example naming the record and where it came from (file:line, tar:key or image path)."""
+    origin = record.get("origin")
+    where = f"record {key}" + (f" from {origin}" if origin and origin not in message else "")
+    return f"{message} ({where})"[:400]
 
 
 def shard_path(output: str | os.PathLike, prefix: str, k: int) -> Path:
@@ -73,14 +80,14 @@ def process_shard(k: int, first: int, records: list[dict], cfg: PreprocessConfig
             except SkipSample as skip:
                 skipped[skip.reason] += 1
                 if len(examples) < _MAX_EXAMPLES:
-                    examples.append(str(skip)[:300])
+                    examples.append(_example(key, record, str(skip)))
                 continue
             except (KeyError, TypeError, ValueError, AttributeError) as err:
                 # a malformed record (wrong field types, missing keys) costs that record, not the job;
                 # it is counted under its own reason so a systematic problem stays visible in stats.json
                 skipped[f"malformed_record:{type(err).__name__}"] += 1
                 if len(examples) < _MAX_EXAMPLES:
-                    examples.append(f"{key}: {type(err).__name__}: {err}"[:300])
+                    examples.append(_example(key, record, f"{type(err).__name__}: {err}"))
                 continue
             writer.write(sample)
             text_tokens += sample.text_tokens()

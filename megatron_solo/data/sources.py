@@ -1,7 +1,8 @@
 """Readers of raw sources: each yields lightweight records (dicts) in a deterministic order.
 
-A record is either a sample to build ({"kind": ..., fields}) or a counted skip found while reading
-({"skip": reason, "error": message}). Images are referenced by path, or carried as bytes when they come
+A record is either a sample to build ({"kind": ..., fields, "origin": where it came from: file:line of a
+JSONL row, file[i] of a JSON list item, tar:key, or the image path of a class folder}) or a counted skip
+found while reading ({"skip": reason, "error": message naming the file and line}). Images are referenced by path, or carried as bytes when they come
 out of a tar. Kinds and accepted inputs:
 - classification: a folder of class sub-folders, or a label file (TSV/CSV "path,label" or JSONL
   {"image", "label"}); optional class-name map (JSON object label->name, JSON list, or a text file
@@ -16,6 +17,7 @@ out of a tar. Kinds and accepted inputs:
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import json
 import os
@@ -23,41 +25,74 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from megatron_solo.errors import UserInputError
+
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"}
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+class SourceError(UserInputError):
+    """A whole raw input that cannot be read (not UTF-8, not valid JSON, wrong shape); names the file."""
 
 
-def _jsonl(path: Path) -> Iterator[dict]:
-    """Rows of a JSONL file; a malformed line becomes a counted skip."""
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield {"skip": "bad_json", "error": f"{path}:{lineno}: {err}"}
-                continue
-            if not isinstance(row, dict):
-                yield {"skip": "bad_json", "error": f"{path}:{lineno}: not an object"}
-                continue
-            yield row
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of a text file, gzip-aware; decoding is per line so one bad line costs one row."""
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            yield from enumerate(f, 1)
+    except (EOFError, gzip.BadGzipFile) as err:
+        raise SourceError(f"{path}: damaged compressed file ({err})") from err
 
 
-def _rows(path: Path) -> Iterator[dict]:
-    """JSON list or JSONL rows."""
+def _decode_line(raw: bytes, lineno: int, where: str) -> str | dict:
+    """The line as text, or a counted skip naming file:line when it is not UTF-8."""
+    try:
+        # a BOM at the start of a file written by some Windows tools is not part of the first row
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        return {"skip": "bad_encoding", "error": f"{where}: not UTF-8 (byte {err.start} of the line: {err.reason})"}
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    """(file:line, row) of a JSONL file; a malformed or non-UTF-8 line becomes a counted skip."""
+    for lineno, raw in _lines(path):
+        where = f"{path}:{lineno}"
+        line = _decode_line(raw, lineno, where)
+        if isinstance(line, dict):
+            yield where, line
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield where, {"skip": "bad_json", "error": f"{where}: {err}"}
+            continue
+        if not isinstance(row, dict):
+            yield where, {"skip": "bad_json", "error": f"{where}: not an object"}
+            continue
+        yield where, row
+
+
+def _read_text(path: Path) -> str:
+    """A whole text file; SourceError naming the file when it is not UTF-8."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SourceError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); re-encode it as UTF-8") from err
+
+
+def _rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """(where, row) of a JSON list (where = file[i]) or a JSONL file (where = file:line)."""
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_read_text(path))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
+            raise SourceError(f"{path}: not valid JSON ({err})") from err
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of samples")
-        yield from (r if isinstance(r, dict) else {"skip": "bad_json", "error": f"{path}: not an object"}
-                    for r in data)
+            raise SourceError(f"{path}: expected a JSON list of samples")
+        for i, r in enumerate(data):
+            where = f"{path}[{i}]"
+            yield where, r if isinstance(r, dict) else {"skip": "bad_json", "error": f"{where}: not an object"}
     else:
         yield from _jsonl(path)
 
@@ -72,25 +107,83 @@ def load_class_names(path: str | os.PathLike | None) -> dict[str, str] | None:
     if path is None:
         return None
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SourceError(f"{path}: not valid JSON ({err})") from err
         if isinstance(data, list):
             return {str(i): str(v) for i, v in enumerate(data)}
         if isinstance(data, dict):
             return {str(k): (v if isinstance(v, str) else str(v[-1] if isinstance(v, list) else v))
                     for k, v in data.items()}
-        raise ValueError(f"{path}: class-name map must be a JSON object or list")
+        raise SourceError(f"{path}: class-name map must be a JSON object or list")
     return {str(i): line.strip() for i, line in enumerate(text.splitlines())}
 
 
-def _rows_with_root(inputs: list[str], image_root: str | None) -> Iterator[tuple[Path, Path, dict]]:
-    """(file, folder its image paths are relative to, row) for every JSON(L) row; skip markers included."""
+def _rows_with_root(inputs: list[str], image_root: str | None) -> Iterator[tuple[str, Path, dict]]:
+    """(where, folder its image paths are relative to, row) for every JSON(L) row; skip markers included."""
     for item in inputs:
         path = Path(item)
         root = Path(image_root) if image_root else path.parent
-        for row in _rows(path):
-            yield path, root, row
+        for where, row in _rows(path):
+            yield where, root, row
+
+
+def path_problem(p: Path) -> dict | None:
+    """A counted skip for a folder entry that cannot be followed (symlink loop, dangling link, no access)."""
+    try:
+        p.stat()  # follows symlinks: a loop or a dangling link fails here, where is_file() just says False
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return {"skip": "symlink_loop", "error": f"{p}: symlink loop"}
+        if err.errno == errno.ENOENT and p.is_symlink():
+            return {"skip": "broken_symlink", "error": f"{p}: symlink to {os.readlink(p)}, which does not exist"}
+        return {"skip": "unreadable_path", "error": f"{p}: {err.strerror or err}"}
+    return None
+
+
+def _class_folder_records(path: Path) -> Iterator[dict]:
+    """Records of a folder of class sub-folders; entries that cannot be followed are counted, not lost."""
+    for cls in sorted(path.iterdir()):
+        problem = path_problem(cls)
+        if problem is not None:
+            yield problem
+            continue
+        if not cls.is_dir():
+            continue  # a README or label list beside the class folders
+        try:
+            entries = sorted(cls.iterdir())
+        except OSError as err:
+            yield {"skip": "unreadable_path", "error": f"{cls}: {err.strerror or err}"}
+            continue
+        for img in entries:
+            problem = path_problem(img)
+            if problem is not None:
+                yield problem
+            elif img.is_file():
+                yield {"kind": "classification", "image": str(img), "label": cls.name, "id": img.stem,
+                       "origin": str(img)}
+
+
+def _label_file_records(path: Path, root: Path) -> Iterator[dict]:
+    """Records of a TSV/CSV "path<sep>label" file, line by line (a bad line costs only itself)."""
+    delim = "\t" if path.suffix in (".tsv", ".txt") else ","
+    for lineno, raw in _lines(path):
+        where = f"{path}:{lineno}"
+        line = _decode_line(raw, lineno, where)
+        if isinstance(line, dict):
+            yield line
+            continue
+        row = next(csv.reader([line], delimiter=delim), [])
+        if not row:
+            continue
+        if len(row) < 2:
+            yield {"skip": "bad_record", "error": f"{where}: expected 'path{delim}label'"}
+            continue
+        yield {"kind": "classification", "image": _resolve(row[0], root), "label": row[1].strip(),
+               "id": Path(row[0]).stem, "origin": where}
 
 
 def classification_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
@@ -98,32 +191,21 @@ def classification_records(inputs: list[str], image_root: str | None = None) -> 
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for cls in sorted(p for p in path.iterdir() if p.is_dir()):
-                for img in sorted(cls.iterdir()):
-                    if img.is_file():
-                        yield {"kind": "classification", "image": str(img), "label": cls.name, "id": img.stem}
+            yield from _class_folder_records(path)
             continue
         root = Path(image_root) if image_root else path.parent
         if path.suffix in (".jsonl", ".gz"):
-            for row in _jsonl(path):
+            for where, row in _jsonl(path):
                 if "skip" in row:
                     yield row
                 elif "image" not in row or "label" not in row:
-                    yield {"skip": "bad_record", "error": f"{path}: needs 'image' and 'label'"}
+                    missing = [k for k in ("image", "label") if k not in row]
+                    yield {"skip": "missing_field", "error": f"{where}: no {' and no '.join(map(repr, missing))} field"}
                 else:
                     yield {"kind": "classification", "image": _resolve(row["image"], root),
-                           "label": str(row["label"]), "id": Path(row["image"]).stem}
+                           "label": str(row["label"]), "id": Path(row["image"]).stem, "origin": where}
             continue
-        with open(path, encoding="utf-8", newline="") as f:
-            delim = "\t" if path.suffix in (".tsv", ".txt") else ","
-            for lineno, row in enumerate(csv.reader(f, delimiter=delim), 1):
-                if not row:
-                    continue
-                if len(row) < 2:
-                    yield {"skip": "bad_record", "error": f"{path}:{lineno}: expected 'path{delim}label'"}
-                    continue
-                yield {"kind": "classification", "image": _resolve(row[0], root), "label": row[1].strip(),
-                       "id": Path(row[0]).stem}
+        yield from _label_file_records(path, root)
 
 
 def _tar_groups(path: Path) -> Iterator[dict]:
@@ -173,34 +255,37 @@ def caption_records(inputs: list[str], image_root: str | None = None) -> Iterato
                 if image is None:
                     yield {"skip": "missing_image", "error": f"{path}: sample {group['key']} has no image"}
                     continue
-                yield {"kind": "caption", "image": image, "caption": caption, "id": group["key"]}
+                yield {"kind": "caption", "image": image, "caption": caption, "id": group["key"],
+                       "origin": f"{path}:{group['key']}"}
             continue
         root = Path(image_root) if image_root else path.parent
-        for row in _rows(path):
+        for where, row in _rows(path):
             if "skip" in row:
                 yield row
             elif "image" not in row:
-                yield {"skip": "missing_image", "error": f"{path}: row without 'image'"}
+                yield {"skip": "missing_image", "error": f"{where}: row without 'image'"}
             else:
                 yield {"kind": "caption", "image": _resolve(row["image"], root),
-                       "caption": row.get("caption", row.get("text", "")) or "", "id": str(row.get("id", ""))}
+                       "caption": row.get("caption", row.get("text", "")) or "", "id": str(row.get("id", "")),
+                       "origin": where}
 
 
 def interleaved_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
     """Interleaved documents as ordered lists of ("text", str) / ("image", path)."""
-    for path, root, row in _rows_with_root(inputs, image_root):
+    for where, root, row in _rows_with_root(inputs, image_root):
         if "skip" in row:
             yield row
             continue
         try:
             items = _interleaved_items(row, root)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            yield {"skip": "bad_record", "error": f"{path}: malformed interleaved row ({err!r})"}
+            yield {"skip": "bad_record", "error": f"{where}: malformed interleaved row ({err!r})"}
             continue
         if items is None:
-            yield {"skip": "bad_record", "error": f"{path}: interleaved row needs text_list or texts/images"}
+            yield {"skip": "bad_record", "error": f"{where}: interleaved row needs text_list or texts/images"}
             continue
-        yield {"kind": "interleaved", "items": items, "id": str(row.get("id", row.get("url", "")))[:200]}
+        yield {"kind": "interleaved", "items": items, "id": str(row.get("id", row.get("url", "")))[:200],
+               "origin": where}
 
 
 def _interleaved_items(row: dict, root: Path) -> list[tuple[str, str]] | None:
@@ -228,16 +313,19 @@ def _interleaved_items(row: dict, root: Path) -> list[tuple[str, str]] | None:
 def text_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
     """Plain-text documents from JSONL {"text"}."""
     for item in inputs:
-        for row in _jsonl(Path(item)):
+        for where, row in _jsonl(Path(item)):
             if "skip" in row:
                 yield row
+            elif "text" not in row:
+                # another schema (or a typo in the field name) is not an empty document: say which field
+                yield {"skip": "missing_field", "error": f"{where}: no 'text' field (has {sorted(row)[:8]})"}
             else:
-                yield {"kind": "text", "text": row.get("text") or "", "id": str(row.get("id", ""))}
+                yield {"kind": "text", "text": row["text"] or "", "id": str(row.get("id", "")), "origin": where}
 
 
 def conversation_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
     """LLaVA-style conversations with their image paths."""
-    for _, root, row in _rows_with_root(inputs, image_root):
+    for where, root, row in _rows_with_root(inputs, image_root):
         if "skip" in row:
             yield row
             continue
@@ -245,4 +333,4 @@ def conversation_records(inputs: list[str], image_root: str | None = None) -> It
         images = [images] if isinstance(images, str) else list(images)
         turns = row.get("conversations") or row.get("messages") or []
         yield {"kind": "conversation", "images": [_resolve(p, root) for p in images], "turns": turns,
-               "id": str(row.get("id", ""))}
+               "id": str(row.get("id", "")), "origin": where}
