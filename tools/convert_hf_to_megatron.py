@@ -1,17 +1,16 @@
 #!/usr/bin/env python
 """Import a HF Mistral/Llama model or the SOLO-7B release into a megatron-core checkpoint at any TP/PP."""
 
-import argparse
 import sys
 
 from megatron_solo.config.parallel import ParallelConfig
-from megatron_solo.errors import run_tool
+from megatron_solo.errors import ToolArgumentParser, run_tool
 from megatron_solo.hf.importer import import_hf
 
 
 def main(argv=None) -> int:
     """Parse arguments and run the import."""
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ToolArgumentParser(description=__doc__)
     p.add_argument("--hf", required=True, help="HF model directory (config.json + safetensors)")
     p.add_argument("--out", required=True, help="output save root (checkpoint, solo_model.json, tokenizer/)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the written checkpoint")
@@ -32,4 +31,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_tool(main))
+    sys.exit(run_tool(main, own_workers=True))

@@ -1,18 +1,17 @@
 #!/usr/bin/env python
 """Export a megatron_solo checkpoint (any TP/PP) to a stock-transformers Fuyu model or the SOLO release format."""
 
-import argparse
 import sys
 
-from megatron_solo.errors import run_tool
+from megatron_solo.errors import ToolArgumentParser, run_tool
 from megatron_solo.hf.exporter import FORMATS, export_checkpoint
 
 
 def main(argv=None) -> int:
     """Parse arguments and run the export."""
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ToolArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", required=True, help="save root (with latest file) or one iter_N directory")
-    p.add_argument("--out", required=True, help="output directory (replaced)")
+    p.add_argument("--out", required=True, help="output directory: a new folder, or a previous export (replaced once the new one is complete)")
     p.add_argument("--format", default="fuyu", choices=FORMATS)
     p.add_argument("--model-config", help="solo_model.json of the checkpoint (default: ROOT/solo_model.json)")
     p.add_argument("--tokenizer", help="tokenizer directory (default: ROOT/tokenizer)")
@@ -28,4 +27,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_tool(main))
+    sys.exit(run_tool(main, own_workers=True))

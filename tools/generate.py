@@ -1,23 +1,29 @@
 #!/usr/bin/env python
-"""Answer a prompt about an image with a model exported by tools/export_to_hf.py."""
+"""Answer a prompt about an image with a model exported by tools/export_to_hf.py.
 
-import argparse
+The prompt template is the one the checkpoint was trained with (recorded in the export's
+solo_export.json: "plain" after pre-training, "chat" after instruction tuning); --template overrides it.
+"""
+
 import sys
 
-from megatron_solo.errors import run_tool
-from megatron_solo.hf.generate import generate
+from megatron_solo.errors import ToolArgumentParser, run_tool
+from megatron_solo.hf.generate import TEMPLATES, generate
 
 
 def main(argv=None) -> int:
     """Parse arguments, generate greedily, print the answer."""
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ToolArgumentParser(description=__doc__)
     p.add_argument("--model", required=True, help="exported model directory (Fuyu format)")
     p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--plain", action="store_true", help="plain prompt instead of SOLO's [INST] chat template")
+    p.add_argument("--template", choices=TEMPLATES,
+                   help="prompt template (default: the one the model was trained with, from solo_export.json)")
+    p.add_argument("--plain", dest="template", action="store_const", const="plain", help="same as --template plain")
     p.add_argument("--max-new-tokens", type=int, default=64)
     args = p.parse_args(argv)
-    print(generate(args.model, args.prompt, args.image, chat=not args.plain, max_new_tokens=args.max_new_tokens))
+    chat = None if args.template is None else args.template == "chat"
+    print(generate(args.model, args.prompt, args.image, chat=chat, max_new_tokens=args.max_new_tokens))
     return 0
 
 

@@ -26,14 +26,15 @@ from megatron_solo.checkpoint.names import canonical_state_dict
 from megatron_solo.config.model import SoloModelConfig
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.hf.adapters import FORMATS, exporter
+from megatron_solo.hf.generate import EXPORT_META
 from megatron_solo.hf.importer import quiet_workers
 from megatron_solo.hf.processor import SoloProcessor
 from megatron_solo.hf.source import INDEX_FILE, ConversionError
 from megatron_solo.hf.weights import layer_megatron_to_hf
-from megatron_solo.platform import init_parallel, spawn
+from megatron_solo.hf.workers import run_workers
+from megatron_solo.platform import init_parallel
 from megatron_solo.vocab import TokenizerMismatchError, load_tokenizer
 
-EXPORT_META = "solo_export.json"
 EMBED_KEY = "embedding.word_embeddings.weight"
 
 __all__ = ["EXPORT_META", "FORMATS", "export_checkpoint"]
@@ -181,7 +182,7 @@ def export_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)  # an interrupted export of ours
     tmp.mkdir()
-    spawn(_export_worker, 1, str(ckpt), str(tmp), str(meta_path), fmt, max_shard_bytes, dtype, progress)
+    run_workers(_export_worker, 1, str(ckpt), str(tmp), str(meta_path), fmt, max_shard_bytes, dtype, progress)
     write_config(tmp, cfg, tok, fmt, dtype or "float32")
     tok.save_pretrained(tmp)
     if fmt == "fuyu":

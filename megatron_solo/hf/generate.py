@@ -1,11 +1,49 @@
-"""Generate with an exported SOLO model (stock transformers FuyuForCausalLM + SoloProcessor)."""
+"""Generate with an exported SOLO model (stock transformers FuyuForCausalLM + SoloProcessor).
+
+The prompt template is the one the checkpoint was trained with, recorded by the exporter in
+``solo_export.json`` ("plain" after pre-training, "chat" after instruction tuning); a caller may
+override it.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+
+from megatron_solo.hf.source import ConversionError
+
+EXPORT_META = "solo_export.json"  # written by hf.exporter beside every export
+TEMPLATES = ("plain", "chat")
+
+
+def export_info(model_dir: str | os.PathLike) -> dict:
+    """``solo_export.json`` of a Fuyu-format export; ConversionError when ``model_dir`` is not one."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ConversionError(f"{model_dir}: no such model directory")
+    meta_file = model_dir / EXPORT_META
+    if not meta_file.is_file() or not (model_dir / "config.json").is_file():
+        raise ConversionError(f"{model_dir}: not a model written by tools/export_to_hf.py (no {EXPORT_META} "
+                              "or config.json)")
+    try:
+        info = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"{meta_file}: not valid JSON ({err})") from err
+    if info.get("format", "fuyu") != "fuyu":
+        raise ConversionError(f"{model_dir}: exported as {info['format']!r}; generation needs --format fuyu")
+    template = info.get("template", "plain")
+    if template not in TEMPLATES:
+        raise ConversionError(f"{meta_file}: field 'template' = {template!r}; expected one of {TEMPLATES}")
+    return info
+
+
+def export_template(model_dir: str | os.PathLike) -> str:
+    """The prompt template ("plain" or "chat") the exported model was trained with."""
+    return export_info(model_dir).get("template", "plain")
 
 
 def load_exported(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32):
@@ -14,6 +52,7 @@ def load_exported(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float
 
     from megatron_solo.hf.processor import SoloProcessor
 
+    export_info(model_dir)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
     return model, SoloProcessor.from_pretrained(model_dir)
 
@@ -23,11 +62,17 @@ def generate(
     prompt: str,
     images: Sequence = (),
     *,
-    chat: bool = True,
+    chat: bool | None = None,
     max_new_tokens: int = 64,
     loaded=None,
 ) -> str:
-    """Greedy answer of the exported model to ``prompt`` about ``images`` (paths, bytes or PIL images)."""
+    """Greedy answer of the exported model to ``prompt`` about ``images`` (paths, bytes or PIL images).
+
+    ``chat``: SOLO's [INST] template (True) or a plain prompt (False); None: the template the model
+    was trained with (``solo_export.json``).
+    """
+    if chat is None:
+        chat = export_template(model_dir) == "chat"
     model, processor = loaded or load_exported(model_dir)
     inputs = processor(prompt, images=list(images) or None, chat=chat)
     with torch.no_grad():

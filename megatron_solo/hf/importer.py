@@ -27,9 +27,10 @@ from megatron_solo.config.model import SoloModelConfig
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.hf.adapters import FreshWeights, adapter_for, open_hf
 from megatron_solo.hf.source import ConversionError
+from megatron_solo.hf.workers import run_workers
 from megatron_solo.model.builder import solo_provider
 from megatron_solo.model.chunks import build_model_chunks
-from megatron_solo.platform import init_parallel, spawn
+from megatron_solo.platform import init_parallel
 
 
 def tp_slice(full: torch.Tensor, param: torch.Tensor, name: str, rank: int, size: int) -> torch.Tensor:
@@ -143,7 +144,7 @@ def import_hf(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     world = parallel.tensor_parallel * parallel.pipeline_parallel
-    spawn(_import_worker, world, str(src.directory), str(out_dir), dataclasses.asdict(cfg), parallel,
+    run_workers(_import_worker, world, str(src.directory), str(out_dir), dataclasses.asdict(cfg), parallel,
           init_std, seed, progress)
     write_metadata(out_dir, cfg, parallel, source=str(src.directory), architecture=src.architecture)
     tok.save_pretrained(out_dir / TOKENIZER_DIR)

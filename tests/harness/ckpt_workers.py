@@ -75,3 +75,12 @@ def megatron_logits(ckpt_root: str, tokens_file: str, out_file: str, tp: int, pp
     logits = forward_logits(chunks[0].eval(), cfg, torch.load(tokens_file), None)
     if torch.distributed.get_rank() == 0:
         torch.save(logits, out_file)
+
+
+def raise_in_worker(message: str) -> None:
+    """Worker: a user error (CheckpointError with ``message``) or, for an empty message, an internal error."""
+    from megatron_solo.checkpoint import CheckpointError
+
+    if message:
+        raise CheckpointError(message)
+    raise RuntimeError("an internal error in a worker")
