@@ -1,0 +1,58 @@
+"""The evaluation report: one JSON file (metrics, per-item predictions, captions) and a printed table."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def write_report(report: dict, path: str | os.PathLike) -> Path:
+    """Write ``report`` as JSON at ``path`` (atomically: a reader never sees half a report)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+    return path
+
+
+def _rate(task: dict) -> str:
+    return f"{task['images_per_s']:.2f}" if task.get("images") else "-"
+
+
+def _rows(report: dict) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    for name, v in report.get("val_loss", {}).items():
+        rows.append((f"val loss {name}", "loss", f"{v['loss']:.4f}", f"{v['documents']} docs, {v['tokens']} tokens",
+                     _rate(v)))
+    c = report.get("classification")
+    if c:
+        rows.append(("classification", "top-1 / top-5", f"{c['top1']:.4f} / {c['top5']:.4f}",
+                     f"{c['samples']} images, {c['classes']} classes", _rate(c)))
+    m = report.get("mcq")
+    if m:
+        for mode in ("loglik", "generate"):
+            if mode in m:
+                extra = f", {m[mode]['unparsed']} unparsed" if mode == "generate" else ""
+                rows.append((f"mcq {mode} ({m['template']})", "accuracy", f"{m[mode]['accuracy']:.4f}",
+                             f"{m['questions']} questions{extra}", _rate(m)))
+    cap = report.get("captions")
+    if cap:
+        rows.append(("captions", "", "", f"{len(cap['items'])} images", _rate(cap)))
+    return rows
+
+
+def format_table(report: dict) -> str:
+    """The report's metrics as a fixed-width table, then the generated captions."""
+    model = report.get("model", {})
+    lines = [" ".join(str(model[k]) for k in ("backend", "layout", "dtype") if k in model)
+             + f"  {model.get('checkpoint') or model.get('model', '')}"]
+    header = ("task", "metric", "value", "evaluated", "images/s")
+    rows = [header, *_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    for item in report.get("captions", {}).get("items", []):
+        lines.append(f"caption {Path(item['image']).name}: {item['caption']!r}")
+    return "\n".join(lines)
