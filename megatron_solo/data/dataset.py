@@ -39,6 +39,7 @@ from PIL import Image
 
 from megatron_solo.config.data import DataConfig
 from megatron_solo.data.image import PATCH_SIZE, patchify_into
+from megatron_solo.data.overflow import DataLossError, overflow_report, refusal, source_labels
 from megatron_solo.data.packing import PackResult, blend_indices, normalize_weights, pack, shuffled_order
 from megatron_solo.data.samples import expand
 from megatron_solo.data.shards import TOKEN_DTYPE, ShardError, load_index, read_members
@@ -194,9 +195,11 @@ class PackedDataset(torch.utils.data.Dataset):
     def epoch_size(self, epoch: int) -> int:
         """Number of packs of epoch `epoch`."""
         while len(self._epoch_sizes) <= epoch:
-            size = self.plan(len(self._epoch_sizes)).packs.num_packs
+            epoch = len(self._epoch_sizes)
+            size = self.plan(epoch).packs.num_packs
             if size == 0:
-                raise ValueError("an epoch has no packs: every sample was dropped by the overflow policy")
+                why = refusal(self.overflow_report(epoch), 0.0, epoch)
+                raise DataLossError(f"epoch {epoch} has no packs, every sample was dropped: {why}")
             self._epoch_sizes.append(size)
         return self._epoch_sizes[epoch]
 
@@ -218,6 +221,25 @@ class PackedDataset(torch.utils.data.Dataset):
         return {"packs": p.num_packs, "fill": p.fill(), "split_samples": p.num_split,
                 "dropped_samples": len(p.dropped), "dropped_tokens": p.dropped_tokens,
                 "tokens": int(p.pack_lengths().sum())}
+
+    def overflow_report(self, epoch: int = 0) -> dict[str, dict]:
+        """Per dataset (its name, or its path): samples and tokens drawn, dropped and split in `epoch`.
+
+        Each entry: samples_drawn, samples_dropped, samples_split, tokens_drawn, tokens_dropped, drop_share
+        (dropped over drawn tokens), longest_dropped_sample, largest_dropped_image_block, reason ("" when
+        nothing was dropped).
+        """
+        plan = self.plan(epoch)
+        stream = self._set_offset[plan.dataset] + plan.sample
+        return overflow_report(plan.packs, plan.dataset, stream, self._lengths,
+                               (self._block_ptr, self._block_start, self._block_end),
+                               source_labels(self.config.datasets), self.patch_size, self.config.overflow)
+
+    def check_overflow(self, max_drop_share: float, epoch: int = 0) -> None:
+        """Raise DataLossError naming every dataset that loses more than `max_drop_share` of its tokens."""
+        error = refusal(self.overflow_report(epoch), max_drop_share, epoch)
+        if error is not None:
+            raise error
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the packs (config and shard identities)."""

@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from megatron_solo.data.samples import ImageSegment, Sample, layout, segments_meta
+from megatron_solo.errors import UserInputError
 from megatron_solo.vocab import VisionIds
 
 INDEX_SUFFIX = ".idx.npz"
 TOKEN_DTYPE = np.dtype("<u2")
 
 
-class ShardError(ValueError):
+class ShardError(UserInputError):
     """A shard that cannot be used (missing, truncated, or out of step with its index); names the file."""
 
 
