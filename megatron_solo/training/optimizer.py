@@ -28,6 +28,34 @@ def build_optimizer(chunks: list, train: TrainConfig, parallel: ParallelConfig):
     return get_megatron_optimizer(config, chunks)
 
 
+# Fewer steps than this leave no room for a warm-up and a decay: the run can barely learn.
+MIN_SCHEDULE_STEPS = 10
+
+
+def effective_warmup(train: TrainConfig) -> int:
+    """Warm-up steps the schedule uses: clamped below the run's length so the peak is reached."""
+    return min(train.optim.warmup_steps, max(train.train_steps - 1, 0))
+
+
+def schedule_warning(train: TrainConfig) -> str | None:
+    """One line saying why this run's schedule will hardly train, or None when it is sound."""
+    o, steps = train.optim, train.train_steps
+    warm = effective_warmup(train)
+    problems = []
+    if steps == 0:
+        return None
+    if o.warmup_steps >= steps:
+        problems.append(f"warm-up ({o.warmup_steps} steps) is not shorter than the run ({steps} steps): clamped "
+                        f"to {warm}, so the learning rate reaches {o.lr:g} only at the last step")
+    elif 2 * o.warmup_steps >= steps:
+        problems.append(f"warm-up ({o.warmup_steps} steps) takes at least half of the run ({steps} steps)")
+    if steps < MIN_SCHEDULE_STEPS:
+        problems.append(f"the run is only {steps} step{'s' * (steps > 1)}, too short for a warm-up and a {o.decay_style} decay")
+    if not problems:
+        return None
+    return "warning: " + "; ".join(problems) + " (set --warmup-steps / --train-steps, or a --recipe for this model)"
+
+
 def build_scheduler(optimizer, train: TrainConfig):
     """Warm-up then cosine (or linear/constant) decay to ``min_lr``, stepped once per iteration."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -38,7 +66,7 @@ def build_scheduler(optimizer, train: TrainConfig):
         init_lr=0.0,
         max_lr=o.lr,
         min_lr=o.min_lr,
-        lr_warmup_steps=min(o.warmup_steps, max(train.train_steps - 1, 0)),
+        lr_warmup_steps=effective_warmup(train),
         lr_decay_steps=max(train.train_steps, 1),
         lr_decay_style=o.decay_style,
         start_wd=o.weight_decay,

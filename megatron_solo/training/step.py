@@ -30,7 +30,6 @@ def train_step(
     micro_batch_size: int,
 ) -> StepResult:
     """Run forward/backward over ``num_microbatches`` micro-batches and one optimizer update."""
-    from megatron.core import parallel_state as ps
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -54,11 +53,25 @@ def train_step(
     ok, grad_norm, _ = optimizer.step()
     if ok:
         scheduler.step(increment=1)
-    loss = num_tokens = None
-    if ps.is_pipeline_last_stage(ignore_virtual=True):
-        totals = torch.stack([o["lm loss"] for o in outputs]).sum(0)
-        # Sum over data-parallel ranks so every layout reports the same global loss.
-        torch.distributed.all_reduce(totals, group=ps.get_data_parallel_group())
-        num_tokens = int(totals[1].item())
-        loss = (totals[0] / totals[1].clamp(min=1)).item()
-    return StepResult(loss=loss, num_tokens=num_tokens or 0, grad_norm=grad_norm, skipped=not ok)
+    loss, num_tokens = global_mean_loss(loss_totals(outputs))
+    return StepResult(loss=loss, num_tokens=num_tokens, grad_norm=grad_norm, skipped=not ok)
+
+
+def loss_totals(outputs: list[dict]) -> torch.Tensor | None:
+    """[sum of token losses, number of loss tokens] over a schedule's micro-batch outputs (last stage only)."""
+    from megatron.core import parallel_state as ps
+
+    if not ps.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    return torch.stack([o["lm loss"] for o in outputs]).sum(0)
+
+
+def global_mean_loss(totals: torch.Tensor | None) -> tuple[float | None, int]:
+    """(mean loss per token, tokens) over all data-parallel ranks; (None, 0) off the last pipeline stage."""
+    from megatron.core import parallel_state as ps
+
+    if totals is None:
+        return None, 0
+    # Sum over data-parallel ranks so every layout reports the same global loss.
+    torch.distributed.all_reduce(totals, group=ps.get_data_parallel_group())
+    return (totals[0] / totals[1].clamp(min=1)).item(), int(totals[1].item())

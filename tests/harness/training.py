@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -47,6 +48,27 @@ def run_job(images: str, texts: str, save_dir: str, steps: int, exit_after: int 
         with open(out, "w") as f:
             json.dump({"losses": summary.losses, "iteration": summary.iteration,
                        "resumed_from": summary.resumed_from, "preempted": summary.preempted}, f)
+
+
+def run_eval_job(images: str, texts: str, save_dir: str, steps: int, tp: int, pp: int, init_from: str | None,
+                 out: str) -> None:
+    """Worker: small_job with the training blend as eval data, validated every 2 steps; records the losses.
+
+    ``init_from``: start from these weights (megatron-core draws a stage's initial weights from the
+    stage's own RNG stream, so runs at different PP sizes start equal only from one checkpoint).
+    """
+    from megatron_solo.training.loop import pretrain
+
+    job = small_job(images, texts, save_dir, steps, None)
+    job = dataclasses.replace(
+        job, parallel=ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp),
+        train=dataclasses.replace(job.train, eval_interval=2, eval_iters=1),
+        eval_data=dataclasses.replace(job.data, num_workers=0), init_from=init_from,
+    )
+    summary = pretrain(job)
+    if summary.is_log_rank:
+        with open(out, "w") as f:
+            json.dump({"losses": summary.losses, "val_losses": summary.val_losses}, f)
 
 
 def final_weights(images: str, texts: str, save_dir: str, out: str) -> None:

@@ -1,0 +1,85 @@
+"""Start-up checks of a training job, run before the model is built so a bad job fails in seconds.
+
+The saved state of a resumed run (is it already complete? does its data position fit this blend?),
+the data (shards indexed, epoch 0 planned), and the layer implementation and precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_solo.checkpoint.layout import latest_iteration, resolve_checkpoint
+from megatron_solo.checkpoint.metadata import read_train_state
+from megatron_solo.config.data import DataConfig
+from megatron_solo.config.model import SoloModelConfig
+from megatron_solo.config.train import TrainConfig
+from megatron_solo.errors import UserInputError
+
+
+class RunSetupError(UserInputError):
+    """A job that cannot start as configured: its data, its saved data position or its precision."""
+
+
+@dataclass
+class SavedRun:
+    """The newest checkpoint of a save folder: where it is and its train state."""
+
+    path: str
+    state: dict
+
+    @property
+    def iteration(self) -> int:
+        """Steps the saved run had completed."""
+        return int(self.state["iteration"])
+
+
+def saved_run(save_dir: str | None) -> SavedRun | None:
+    """The newest checkpoint under ``save_dir`` (None without one), read without building a model."""
+    if not save_dir or latest_iteration(save_dir) is None:
+        return None
+    path = resolve_checkpoint(save_dir)[1]
+    return SavedRun(str(path), read_train_state(path))
+
+
+def build_checked_loader(config: DataConfig, train: TrainConfig, patch_size: int, rank: int, world_size: int,
+                         what: str, limit: int | None = None):
+    """A PackedDataLoader whose shards are indexed and epoch 0 planned; its input errors as RunSetupError."""
+    from megatron_solo.data.loader import build_data_loader
+
+    try:
+        loader = build_data_loader(config, train.seq_length, train.micro_batch_size, patch_size,
+                                   rank=rank, world_size=world_size, limit=limit)
+        loader.dataset.epoch_size(0)  # plan now: packing problems show before the model is built
+    except UserInputError:
+        raise
+    except ValueError as err:  # the data layer's validation of shards, blend and packing policy
+        raise RunSetupError(f"{what}: {err}") from err
+    return loader
+
+
+def restore_data_position(loader, saved: dict, allow_data_change: bool, save_dir: str) -> str | None:
+    """Put ``loader`` at the saved position; returns a note when the blend changed and that is allowed."""
+    now = loader.dataset.fingerprint()
+    changed = saved.get("fingerprint") != now
+    if changed and not allow_data_change:
+        raise RunSetupError(
+            f"{save_dir}: the data blend (shards, weights, seq_length, seed or packing policy) differs from the "
+            f"checkpoint's; pass --allow-data-change (JobConfig.allow_data_change) to resume with this blend "
+            f"from the checkpoint's data position ({saved.get('consumed_packs')} packs consumed)"
+        )
+    try:
+        loader.load_state_dict(saved, strict=False)
+    except ValueError as err:
+        raise RunSetupError(f"{save_dir}: cannot resume the data position: {err}") from err
+    if changed:
+        return (f"data blend changed since the checkpoint: reading the new blend from pack "
+                f"{loader.consumed_packs} on (--allow-data-change)")
+    return None
+
+
+def describe_layers(model: SoloModelConfig, bf16: bool) -> str:
+    """The start-up line naming the layer implementation and precision; LayerImplError when unavailable."""
+    from megatron_solo.model.specs import check_fp8, describe_precision
+
+    check_fp8(model)
+    return f"layers: {describe_precision(model, bf16)}"

@@ -1,0 +1,172 @@
+"""tools/pretrain.py's command line: preset-aware defaults, named switches, warnings, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_solo.config import model_preset, recipe
+from megatron_solo.config.recipes import SMALL
+from megatron_solo.errors import UserInputError
+from megatron_solo.training.optimizer import build_scheduler, schedule_warning
+from megatron_solo.vocab.ids import SOLO_CHAT_VOCAB_SIZE, SOLO_VOCAB_SIZE
+from tools.pretrain import build_job, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+TOOL = str(REPO / "tools" / "pretrain.py")
+
+
+def job(*argv: str):
+    return build_job(parse_args(["--data", "shards/a", *argv]))
+
+
+def test_small_models_default_to_the_small_recipe():
+    for model in ("solo-tiny", "solo-small"):
+        train = job("--model", model).train
+        assert (train.optim.lr, train.optim.warmup_steps, train.seq_length, train.global_batch_size,
+                train.train_steps) == (SMALL["optim"]["lr"], SMALL["optim"]["warmup_steps"], SMALL["seq_length"],
+                                       SMALL["global_batch_size"], SMALL["train_steps"])
+        assert train.seq_length <= model_preset(model).max_position_embeddings
+        assert schedule_warning(train) is None
+
+
+def test_solo_7b_keeps_stage1_and_an_explicit_recipe_wins():
+    train = job("--model", "solo-7b").train
+    assert (train.optim.lr, train.optim.warmup_steps, train.seq_length, train.global_batch_size) == (
+        5e-5, 200, 32768, 128)
+    assert job("--model", "solo-tiny", "--recipe", "stage1").train.optim.lr == 5e-5
+    assert job("--model", "solo-tiny", "--lr", "1e-3").train.optim.lr == 1e-3
+
+
+def test_template_follows_the_recipe():
+    assert job("--recipe", "sft").template == "chat"
+    assert job("--recipe", "stage2").template == "plain"
+    assert job("--model", "solo-tiny").template == "plain"
+
+
+def test_chat_tokens_switch_sets_the_chat_vocabulary():
+    assert job("--chat-tokens").model_overrides["vocab_size"] == SOLO_CHAT_VOCAB_SIZE
+    assert "vocab_size" not in job().model_overrides
+    assert model_preset("solo-tiny", **job().model_overrides).vocab_size == SOLO_VOCAB_SIZE
+    with pytest.raises(UserInputError, match="--chat-tokens"):
+        job("--chat-tokens", "--model-overrides", '{"vocab_size": 33029}')
+
+
+def test_transformer_engine_and_fp8_flags_map_onto_the_model_config():
+    overrides = job("--transformer-impl", "local", "--fp8", "hybrid", "--fp8-recipe", "tensorwise").model_overrides
+    assert (overrides["transformer_impl"], overrides["fp8"], overrides["fp8_recipe"]) == ("local", "hybrid",
+                                                                                          "tensorwise")
+    assert not {"transformer_impl", "fp8", "fp8_recipe"} & set(job().model_overrides)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--data", "a", "--fp8-recipe", "delayed"])
+    assert exit_info.value.code == 2
+
+
+def test_eval_flags_make_eval_data_and_schedule():
+    j = job("--model", "solo-tiny", "--eval-data", "held/a:2", "held/b", "--eval-interval", "7", "--eval-iters", "3")
+    assert [(d.path, d.weight) for d in j.eval_data.datasets] == [("held/a", 2.0), ("held/b", 1.0)]
+    assert (j.train.eval_interval, j.train.eval_iters) == (7, 3)
+    assert j.eval_data.seed == j.data.seed
+    assert job().eval_data is None
+
+
+def test_bad_values_are_user_errors():
+    for argv in (["--data", "a:x"], ["--data", "a:-1"], ["--eval-interval", "0"], ["--model-overrides", "{"],
+                 ["--model-overrides", '{"no_such_field": 1}'], ["--exit-after-steps", "0"]):
+        with pytest.raises(UserInputError):
+            build_job(parse_args(["--data", "shards/a", *argv] if argv[0] != "--data" else argv))
+
+
+@pytest.mark.parametrize("warmup,steps,expect", [
+    (200, 20, "clamped to 19"), (10, 20, "at least half"), (2, 4, "only 4 steps"), (10, 200, None), (0, 1, "only 1 step,"),
+])
+def test_schedule_warning(warmup, steps, expect):
+    train = recipe("small", train_steps=steps, optim={"warmup_steps": warmup})
+    warning = schedule_warning(train)
+    if expect is None:
+        assert warning is None
+    else:
+        assert warning.startswith("warning: ") and expect in warning and "\n" not in warning
+
+
+def test_warning_states_the_clamp_the_scheduler_applies():
+    import torch
+
+    train = recipe("small", train_steps=20, optim={"warmup_steps": 200})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert build_scheduler(opt, train).lr_warmup_steps == 19
+    assert "clamped to 19" in schedule_warning(train)
+
+
+# ----------------------------------------------------------------------------- the tool in a one-process world
+def _run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HOME": str(cwd)}
+    return subprocess.run([sys.executable, TOOL, *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error")]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from tests.harness import training as T
+
+    return T.build_shards(tmp_path_factory.mktemp("cli_data"))
+
+
+def _train_args(images: str, texts: str, *extra: str) -> list[str]:
+    return ["--model", "solo-tiny", "--data", f"{images}:0.7", f"{texts}:0.3", "--seq-length", "256",
+            "--global-batch-size", "2", "--fp32", "--data-workers", "0", *extra]
+
+
+@pytest.mark.slow
+def test_fp8_without_transformer_engine_is_one_line(shards, tmp_path):
+    from megatron_solo.model.specs import transformer_engine_usable
+
+    if transformer_engine_usable():
+        pytest.skip("Transformer Engine is usable here: FP8 may run")
+    out = _run(*_train_args(*shards, "--fp8", "hybrid"), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert len(_errors(out.stderr)) == 1 and "Transformer Engine" in _errors(out.stderr)[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_stop_without_save_says_nothing_was_saved(shards, tmp_path):
+    out = _run(*_train_args(*shards, "--train-steps", "3", "--exit-after-steps", "1"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "stopped early (no --save: nothing saved)" in out.stdout and "checkpoint saved" not in out.stdout
+    assert "layers: local spec, fp32" in out.stdout
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "clamped to 2" in warnings[0], out.stderr
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_run_and_a_changed_blend(shards, tmp_path):
+    images, texts = shards
+    save = str(tmp_path / "ckpt")
+    first = _run(*_train_args(images, texts, "--train-steps", "2", "--save", save, "--recipe", "sft"), cwd=tmp_path)
+    assert first.returncode == 0 and "done: iteration 2" in first.stdout, first.stderr
+    assert json.loads(Path(save, "solo_model.json").read_text())["template"] == "chat"
+
+    again = _run(*_train_args(images, texts, "--train-steps", "2", "--save", save, "--recipe", "sft"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"the run is complete: iteration 2 of 2, checkpoint at {save}/iter_0000002" in again.stdout, again.stdout
+    assert "step " not in again.stdout
+
+    other = ["--model", "solo-tiny", "--data", f"{images}:0.5", f"{texts}:0.5", *_train_args(images, texts)[5:]]
+    changed = _run(*other, "--train-steps", "3", "--save", save, "--recipe", "sft", cwd=tmp_path)
+    assert changed.returncode == 2, changed.stderr
+    assert len(_errors(changed.stderr)) == 1 and "--allow-data-change" in _errors(changed.stderr)[0]
+    assert "layers:" not in changed.stdout  # refused before the model is built
+
+    allowed = _run(*other, "--train-steps", "3", "--save", save, "--recipe", "sft", "--allow-data-change",
+                   cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "reading the new blend from pack 4 on" in allowed.stdout and "step 3/3" in allowed.stdout, allowed.stdout
