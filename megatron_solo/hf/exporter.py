@@ -125,21 +125,39 @@ def write_config(out_dir: Path, cfg: SoloModelConfig, tok, fmt: str, dtype: str)
         str(out_dir))
 
 
+IN_PROGRESS = ".solo_export_in_progress"  # marks a hidden build folder as ours until it is published
+
+
 def _check_target(out: Path, root: Path, ckpt: Path) -> None:
     """Refuse an output folder that would overwrite the checkpoint or files that are not our export."""
     out_r, protected = out.resolve(), {root.resolve(), ckpt.resolve()}
-    if any(p == out_r or out_r in p.parents for p in protected):
-        raise ConversionError(f"--out {out} would replace the checkpoint {ckpt}; choose another folder")
-    if out.exists() and not (out.is_dir() and ((out / EXPORT_META).is_file() or not any(out.iterdir()))):
+    if any(p == out_r or out_r in p.parents for p in protected) or ckpt.resolve() in out_r.parents:
+        raise ConversionError(f"--out {out} would replace or write into the checkpoint {ckpt}; choose another folder")
+    if out.exists() and not _ours(out, EXPORT_META):
         raise ConversionError(f"--out {out} exists and is not a previous export (no {EXPORT_META}); "
                               "choose a new folder or remove it yourself")
+
+
+def _ours(path: Path, *markers: str) -> bool:
+    """Whether ``path`` is a real folder that is empty or holds one of ``markers`` (files only we write)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return any((path / m).is_file() for m in markers) or not any(path.iterdir())
+
+
+def _remove_leftover(path: Path, *markers: str) -> None:
+    """Remove a hidden folder an interrupted export of ours left; refuse one that is not ours."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not _ours(path, *markers):
+        raise ConversionError(f"{path} exists and was not written by an export; remove or rename it yourself")
+    shutil.rmtree(path)
 
 
 def _publish(tmp: Path, out: Path) -> None:
     """Move a finished export into place, replacing a previous export only after the new one is complete."""
     old = out.with_name(f".{out.name}.old-export")
-    if old.exists():
-        shutil.rmtree(old)  # left by an interrupted publish of ours
+    _remove_leftover(old, EXPORT_META)  # left by an interrupted publish of ours
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
@@ -175,13 +193,14 @@ def export_checkpoint(
             f"{tok_dir}: <vpatch> id {tok.vpatch_id} / {tok.vocab_size} ids do not fit the model "
             f"(vpatch_token_id {cfg.vpatch_token_id}, vocab_size {cfg.vocab_size})"
         )
-    out = Path(out_dir)
+    out = Path(os.path.abspath(out_dir))  # "--out ." has a name to build its hidden sibling from
     _check_target(out, root, ckpt)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-export")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # an interrupted export of ours
+    _remove_leftover(tmp, IN_PROGRESS, EXPORT_META)  # an interrupted export of ours
+    _remove_leftover(out.with_name(f".{out.name}.old-export"), EXPORT_META)
     tmp.mkdir()
+    (tmp / IN_PROGRESS).touch()
     run_workers(_export_worker, 1, str(ckpt), str(tmp), str(meta_path), fmt, max_shard_bytes, dtype, progress)
     write_config(tmp, cfg, tok, fmt, dtype or "float32")
     tok.save_pretrained(tmp)
@@ -190,5 +209,6 @@ def export_checkpoint(
     (tmp / EXPORT_META).write_text(json.dumps(
         {"format": fmt, "checkpoint": str(ckpt.resolve()), "source": meta.get("source"),
          "template": meta.get("template", "plain")}, indent=2))
+    (tmp / IN_PROGRESS).unlink()
     _publish(tmp, out)
     return out

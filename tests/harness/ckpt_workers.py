@@ -84,3 +84,14 @@ def raise_in_worker(message: str) -> None:
     if message:
         raise CheckpointError(message)
     raise RuntimeError("an internal error in a worker")
+
+
+def resave(ckpt_root: str, iteration: int, tp: int, pp: int = 1) -> None:
+    """Worker: load ``ckpt_root`` at TP x PP and save it there again as ``iteration`` (a run resumed at another layout)."""
+    from megatron_solo.checkpoint.state import TrainState, save_checkpoint
+
+    quiet_workers()
+    parallel = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp)
+    init_parallel(parallel, seed=5)
+    chunks, _ = load_solo_model(ckpt_root, parallel)
+    save_checkpoint(ckpt_root, TrainState(iteration=iteration), chunks)
