@@ -28,14 +28,17 @@ from megatron_solo.vocab import load_tokenizer
 
 
 def _masked_vocab_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """float32 copy of this rank's vocabulary slice with the padding columns at -inf."""
+    """float32 logits of this rank's vocabulary slice with the padding columns at -inf.
+
+    ``logits`` must be a fresh tensor (an indexed copy): the cross entropy works on it in place.
+    """
     from megatron.core import parallel_state as ps
 
     width = logits.shape[-1]
     start = ps.get_tensor_model_parallel_rank() * width
     logits = logits.float()
     if start + width <= vocab_size:
-        return logits.clone()
+        return logits
     column = torch.arange(start, start + width, device=logits.device)
     return logits.masked_fill(column >= vocab_size, float("-inf"))
 
@@ -45,6 +48,8 @@ def _target_logprobs(vocab_size: int, batch: dict, output: torch.Tensor, non_los
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
     mask = batch["label_mask"]
+    if not mask.any():  # the same on every TP rank: no collective is skipped by one rank alone
+        return output.new_zeros(0, dtype=torch.float32)
     picked = _masked_vocab_logits(output[mask], vocab_size)  # [N, V/tp]
     return -vocab_parallel_cross_entropy(picked, batch["labels"][mask])
 
