@@ -35,6 +35,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-length", type=int, help="skip samples longer than this many tokens")
     p.add_argument("--fast-jpeg-decode", action="store_true",
                    help="decode big JPEGs at reduced scale before the resize (faster; not SOLO's exact pixels)")
+    p.add_argument("--holdout", type=float, default=D.holdout,
+                   help="hold out N records (N >= 1) or a fraction (0 < f < 1) as shards in OUTPUT/heldout/ "
+                        "(deterministic; stratified by label for classification)")
+    p.add_argument("--holdout-seed", type=int, default=D.holdout_seed)
     p.add_argument("--prefix", default=D.prefix)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -43,9 +47,12 @@ def main(argv=None) -> int:
         caption_template=a.caption_template, tokenizer=a.tokenizer, close_with_vision=a.close_with_vision,
         patch_size=a.patch_size, max_side=a.max_side, max_aspect=a.max_aspect or None,
         image_format=a.image_format, image_quality=a.image_quality, shard_size=a.shard_size,
-        workers=a.workers, max_length=a.max_length, prefix=a.prefix, fast_jpeg_decode=a.fast_jpeg_decode,
+        workers=a.workers, max_length=a.max_length, prefix=a.prefix,
+        fast_jpeg_decode=a.fast_jpeg_decode, holdout=a.holdout, holdout_seed=a.holdout_seed,
     )
     stats = preprocess(cfg, progress=not a.quiet)
+    if "heldout" in stats:
+        stats["heldout"] = {k: v for k, v in stats["heldout"].items() if k != "skip_examples"}
     json.dump({k: v for k, v in stats.items() if k != "skip_examples"}, sys.stdout, indent=2)
     print()
     return 0

@@ -94,6 +94,17 @@ class PreprocessConfig:
     # 1/2..1/8 scale first (faster, but the patches differ: benchmarks/bench_jpeg_decode.py)
     fast_jpeg_decode: bool = False
     prefix: str = "shard"
+    # held-out split, written as shards in OUTPUT/heldout/: 0 = none, N >= 1 = exactly N records, 0 < f < 1 =
+    # round(f x records); the records with the smallest hashes of (position, holdout_seed), per label when the
+    # records are labelled (megatron_solo.data.holdout): the same split on every run, resume and worker count
+    holdout: float = 0
+    holdout_seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if not (self.holdout >= 0 and math.isfinite(self.holdout)):
+            raise UserInputError(f"holdout must be a count >= 1, a fraction in (0, 1) or 0, got {self.holdout}")
+        if self.holdout >= 1 and self.holdout != int(self.holdout):
+            raise UserInputError(f"holdout {self.holdout:g}: a count must be a whole number (or a fraction below 1)")
 
     def to_dict(self) -> dict:
         """Plain dict (written beside the shards so a resumed run can check it is the same job)."""

@@ -2,7 +2,7 @@
 
 Records are cut into shards of `shard_size` records in reading order, so shard k always holds the same
 records: a resumed run skips every shard whose index exists (the index is renamed into place last) and
-redoes the rest. Bad samples are skipped and counted by reason in the shard's stats; whole-file problems
+redoes the rest. With a held-out split the held-out records are cut the same way into OUTPUT/heldout/. Bad samples are skipped and counted by reason in the shard's stats; whole-file problems
 (missing input, unreadable JSON file) raise naming the file before any shard is written.
 """
 
@@ -13,17 +13,19 @@ import multiprocessing as mp
 import os
 from collections import Counter
 from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from megatron_solo.config.data import PreprocessConfig
+from megatron_solo.data.holdout import HELDOUT_DIR, plan_holdout
 from megatron_solo.data.image import ImageError, load_resized
 from megatron_solo.data.kinds import BuildContext, build_sample, iter_records
 from megatron_solo.data.samples import ImageSegment, SkipSample
 from megatron_solo.data.shards import INDEX_SUFFIX, ShardWriter, index_path, load_index
 from megatron_solo.data.sources import load_class_names
+from megatron_solo.errors import UserInputError
 from megatron_solo.vocab import SoloTokenizer
 
 CONFIG_FILE = "preprocess_config.json"
@@ -60,19 +62,23 @@ def shard_path(output: str | os.PathLike, prefix: str, k: int) -> Path:
     return Path(output) / f"{prefix}-{k:06d}.tar"
 
 
-def process_shard(k: int, first: int, records: list[dict], cfg: PreprocessConfig | None = None) -> dict:
-    """Build and write shard k from its records; returns its stats (also stored in its index)."""
+def process_shard(k: int, records: list[tuple[int, dict]], folder: str | os.PathLike,
+                  cfg: PreprocessConfig | None = None) -> dict:
+    """Build and write shard k of `folder` from its (position, record) pairs; returns its stats (also in its index).
+
+    A sample's key is its record's position in the source, so keys are unique across OUTPUT and OUTPUT/heldout.
+    """
     if cfg is not None and _worker.get("cfg") is not cfg:
         _setup(cfg)
     cfg, ctx = _worker["cfg"], _worker["ctx"]
-    writer = ShardWriter(shard_path(cfg.output, cfg.prefix, k), ctx.tok.vision_ids,
-                         cfg.image_format, cfg.image_quality)
+    writer = ShardWriter(shard_path(folder, cfg.prefix, k), ctx.tok.vision_ids, cfg.image_format,
+                         cfg.image_quality)
     skipped: Counter = Counter()
     examples: list[str] = []
     text_tokens = vision_tokens = images = 0
     try:
-        for i, record in enumerate(records):
-            key = f"{first + i:010d}"
+        for position, record in records:
+            key = f"{position:010d}"
             try:
                 sample = build_sample(record, key, ctx)
                 if cfg.max_length is not None and len(sample) > cfg.max_length:
@@ -103,17 +109,27 @@ def process_shard(k: int, first: int, records: list[dict], cfg: PreprocessConfig
     return stats
 
 
-def _chunks(records: Iterator[dict], size: int) -> Iterator[tuple[int, int, list[dict]]]:
-    k = 0
-    while True:
-        chunk = list(islice(records, size))
-        if not chunk:
-            return
-        yield k, k * size, chunk
-        k += 1
+def _chunks(records: Iterator[dict], size: int, held: np.ndarray | None
+            ) -> Iterator[tuple[int, int, list[tuple[int, dict]]]]:
+    """(part, shard number, [(position, record)]): part 0 = training records, 1 = held out, each cut in order."""
+    buffers: list[list[tuple[int, dict]]] = [[], []]
+    shards = [0, 0]
+    for position, record in enumerate(records):
+        if held is not None and position >= len(held):
+            raise UserInputError(f"the source grew while it was being preprocessed (record {position} was not "
+                                 "there when the held-out split was chosen); rerun on a stable copy")
+        part = int(held[position]) if held is not None else 0
+        buffers[part].append((position, record))
+        if len(buffers[part]) == size:
+            yield part, shards[part], buffers[part]
+            buffers[part] = []  # the full list was handed out (maybe to a worker): start a new one
+            shards[part] += 1
+    for part in (0, 1):
+        if buffers[part]:
+            yield part, shards[part], buffers[part]
 
 
-def _check_config(cfg: PreprocessConfig) -> None:
+def _check_config(cfg: PreprocessConfig, folders: list[Path]) -> None:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     mine = {k: v for k, v in cfg.to_dict().items() if k != "workers"}
@@ -122,38 +138,50 @@ def _check_config(cfg: PreprocessConfig) -> None:
         theirs = {k: v for k, v in json.loads(path.read_text()).items() if k != "workers"}
         if theirs != mine:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            raise ValueError(f"{out} holds shards of a different preprocessing job (differs in {diff}); "
-                             "use another output folder")
-    else:
-        path.write_text(json.dumps(cfg.to_dict(), indent=2))
-    for stale in out.glob("*.tmp*"):  # partial shards of an interrupted run
-        stale.unlink()
+            raise UserInputError(f"{out} holds shards of a different preprocessing job (differs in {diff}); "
+                                 "use another output folder")
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        # beside the held-out shards too: a folder of shards is self-describing (patch size checks)
+        if not (folder / CONFIG_FILE).exists():
+            (folder / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+        for stale in folder.glob("*.tmp*"):  # partial shards of an interrupted run
+            stale.unlink()
 
 
 def preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict:
-    """Run a whole preprocessing job (resumable); returns the aggregated stats also written to stats.json."""
-    _check_config(cfg)
-    records = iter_records(cfg.kind, cfg.inputs, cfg.image_root)
+    """Run a whole preprocessing job (resumable); returns the aggregated stats also written to stats.json.
+
+    With ``cfg.holdout`` the held-out records (see ``data/holdout.py``) go to shards in OUTPUT/heldout/ and
+    stats.json reports both parts (the held-out one under "heldout").
+    """
+    folders = [Path(cfg.output)] + ([Path(cfg.output) / HELDOUT_DIR] if cfg.holdout else [])
+    _check_config(cfg, folders)
     load_class_names(cfg.class_names)  # a broken class-name map is a whole-job error: fail before work
+    held, split = None, None
+    if cfg.holdout:
+        held, split = plan_holdout(iter_records(cfg.kind, cfg.inputs, cfg.image_root), cfg.holdout,
+                                   cfg.holdout_seed, progress)
+    records = iter_records(cfg.kind, cfg.inputs, cfg.image_root)
     bar = tqdm(unit="rec", desc=f"preprocess {cfg.kind}", disable=not progress)
     done_before = 0
     if cfg.workers <= 0:
         _setup(cfg)
-        for k, first, chunk in _chunks(records, cfg.shard_size):
-            if index_path(shard_path(cfg.output, cfg.prefix, k)).exists():
+        for part, k, chunk in _chunks(records, cfg.shard_size, held):
+            if index_path(shard_path(folders[part], cfg.prefix, k)).exists():
                 done_before += 1
             else:
-                process_shard(k, first, chunk)
+                process_shard(k, chunk, folders[part])
             bar.update(len(chunk))
     else:
         with mp.get_context("fork").Pool(cfg.workers, initializer=_setup, initargs=(cfg,)) as pool:
             pending = []
-            for k, first, chunk in _chunks(records, cfg.shard_size):
-                if index_path(shard_path(cfg.output, cfg.prefix, k)).exists():
+            for part, k, chunk in _chunks(records, cfg.shard_size, held):
+                if index_path(shard_path(folders[part], cfg.prefix, k)).exists():
                     done_before += 1
                     bar.update(len(chunk))
                     continue
-                pending.append((len(chunk), pool.apply_async(process_shard, (k, first, chunk))))
+                pending.append((len(chunk), pool.apply_async(process_shard, (k, chunk, folders[part]))))
                 while len(pending) >= 2 * cfg.workers:  # bound memory: records wait in the main process
                     n, result = pending.pop(0)
                     result.get()
@@ -164,6 +192,11 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict:
     bar.close()
     stats = aggregate_stats(cfg.output)
     stats["resumed_shards"] = done_before
+    if split is not None:
+        heldout = aggregate_stats(folders[1])
+        (folders[1] / STATS_FILE).write_text(json.dumps(heldout, indent=2))
+        stats["holdout"] = split
+        stats["heldout"] = heldout
     (Path(cfg.output) / STATS_FILE).write_text(json.dumps(stats, indent=2))
     return stats
 
