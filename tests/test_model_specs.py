@@ -35,6 +35,10 @@ def test_auto_picks_te_only_where_usable(machine):
     machine(te=True, capability=(9, 0))
     assert resolve_impl(_cfg()) == "te"
     assert resolve_impl(_cfg(transformer_impl="local")) == "local"
+    # TE has no fp32 attention over packed documents: fp32 runs take the local spec, or are refused
+    assert resolve_impl(_cfg(), bf16=False) == "local"
+    with pytest.raises(LayerImplError, match="'te' needs bf16"):
+        resolve_impl(_cfg(transformer_impl="te"), bf16=False)
 
 
 def test_te_requested_without_te_is_a_one_line_user_error(machine, capsys):
@@ -90,6 +94,9 @@ def test_fp8_without_te_or_with_the_local_spec_is_refused(machine):
     machine(te=True, capability=(9, 0))
     with pytest.raises(LayerImplError, match="local spec is selected"):
         check_fp8(_cfg(fp8="hybrid", transformer_impl="local"))
+    with pytest.raises(LayerImplError, match="fp8 needs bf16"):
+        check_fp8(_cfg(fp8="hybrid"), bf16=False)
+    check_fp8(_cfg(fp8="hybrid"), bf16=True)
 
 
 @pytest.mark.parametrize(
@@ -120,6 +127,7 @@ def test_describe_precision(machine):
     assert describe_precision(_cfg(), bf16=False) == "local spec, fp32"
     assert describe_precision(_cfg(), bf16=True) == "local spec, bf16"
     machine(te=True, capability=(9, 0))
+    assert describe_precision(_cfg(), bf16=False) == "local spec, fp32"
     assert describe_precision(_cfg(fp8="hybrid"), bf16=True) == "TE spec, bf16 + FP8 hybrid (delayed)"
     assert describe_precision(_cfg(fp8="e4m3", fp8_recipe="tensorwise"), bf16=True) == \
         "TE spec, bf16 + FP8 e4m3 (tensorwise)"
@@ -142,7 +150,9 @@ def test_builder_checks_fp8_and_refuses_te_with_sbhd(machine):
     from megatron_solo.model.builder import build_solo_model
 
     with pytest.raises(LayerImplError, match="no usable TE"):
-        build_solo_model(_cfg(fp8="hybrid"), ParallelConfig())
+        build_solo_model(_cfg(fp8="hybrid"), ParallelConfig(), bf16=True)
     machine(te=True, capability=(9, 0))
     with pytest.raises(ValueError, match="only in the thd layout"):
-        build_solo_model(_cfg(transformer_impl="te"), ParallelConfig(), packed_format="sbhd")
+        build_solo_model(_cfg(transformer_impl="te"), ParallelConfig(), bf16=True, packed_format="sbhd")
+    with pytest.raises(LayerImplError, match="fp8 needs bf16"):
+        build_solo_model(_cfg(fp8="hybrid"), ParallelConfig(), bf16=False)

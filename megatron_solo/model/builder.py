@@ -42,8 +42,8 @@ def build_solo_model(
     """
     from megatron_solo.platform.distributed import current_device
 
-    impl = resolve_impl(model)
-    check_fp8(model)
+    impl = resolve_impl(model, bf16=bf16)
+    check_fp8(model, bf16=bf16)
     if impl == "te" and packed_format == "sbhd":
         raise ValueError("Transformer Engine attention takes packed documents only in the thd layout")
     config = build_transformer_config(model, parallel, bf16=bf16, recompute=recompute, use_te=impl == "te")

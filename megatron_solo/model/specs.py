@@ -2,8 +2,12 @@
 
 Transformer Engine (TE) on GPUs, megatron-core's local layers otherwise. ``transformer_impl="auto"``
 can be forced to one of them with the environment variable ``SOLO_TRANSFORMER_IMPL`` (read here and
-nowhere else), so one machine with TE can run the same code under both specs. FP8 needs the TE spec
-and a GPU that has FP8 tensor cores; :func:`check_fp8` refuses everything else with one clear line.
+nowhere else), so one machine with TE can run the same code under both specs.
+
+TE's attention takes packed documents only in the thd layout, and only in 16-bit (its cuDNN and
+flash kernels; the unfused fallback has no thd), so an fp32 run takes the local spec under "auto"
+and is refused under "te". FP8 needs the TE spec and a GPU with FP8 tensor cores;
+:func:`check_fp8` refuses everything else with one clear line.
 """
 
 from __future__ import annotations
@@ -43,8 +47,11 @@ def transformer_engine_usable() -> bool:
     return True
 
 
-def resolve_impl(model: SoloModelConfig) -> str:
-    """"te" or "local" for this config on this machine; LayerImplError when TE is asked for but absent."""
+def resolve_impl(model: SoloModelConfig, *, bf16: bool = True) -> str:
+    """"te" or "local" for this config on this machine (``bf16``: the run's precision).
+
+    LayerImplError when TE is asked for but absent, or asked for an fp32 run.
+    """
     requested = model.transformer_impl
     if requested == "auto":
         forced = os.environ.get(IMPL_ENV, "").strip()
@@ -52,7 +59,7 @@ def resolve_impl(model: SoloModelConfig) -> str:
             raise LayerImplError(f"{IMPL_ENV}={forced!r}: use 'te', 'local' or 'auto'")
         requested = forced if forced in ("te", "local") else "auto"
         if requested == "auto":
-            return "te" if transformer_engine_usable() else "local"
+            return "te" if bf16 and transformer_engine_usable() else "local"
     if requested not in ("te", "local"):
         raise LayerImplError(f"transformer_impl must be 'auto', 'te' or 'local', got {requested!r}")
     if requested == "te" and not transformer_engine_usable():
@@ -60,6 +67,9 @@ def resolve_impl(model: SoloModelConfig) -> str:
             "transformer_impl='te' needs Transformer Engine and a CUDA GPU, and this machine lacks "
             "one of them; use transformer_impl='local' (or 'auto')"
         )
+    if requested == "te" and not bf16:
+        raise LayerImplError("transformer_impl='te' needs bf16: Transformer Engine has no fp32 attention "
+                             "over packed documents; train in bf16 or use transformer_impl='local'")
     return requested
 
 
@@ -72,7 +82,7 @@ def gpu_capability() -> tuple[int, int] | None:
     return tuple(torch.cuda.get_device_capability())
 
 
-def check_fp8(model: SoloModelConfig) -> None:
+def check_fp8(model: SoloModelConfig, *, bf16: bool = True) -> None:
     """Raise LayerImplError when ``model.fp8`` is set but this machine or config cannot train in FP8."""
     if not model.fp8:
         return
@@ -86,9 +96,11 @@ def check_fp8(model: SoloModelConfig) -> None:
         )
     if model.fp8_amax_history_len < 1:
         raise LayerImplError(f"fp8_amax_history_len must be >= 1, got {model.fp8_amax_history_len}")
+    if not bf16:
+        raise LayerImplError("fp8 needs bf16 training: its Transformer Engine layers have no fp32 attention over packed documents")
     if not transformer_engine_usable():
         raise LayerImplError("fp8 needs Transformer Engine on a CUDA GPU, and this machine has no usable TE")
-    if resolve_impl(model) != "te":
+    if resolve_impl(model, bf16=bf16) != "te":
         raise LayerImplError("fp8 needs the Transformer Engine layers, but the local spec is selected "
                              f"(transformer_impl={model.transformer_impl!r}, {IMPL_ENV}={os.environ.get(IMPL_ENV)!r})")
     capability = gpu_capability()
@@ -103,7 +115,7 @@ def check_fp8(model: SoloModelConfig) -> None:
 
 def describe_precision(model: SoloModelConfig, bf16: bool) -> str:
     """Start-up line naming the layer spec and precision, e.g. "TE spec, bf16 + FP8 hybrid (delayed)"."""
-    impl = resolve_impl(model)
+    impl = resolve_impl(model, bf16=bf16)
     precision = "bf16" if bf16 else "fp32"
     if model.fp8:
         precision += f" + FP8 {model.fp8} ({model.fp8_recipe})"
