@@ -97,11 +97,17 @@ def test_image_skips_name_the_file(tmp_path, monkeypatch):
     (folder / "truncated.jpg").write_bytes(jpg[: len(jpg) // 3])
     rows = [{"image": "imgs/truncated.jpg", "caption": "cut short"}]
     src = write_jsonl(tmp_path / "caps.jsonl", rows)
+    (folder / "tall.png").write_bytes(encode(Image.new("RGB", (1, 100), (200, 10, 10))))
+    doc = {"texts": ["A tall one.", None, None], "images": [None, "imgs/tall.png", "imgs/truncated.jpg"]}
+    write_jsonl(tmp_path / "doc.jsonl", [doc])
     stats = _run(tmp_path, "t", kind="caption", inputs=[str(src)])
     assert stats["skipped"] == {"corrupt_image": 1}
     (example,) = stats["skip_examples"]
     assert str(folder / "truncated.jpg") in example and f"{src}:1" in example
     assert example.count("corrupt_image") == 1
+    stats = _run(tmp_path, "d", kind="interleaved", inputs=[str(tmp_path / "doc.jsonl")])
+    assert stats["skipped"] == {"aspect_ratio": 1}  # the first bad image of the document is named
+    assert str(folder / "tall.png") in stats["skip_examples"][0]
 
     (folder / "big.png").write_bytes(encode(real_images()["chelsea"]))
     tar = caption_tar(tmp_path / "web.tar", n=2)  # images as bytes from a tar: the tar and key are named

@@ -46,7 +46,9 @@ def _image(source, cfg: PreprocessConfig) -> ImageSegment:
     try:
         img = load_resized(source, cfg.patch_size, cfg.max_side, cfg.max_aspect, fast_jpeg=cfg.fast_jpeg_decode)
     except ImageError as err:
-        raise SkipSample(err.reason, err.detail) from err
+        # name the image itself: a record (an interleaved document, a conversation) may hold several
+        named = isinstance(source, str) and source not in err.detail
+        raise SkipSample(err.reason, f"{source}: {err.detail}" if named else err.detail) from err
     return ImageSegment(img, cfg.patch_size)
 
 
