@@ -170,3 +170,34 @@ def test_rerun_of_a_finished_run_and_a_changed_blend(shards, tmp_path):
                    cwd=tmp_path)
     assert allowed.returncode == 0, allowed.stderr
     assert "reading the new blend from pack 4 on" in allowed.stdout and "step 3/3" in allowed.stdout, allowed.stdout
+
+
+def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.slow
+def test_data_loss_is_refused_before_the_model_then_reported(shards, tmp_path):
+    # seq 48: no image block of the quick-start photos (57-73 tokens) fits, so every image sample is dropped
+    args = _train_args(*shards)
+    args[args.index("--seq-length") + 1] = "48"
+    refused = _run(*args, "--train-steps", "2", cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    (line,) = _errors(refused.stderr)
+    assert "max_drop_share 0.01" in line and "imagenet" in line and "layers:" not in refused.stdout
+
+    tb = tmp_path / "tb"
+    accepted = _run(*args, "--train-steps", "2", "--max-drop-share", "1", "--eval-data", shards[1],
+                    "--eval-interval", "1", "--eval-iters", "1", "--tensorboard-dir", str(tb), cwd=tmp_path)
+    assert accepted.returncode == 0, accepted.stderr
+    report = [x for x in accepted.stdout.splitlines() if x.startswith("data: ")]
+    assert len(report) == 2 and "189 dropped" in report[0] and " 0 dropped" in report[1], accepted.stdout
+    steps = [x for x in accepted.stdout.splitlines() if x.startswith("step ")]
+    assert len(steps) == 2 and all("dropped 189 samples" in x and "val_loss " in x for x in steps), steps
+    scalars = _scalars(tb)
+    assert scalars["data/dropped_samples"] == [(0, 189.0)]
+    assert [s for s, _ in scalars["val/loss"]] == [1, 2] and [s for s, _ in scalars["train/loss"]] == [1, 2]

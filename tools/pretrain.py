@@ -79,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the checkpoint's data position (its count of consumed packs)")
     p.add_argument("--tensorboard-dir")
     p.add_argument("--data-workers", type=int, default=DATA.num_workers)
+    p.add_argument("--max-drop-share", type=float, default=DATA.max_drop_share,
+                   help="largest share of a source's tokens the packer may drop (samples it cannot fit) before "
+                        "the run is refused")
     p.add_argument("--exit-after-steps", type=int, help="checkpoint and stop after this many steps")
     args = p.parse_args(argv)
     if args.fp8_recipe and not args.fp8:
@@ -137,7 +140,7 @@ def build_job(args: argparse.Namespace) -> JobConfig:
     eval_data = None
     if args.eval_data:
         eval_data = DataConfig(datasets=_sources(args.eval_data, "--eval-data"), seed=args.seed,
-                               num_workers=args.data_workers)
+                               num_workers=args.data_workers, max_drop_share=args.max_drop_share)
     return JobConfig(
         model=args.model,
         model_overrides=_model_overrides(args),
@@ -147,7 +150,8 @@ def build_job(args: argparse.Namespace) -> JobConfig:
             use_distributed_optimizer=not args.no_distributed_optimizer,
         ),
         train=train,
-        data=DataConfig(datasets=_sources(args.data, "--data"), seed=args.seed, num_workers=args.data_workers),
+        data=DataConfig(datasets=_sources(args.data, "--data"), seed=args.seed, num_workers=args.data_workers,
+                        max_drop_share=args.max_drop_share),
         eval_data=eval_data,
         init_from=args.init_from,
         exit_after_steps=args.exit_after_steps,

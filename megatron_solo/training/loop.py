@@ -16,6 +16,7 @@ from megatron_solo.training.startup import (
     RunSetupError,
     build_checked_loader,
     describe_layers,
+    overflow_lines,
     restore_data_position,
     saved_run,
 )
@@ -75,6 +76,7 @@ def pretrain(job: JobConfig) -> RunSummary:
     from megatron_solo.model.builder import solo_provider
     from megatron_solo.model.chunks import build_model_chunks
     from megatron_solo.platform import init_distributed, init_parallel
+    from megatron_solo.training.data_loss import DataLossTally
     from megatron_solo.training.ddp import wrap_ddp
     from megatron_solo.training.forward_step import solo_forward_step
     from megatron_solo.training.optimizer import build_optimizer, build_scheduler, schedule_warning
@@ -101,6 +103,8 @@ def pretrain(job: JobConfig) -> RunSummary:
     tok = _tokenizer_for(job, model_cfg)
     dp_rank = ps.get_data_parallel_rank()
     loader = build_checked_loader(job.data, train, model_cfg.patch_size, dp_rank, dp, "data")
+    for line in overflow_lines(loader, "data"):
+        rank0.info(line)
     if saved is not None and "data" in saved.state.get("extra", {}):
         note = restore_data_position(loader, saved.state["extra"]["data"], job.allow_data_change, train.save_dir)
         if note:
@@ -112,6 +116,8 @@ def pretrain(job: JobConfig) -> RunSummary:
                                            limit=packs)
         validator = Validator(eval_loader, train.eval_iters, num_microbatches, train.seq_length,
                               train.micro_batch_size)
+        for line in overflow_lines(eval_loader, "eval data"):
+            rank0.info(line)
         if eval_loader.dataset.epoch_size(0) < packs:
             rank0.info(f"note: the eval data holds {eval_loader.dataset.epoch_size(0)} packs, fewer than the "
                        f"{packs} a validation reads ({train.eval_iters} x {train.global_batch_size}): some are read twice")
@@ -141,6 +147,9 @@ def pretrain(job: JobConfig) -> RunSummary:
     if train.save_dir and torch.distributed.get_rank() == 0:
         _write_run_files(job, model_cfg, tok)
     logger = TrainLogger(_log_rank(), train.tensorboard_dir, train.train_steps)
+    dropped = DataLossTally(loader.dataset)
+    dropped.update(loader.consumed_packs)
+    logger.data(state.iteration, dropped.samples, dropped.tokens)
     flag = PreemptionFlag()
     summary.iteration, saved_at, steps_here = state.iteration, saved.iteration if saved else None, 0
     try:
@@ -154,6 +163,8 @@ def pretrain(job: JobConfig) -> RunSummary:
                 micro_batch_size=train.micro_batch_size,
             )
             seconds = time.perf_counter() - start
+            if dropped.update(loader.consumed_packs):
+                logger.data(state.iteration + 1, dropped.samples, dropped.tokens)
             state.iteration += 1
             steps_here += 1
             state.consumed_samples += train.global_batch_size
@@ -170,6 +181,7 @@ def pretrain(job: JobConfig) -> RunSummary:
                 state.iteration,
                 {"loss": result.loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": result.grad_norm},
                 tokens=train.global_batch_size * train.seq_length, seconds=seconds, val_loss=val_loss,
+                dropped_samples=dropped.samples,
             )
             stop = signalled or (job.exit_after_steps is not None and steps_here >= job.exit_after_steps)
             if train.save_dir and (state.iteration % train.save_interval == 0 or last or stop):

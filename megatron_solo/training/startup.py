@@ -43,7 +43,11 @@ def saved_run(save_dir: str | None) -> SavedRun | None:
 
 def build_checked_loader(config: DataConfig, train: TrainConfig, patch_size: int, rank: int, world_size: int,
                          what: str, limit: int | None = None):
-    """A PackedDataLoader whose shards are indexed and epoch 0 planned; its input errors as RunSetupError."""
+    """A PackedDataLoader whose shards are indexed and epoch 0 planned and checked for data loss.
+
+    DataLossError when the packer would drop more than ``config.max_drop_share`` of a source's tokens;
+    the data layer's other input errors as RunSetupError.
+    """
     from megatron_solo.data.loader import build_data_loader
 
     try:
@@ -52,9 +56,17 @@ def build_checked_loader(config: DataConfig, train: TrainConfig, patch_size: int
         loader.dataset.epoch_size(0)  # plan now: packing problems show before the model is built
     except UserInputError:
         raise
-    except ValueError as err:  # the data layer's validation of shards, blend and packing policy
+    except ValueError as err:  # the data layer's validation of blend and packing policy
         raise RunSetupError(f"{what}: {err}") from err
+    loader.dataset.check_overflow(config.max_drop_share)
     return loader
+
+
+def overflow_lines(loader, what: str) -> list[str]:
+    """The start-up report of epoch 0's packing: one line per source with its split and dropped samples."""
+    from megatron_solo.data.overflow import format_overflow_report
+
+    return [f"{what}: {line}" for line in format_overflow_report(loader.dataset.overflow_report(0))]
 
 
 def restore_data_position(loader, saved: dict, allow_data_change: bool, save_dir: str) -> str | None:
@@ -81,5 +93,5 @@ def describe_layers(model: SoloModelConfig, bf16: bool) -> str:
     """The start-up line naming the layer implementation and precision; LayerImplError when unavailable."""
     from megatron_solo.model.specs import check_fp8, describe_precision
 
-    check_fp8(model)
+    check_fp8(model, bf16=bf16)
     return f"layers: {describe_precision(model, bf16)}"
