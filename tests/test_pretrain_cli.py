@@ -138,6 +138,14 @@ def test_fp8_without_transformer_engine_is_one_line(shards, tmp_path):
 
 
 @pytest.mark.slow
+def test_layout_that_does_not_fit_the_world_is_one_line(shards, tmp_path):
+    out = _run(*_train_args(*shards, "--tensor-parallel", "2"), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    (line,) = _errors(out.stderr)
+    assert "world size 1 is not divisible by tensor_parallel x pipeline_parallel" in line
+
+
+@pytest.mark.slow
 def test_stop_without_save_says_nothing_was_saved(shards, tmp_path):
     out = _run(*_train_args(*shards, "--train-steps", "3", "--exit-after-steps", "1"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr

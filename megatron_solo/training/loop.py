@@ -12,6 +12,7 @@ from megatron_solo.checkpoint.metadata import META_FILE, write_metadata, write_r
 from megatron_solo.checkpoint.state import TrainState, load_checkpoint, save_checkpoint
 from megatron_solo.config.job import JobConfig
 from megatron_solo.config.model import model_preset
+from megatron_solo.errors import UserInputError
 from megatron_solo.training.startup import (
     RunSetupError,
     build_checked_loader,
@@ -87,7 +88,12 @@ def pretrain(job: JobConfig) -> RunSummary:
 
     train, parallel = job.train, job.parallel
     init_distributed()
-    dp = init_parallel(parallel, seed=train.seed)
+    try:
+        dp = init_parallel(parallel, seed=train.seed)
+    except UserInputError:
+        raise
+    except ValueError as err:  # the layout does not fit the world, or sequence parallel without a GPU
+        raise RunSetupError(f"parallel layout: {err}") from err
     num_microbatches = train.num_microbatches(dp)
     model_cfg = model_preset(job.model, **job.model_overrides)
     if train.seq_length > model_cfg.max_position_embeddings:
