@@ -161,6 +161,23 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+def test_cli_refuses_a_layout_the_checkpoint_cannot_take(tmp_path, capsys):
+    import dataclasses
+
+    from megatron_solo.checkpoint.metadata import write_metadata
+    from megatron_solo.config import ParallelConfig, model_preset
+
+    (tmp_path / "iter_0000000").mkdir()
+    (tmp_path / "iter_0000000" / "metadata.json").write_text("{}")
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("0")
+    write_metadata(tmp_path, dataclasses.replace(model_preset("solo-tiny"), num_layers=3), ParallelConfig())
+    main = _tool().main
+    assert run_tool(main, ["--checkpoint", str(tmp_path), "--tensor-parallel", "3", "--val-data", str(tmp_path)]) == 2
+    assert "'num_attention_heads' = 4 is not divisible by tensor_parallel 3" in capsys.readouterr().err
+    assert run_tool(main, ["--checkpoint", str(tmp_path), "--pipeline-parallel", "2", "--val-data", str(tmp_path)]) == 2
+    assert "3 layers cannot be split over 2 pipeline stages" in capsys.readouterr().err
+
+
 def test_report_json_and_table(tmp_path):
     report = {"model": {"backend": "hf", "layout": "single process", "dtype": "float32", "model": "m"},
               "val_loss": {"text": {"loss": 2.5, "documents": 3, "tokens": 40, "images": 0, "images_per_s": 0.0}},

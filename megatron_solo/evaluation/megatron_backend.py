@@ -18,10 +18,12 @@ from collections.abc import Sequence
 import torch
 
 from megatron_solo.checkpoint.layout import resolve_checkpoint
-from megatron_solo.checkpoint.metadata import TOKENIZER_DIR, read_metadata
+from megatron_solo.checkpoint.metadata import TOKENIZER_DIR, model_config, read_metadata
 from megatron_solo.checkpoint.model_io import load_solo_model
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.evaluation.documents import Batch, Doc, collate
+from megatron_solo.evaluation.errors import EvaluationError
+from megatron_solo.hf.importer import check_layout
 from megatron_solo.hf.processor import SoloProcessor
 from megatron_solo.platform import current_device, init_distributed, init_parallel
 from megatron_solo.vocab import load_tokenizer
@@ -87,9 +89,18 @@ class MegatronBackend:
         if self.parallel.vpp:
             raise ValueError("evaluation runs without virtual pipeline stages; load with pipeline_parallel only")
         root, self.checkpoint = resolve_checkpoint(checkpoint)  # a wrong path fails before the world starts
-        meta, _ = read_metadata(root)
+        meta, meta_path = read_metadata(root)
         self.template = meta.get("template", "plain")
+        cfg = model_config(meta)
+        check_layout(cfg, self.parallel, meta_path)
+        if cfg.num_layers % self.parallel.pipeline_parallel:
+            raise EvaluationError(f"{meta_path}: {cfg.num_layers} layers cannot be split over "
+                                  f"{self.parallel.pipeline_parallel} pipeline stages")
         init_distributed()
+        try:
+            self.parallel.data_parallel(torch.distributed.get_world_size())
+        except ValueError as err:
+            raise EvaluationError(f"--tensor-parallel / --pipeline-parallel: {err}") from err
         self.data_parallel_size = init_parallel(self.parallel, seed=seed)
         self.data_parallel_rank = ps.get_data_parallel_rank()
         self.chunks, self.cfg = load_solo_model(checkpoint, self.parallel)
