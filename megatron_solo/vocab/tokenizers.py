@@ -133,21 +133,62 @@ class _SoloTokens:
              "vocab_size": self.vocab_size, **extra}, indent=2))
 
 
+def base_sentencepiece(model_file: str | os.PathLike) -> bytes | None:
+    """None for a SentencePiece model of Mistral's 32000 pieces; for one with SOLO's tokens appended as pieces
+    (the SOLO-7B release's tokenizer.model), the serialized model of its 32000 base pieces.
+
+    The appended pieces must be exactly SOLO's tokens at their ids, optionally followed by the chat tokens;
+    anything else is a TokenizerMismatchError naming the first piece at fault. Dropping them from the
+    SentencePiece model keeps ``encode`` from ever producing their ids from text (the tokenizer adds them
+    back as special tokens at the same ids).
+    """
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(Path(model_file).read_bytes())
+    except Exception as err:  # protobuf's DecodeError: not a SentencePiece model
+        raise TokenizerMismatchError(f"{model_file}: not a SentencePiece model ({err})") from err
+    size = len(proto.pieces)
+    if size == BASE_VOCAB:
+        return None
+    solo = solo_token_list(chat_tokens=True)
+    allowed = (BASE_VOCAB + len(solo) - len(CHAT_TOKENS), BASE_VOCAB + len(solo))
+    if size < BASE_VOCAB or size > allowed[1]:
+        raise TokenizerMismatchError(
+            f"{model_file}: SentencePiece model has {size} pieces; SOLO's special ids assume Mistral's {BASE_VOCAB} "
+            f"(or {allowed[0]} / {allowed[1]} with SOLO's tokens / and the chat tokens appended)")
+    for i, piece in enumerate(proto.pieces[BASE_VOCAB:]):
+        if piece.piece != solo[i]:
+            raise TokenizerMismatchError(
+                f"{model_file}: piece {BASE_VOCAB + i} is {piece.piece!r} but SOLO's token at that id is {solo[i]!r}; "
+                f"only SOLO's tokens, in order, may follow Mistral's {BASE_VOCAB} pieces")
+    if size not in allowed:
+        raise TokenizerMismatchError(f"{model_file}: SentencePiece model has {size} pieces: SOLO's tokens after "
+                                     f"Mistral's {BASE_VOCAB} are incomplete (expected {allowed[0]} or {allowed[1]})")
+    del proto.pieces[BASE_VOCAB:]
+    proto.trainer_spec.vocab_size = BASE_VOCAB
+    return proto.SerializeToString()
+
+
 class SoloTokenizer(_SoloTokens):
     """Mistral's SentencePiece model + SOLO's special tokens; ids match the released SOLO-7B."""
 
     def __init__(self, model_file: str | os.PathLike | None = None, chat_tokens: bool = True,
                  close_with_vision: bool = False):
-        """Load `model_file` (default: mistral-common's); `close_with_vision` reproduces the release's quirk."""
+        """Load `model_file` (default: mistral-common's); `close_with_vision` reproduces the release's quirk.
+
+        `model_file` holds Mistral's 32000 pieces, or those followed by SOLO's tokens as pieces (the SOLO-7B
+        release's tokenizer.model): see :func:`base_sentencepiece`.
+        """
         import sentencepiece as spm
 
         self.model_file = str(model_file or default_tokenizer_path())
-        self.sp = spm.SentencePieceProcessor(model_file=self.model_file)
-        if self.sp.get_piece_size() != BASE_VOCAB:
-            raise TokenizerMismatchError(
-                f"{self.model_file}: SentencePiece model has {self.sp.get_piece_size()} pieces; SOLO's special "
-                f"ids assume Mistral's {BASE_VOCAB}"
-            )
+        self._base_proto = base_sentencepiece(self.model_file)  # None: the file is the base already
+        if self._base_proto is None:
+            self.sp = spm.SentencePieceProcessor(model_file=self.model_file)
+        else:
+            self.sp = spm.SentencePieceProcessor(model_proto=self._base_proto)
         self.bos_id = self.sp.bos_id()
         self.eos_id = self.sp.eos_id()
         self.unk_id = self.sp.unk_id()
@@ -196,7 +237,10 @@ class SoloTokenizer(_SoloTokens):
         """Write a tokenizer that stock transformers loads (tokenizer.json + config) plus tokenizer.model."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.model_file, directory / "tokenizer.model")
+        if self._base_proto is None:
+            shutil.copyfile(self.model_file, directory / "tokenizer.model")
+        else:  # the base pieces only: the SOLO tokens are added below, as for any base
+            (directory / "tokenizer.model").write_bytes(self._base_proto)
         base_cfg = {
             "tokenizer_class": "LlamaTokenizer",
             "bos_token": "<s>",
