@@ -1,4 +1,5 @@
-"""What a save root holds besides the weights: ``solo_model.json`` and the tokenizer.
+"""What a save root holds besides the weights: ``solo_model.json`` and the tokenizer; and each
+checkpoint's train state (``iter_N/solo_train_state.json``).
 
 ``solo_model.json`` = the SoloModelConfig, the TP/PP layout of the newest checkpoint (rewritten
 at every save, so a run resumed at another layout still describes what is on disk), and where
@@ -14,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from megatron_solo.checkpoint.layout import CheckpointError
+from megatron_solo.checkpoint.layout import TRAIN_STATE_FILE, CheckpointError
 from megatron_solo.config.model import SoloModelConfig
 from megatron_solo.config.parallel import ParallelConfig
 
@@ -36,17 +37,37 @@ def saved_layout(train_state: dict) -> dict[str, int]:
 
 
 def read_train_state(ckpt: str | os.PathLike) -> dict:
-    """The ``train_state`` of one checkpoint directory; CheckpointError when it cannot be read."""
-    from megatron.core import dist_checkpointing
+    """The train state of one checkpoint directory (JSON, no pickle); CheckpointError when it cannot be read.
+
+    Checkpoints written before the JSON file kept it in dist_checkpointing's common.pt: read with
+    torch's weights-only unpickler, which builds plain containers and tensors only.
+    """
+    path = Path(ckpt, TRAIN_STATE_FILE)
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(saved, dict) or "iteration" not in saved:
+            raise CheckpointError(f"{path}: no field 'iteration' (not written by megatron_solo?)")
+        return saved
+    common = Path(ckpt, "common.pt")
+    if not common.is_file():
+        raise CheckpointError(f"{ckpt}: no {TRAIN_STATE_FILE} (not a checkpoint written by megatron_solo?)")
+    import torch
 
     try:
-        common = dist_checkpointing.load_common_state_dict(str(ckpt))
+        saved = torch.load(common, map_location="cpu", weights_only=True).get("train_state")
     except Exception as err:
-        raise CheckpointError(f"{ckpt}: cannot read the checkpoint's common state ({err})") from err
-    saved = common.get("train_state")
+        raise CheckpointError(f"{common}: cannot read the checkpoint's common state ({err})") from err
     if saved is None:
         raise CheckpointError(f"{ckpt}: checkpoint has no train_state (not written by megatron_solo?)")
     return saved
+
+
+def write_train_state(ckpt: str | os.PathLike, state: dict) -> None:
+    """Write the train state of the checkpoint being saved in ``ckpt`` (JSON: read back without pickle)."""
+    _write_json(Path(ckpt, TRAIN_STATE_FILE), state)
 
 
 def write_metadata(out_dir: str | os.PathLike, cfg: SoloModelConfig, parallel: ParallelConfig, **extra) -> None:

@@ -39,3 +39,32 @@ def is_extra_state(name: str) -> bool:
 def canonical_state_dict(state: dict) -> dict:
     """A model's tensors keyed by their canonical names, without TE's ``_extra_state``."""
     return {canonical_name(k): v for k, v in state.items() if not is_extra_state(k) and v is not None}
+
+
+def drop_missing_extra_state(sharded: dict, held_keys: set[str]) -> list[str]:
+    """Remove requested ``_extra_state`` objects the checkpoint does not hold; returns their state-dict keys.
+
+    A Transformer Engine model asks for FP8 metadata a local-spec checkpoint never had (and TE modules
+    the local spec lacks, e.g. ``core_attention``): those start fresh. Present ones are kept and loaded.
+    ``sharded``: one model chunk's sharded state dict; ``held_keys``: the keys the checkpoint stores.
+    """
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    dropped = [k for k, v in sharded.items()
+               if is_extra_state(k) and isinstance(v, ShardedObject) and v.key not in held_keys]
+    for k in dropped:
+        del sharded[k]
+    return dropped
+
+
+def drop_empty_extra_state(sharded: dict) -> list[str]:
+    """Remove ``_extra_state`` objects of modules that hold none (megatron-core's local layers); returns their keys.
+
+    Those modules ignore whatever the checkpoint stores, and reading it would unpickle it: not asked for.
+    """
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    empty = [k for k, v in sharded.items() if is_extra_state(k) and isinstance(v, ShardedObject) and v.data is None]
+    for k in empty:
+        del sharded[k]
+    return empty

@@ -4,6 +4,12 @@ A checkpoint (see :mod:`megatron_solo.checkpoint.layout`) is written to ``iter_N
 after every rank finished, then the ``latest`` file is replaced atomically; a
 partly written checkpoint is never taken as the latest. Older ``.partial`` folders (a
 save that was killed) are removed once a newer checkpoint is complete.
+
+What we write besides the tensors is read back without pickle: the train state (iteration, data
+position, schedule, layout) is ``solo_train_state.json`` in the checkpoint folder and the RNG states
+are uint8 tensors (:mod:`megatron_solo.checkpoint.rng`). torch's distributed checkpoint itself still
+unpickles its ``.metadata`` file and megatron-core's ``_extra_state`` objects: a checkpoint is trusted
+input, like Megatron-LM's and torch DCP's.
 """
 
 from __future__ import annotations
@@ -22,7 +28,15 @@ from megatron_solo.checkpoint.layout import (
     checkpoint_dir,
     resolve_checkpoint,
 )
-from megatron_solo.checkpoint.metadata import layout_dict, read_train_state, record_saved_layout, saved_layout
+from megatron_solo.checkpoint.metadata import (
+    layout_dict,
+    read_train_state,
+    record_saved_layout,
+    saved_layout,
+    write_train_state,
+)
+from megatron_solo.checkpoint.names import drop_empty_extra_state, drop_missing_extra_state
+from megatron_solo.checkpoint.rng import restore_rng, rng_in_checkpoint, rng_sharded_state_dict
 from megatron_solo.model.chunks import unwrap
 
 # The distributed optimizer's state gathered into model space, so it loads at another
@@ -45,22 +59,6 @@ def _model_sharded_state_dict(chunks: list[torch.nn.Module]) -> dict[str, Any]:
     if len(chunks) == 1:
         return {"model": unwrap(chunks[0]).sharded_state_dict()}
     return {f"model{i}": unwrap(c).sharded_state_dict() for i, c in enumerate(chunks)}
-
-
-def _rng_sharded_object(layout: tuple[int, int, int, int, int, int]):
-    """Per-rank RNG states as a ShardedObject over the (pp, tp, dp) grid of the saving layout."""
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
-    from megatron_solo.platform.distributed import uses_cuda
-
-    pp, tp, dp, pp_rank, tp_rank, dp_rank = layout
-    state = {
-        "cpu": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if uses_cuda() else None,
-        "tracker": get_cuda_rng_tracker().get_states(),
-    }
-    return ShardedObject("rng_state", state, (pp, tp, dp), (pp_rank, tp_rank, dp_rank), replica_id=0)
 
 
 def _prime_optimizer_state(optimizer) -> None:
@@ -153,17 +151,17 @@ def save_checkpoint(
     sharded = _model_sharded_state_dict(chunks)
     if optimizer is not None:
         sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_METADATA)
-    sharded["rng_state"] = _rng_sharded_object(layout)
-    sharded["train_state"] = {
-        "iteration": state.iteration,
-        "consumed_samples": state.consumed_samples,
-        "extra": state.extra,
-        "layout": layout_dict(layout),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-    }
+    sharded["rng_state"] = rng_sharded_state_dict(layout)
     dist_checkpointing.save(sharded, partial)
     dist.barrier()
     if dist.get_rank() == 0:
+        write_train_state(partial, {
+            "iteration": state.iteration,
+            "consumed_samples": state.consumed_samples,
+            "extra": state.extra,
+            "layout": layout_dict(layout),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        })
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -192,29 +190,53 @@ def load_checkpoint(
     states are restored only when the layout is the one that saved them.
     """
     from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 
     path = str(resolve_checkpoint(path)[1])
     saved = read_train_state(path)
     layout = _layout()
+    held = {v.key: v for v in load_sharded_metadata(path).values()}
     sharded = _model_sharded_state_dict(chunks)
+    empty = {name: drop_empty_extra_state(model_sd) for name, model_sd in sharded.items()}
+    missing = {name: drop_missing_extra_state(model_sd, set(held)) for name, model_sd in sharded.items()}
+    if any(missing.values()):
+        _note(f"FP8 metadata not in checkpoint: starting fresh ({sum(map(len, missing.values()))} "
+              f"_extra_state entries, e.g. {next(k for d in missing.values() for k in d)})")
     if optimizer is not None:
         _prime_optimizer_state(optimizer)
         sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True, metadata=OPTIMIZER_METADATA)
-    same_layout = saved_layout(saved) == layout_dict(layout)
-    if load_rng and same_layout:
-        sharded["rng_state"] = _rng_sharded_object(layout)
+    if load_rng and saved_layout(saved) == layout_dict(layout):
+        if rng_in_checkpoint(held, layout):
+            sharded["rng_state"] = rng_sharded_state_dict(layout)
+        else:
+            _note(f"{path}: no RNG states for this run's generators (another device kind or an older "
+                  "format): fresh random streams")
     loaded = dist_checkpointing.load(sharded, path)
     for i, chunk in enumerate(chunks):
-        unwrap(chunk).load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
+        name = "model" if len(chunks) == 1 else f"model{i}"
+        _load_model(unwrap(chunk), loaded[name], {*empty[name], *missing[name]})
     if optimizer is not None:
         _load_optimizer_state(optimizer, loaded["optimizer"])
     if scheduler is not None and saved.get("scheduler") is not None:
         scheduler.load_state_dict(saved["scheduler"])
     if "rng_state" in loaded:
-        _restore_rng(loaded["rng_state"])
+        restore_rng(loaded["rng_state"])
     return TrainState(
         iteration=saved["iteration"], consumed_samples=saved["consumed_samples"], extra=saved["extra"]
     )
+
+
+def _load_model(module: torch.nn.Module, state: dict[str, Any], fresh: set[str]) -> None:
+    """load_state_dict, strict except for the ``_extra_state`` entries not read (``fresh``)."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in fresh]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint state does not fit the model: missing {missing}, unexpected {unexpected}")
+
+
+def _note(message: str) -> None:
+    if dist.get_rank() == 0:
+        print(f"note: {message}", flush=True)
 
 
 def _remove_stale_partials(root: str, completed: int) -> None:
@@ -226,14 +248,3 @@ def _remove_stale_partials(root: str, completed: int) -> None:
         number = name[len("iter_"):-len(PARTIAL_SUFFIX)]
         if number.isdigit() and int(number) < completed:
             shutil.rmtree(entry.path, ignore_errors=True)
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
-    from megatron_solo.platform.distributed import uses_cuda
-
-    torch.set_rng_state(state["cpu"])
-    if uses_cuda() and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"])
-    get_cuda_rng_tracker().set_states(state["tracker"])

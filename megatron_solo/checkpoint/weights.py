@@ -15,7 +15,10 @@ def load_in_place(ckpt: str, chunk: torch.nn.Module) -> None:
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
-    sharded = chunk.sharded_state_dict()
+    from megatron_solo.checkpoint.names import is_extra_state
+
+    # Weights only: FP8 metadata (``_extra_state``, pickled objects) is neither needed nor read.
+    sharded = {k: v for k, v in chunk.sharded_state_dict().items() if not is_extra_state(k)}
     params = {p.data_ptr(): p for p in chunk.parameters()}
     for key, value in list(sharded.items()):
         if not isinstance(value, ShardedTensorFactory):
@@ -29,7 +32,7 @@ def load_in_place(ckpt: str, chunk: torch.nn.Module) -> None:
         )
     loaded = dist_checkpointing.load(sharded, ckpt)
     for name, t in loaded.items():
-        if torch.is_tensor(t) and "_extra_state" not in name:
+        if torch.is_tensor(t):
             p = params.get(t.data_ptr())
             if p is None:  # not read in place: copy
                 chunk.state_dict()[name].copy_(t)
