@@ -30,7 +30,8 @@ setup(
         "sentencepiece",
         "webdataset>=0.2",
         "tensorboard",
-        "transformers>=4.46",
+        # 4.57.6 and 5.24.0 verified (export, processor, generate); older 4.x Fuyu needs other inputs
+        "transformers>=4.57",
         "safetensors",
         "psutil",
         "tqdm",

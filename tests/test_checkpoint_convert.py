@@ -11,7 +11,7 @@ from PIL import Image
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.hf.exporter import export_checkpoint
 from megatron_solo.hf.importer import import_hf
-from megatron_solo.hf.processor import SoloProcessor, fuyu_to_solo_patches
+from megatron_solo.hf.processor import SoloProcessor, fuyu_image_key, fuyu_to_solo_patches
 from megatron_solo.platform import spawn
 from megatron_solo.vocab import VPATCH_ID, default_tokenizer_path, load_tokenizer
 from tests.harness.ckpt_models import decoder_weights, load_safetensors_dir, save_hf, small_hf_model
@@ -91,8 +91,8 @@ def test_fuyu_export_reproduces_solo_logits_and_greedy(mistral, tmp_path):
     _, mg, _ = mistral
     proc = SoloProcessor(load_tokenizer(mg / "tokenizer"))
     inputs = proc("What is shown here?", images=_image(0), chat=True)
-    assert inputs["pixel_values"].shape == (1, 3 * 2, 3072)  # 70x45 -> 96x64: 2 rows x 3 cols
-    patches = fuyu_to_solo_patches(inputs["pixel_values"])
+    assert inputs[fuyu_image_key()].shape == (1, 3 * 2, 3072)  # 70x45 -> 96x64: 2 rows x 3 cols
+    patches = fuyu_to_solo_patches(inputs[fuyu_image_key()])
     torch.save({"input_ids": inputs["input_ids"], "patches": patches}, tmp_path / "inputs.pt")
     trained = tmp_path / "trained"
     spawn(train_and_predict, 1, str(mg), str(trained), str(tmp_path / "inputs.pt"), 3, 5)
@@ -113,7 +113,7 @@ def test_fuyu_export_reproduces_solo_logits_and_greedy(mistral, tmp_path):
     # Batched with left padding: the same sample's last-position logits as alone.
     batch = proc2(["What is shown here?", "Describe this picture in a few words please."],
                   images=[[_image(0)], [_image(1, (40, 40)), _image(2, (33, 64))]], chat=True)
-    assert batch["pixel_values"].shape == (1, 6 + 4 + 4, 3072)  # 40x40 and 33x64 -> 64x64 each
+    assert batch[fuyu_image_key()].shape == (1, 6 + 4 + 4, 3072)  # 40x40 and 33x64 -> 64x64 each
     assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][1].all()
     with torch.no_grad():
         batched = model(**batch).logits

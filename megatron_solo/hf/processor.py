@@ -1,17 +1,21 @@
-"""HF-style processor for exported SOLO models: images + prompt -> input_ids, attention_mask, pixel_values.
+"""HF-style processor for exported SOLO models: images + prompt -> input_ids, attention_mask and the patches.
 
 Token layouts (the training formats of megatron_solo.data.samples):
 - plain:  ``<s> [image block]... prompt``
 - chat:   ``[image block]... <s>[INST] prompt [/INST]`` (SOLO's instruction template)
 
-``pixel_values`` holds the patches in Fuyu's (row, col, channel) flattening, in token order, as the
-exported ``FuyuForCausalLM`` takes them: (B, N, 3*P*P) when every sample has N patches, else
-(1, total, 3*P*P) (Fuyu scatters patches over all image-token positions of the batch in order).
-Batches are left-padded.
+The patches go under the keyword the installed ``FuyuForCausalLM.forward`` takes them by
+(:func:`fuyu_image_key`: ``pixel_values`` from transformers 5.24, ``image_patches`` before; a key
+the model does not take would be swallowed by its ``**kwargs`` and the image silently ignored), in
+Fuyu's (row, col, channel) flattening, in token order: (B, N, 3*P*P) when every sample has N
+patches, else (1, total, 3*P*P) (Fuyu scatters patches over all image-token positions of the batch
+in order). Batches are left-padded.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 from collections.abc import Sequence
@@ -20,6 +24,20 @@ from pathlib import Path
 import torch
 
 PROCESSOR_FILE = "solo_processor.json"
+
+
+@functools.cache
+def fuyu_image_key() -> str:
+    """The keyword the installed transformers' ``FuyuForCausalLM.forward`` takes image patches by."""
+    import transformers
+    from transformers import FuyuForCausalLM
+
+    params = inspect.signature(FuyuForCausalLM.forward).parameters
+    for key in ("pixel_values", "image_patches"):  # 5.24 renamed image_patches (still accepted, deprecated)
+        if key in params:
+            return key
+    raise RuntimeError(f"transformers {transformers.__version__}: FuyuForCausalLM.forward takes neither "
+                       "pixel_values nor image_patches; this version is not supported")
 
 
 def solo_to_fuyu_patches(patches: torch.Tensor, patch: int = 32, channels: int = 3) -> torch.Tensor:
@@ -87,10 +105,11 @@ class SoloProcessor:
         counts = [sum(p.shape[0] for p in ps) for _, ps in encoded]
         if sum(counts):
             fuyu = [solo_to_fuyu_patches(torch.cat(ps), self.patch_size) if ps else None for _, ps in encoded]
+            key = fuyu_image_key()
             if len(set(counts)) == 1:
-                out["pixel_values"] = torch.stack(fuyu)
+                out[key] = torch.stack(fuyu)
             else:
-                out["pixel_values"] = torch.cat([f for f in fuyu if f is not None])[None]
+                out[key] = torch.cat([f for f in fuyu if f is not None])[None]
         return out
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
