@@ -1,12 +1,16 @@
-"""One-GPU checks and timing for SOLO on megatron-core (run by benchmarks/gpu/run.sh).
+"""One-GPU checks and timing for SOLO on megatron-core (run by benchmarks/gpu/run.sh, part 5).
 
 1. Packed-document attention on the GPU paths (flash varlen, FlexAttention) against the
-   CPU masked reference, forward and backward.
-2. Training-step timing of a solo-7b-width model (as many layers as fit) with the
-   distributed optimizer, packed sequences of 8192 (and 32768) tokens, a realistic
-   image/text mix: tokens/s, MFU against 989 TFLOP/s dense bf16, peak memory.
+   CPU masked reference, forward and backward (``--skip-attention`` to leave it out).
+2. Training-step timing of a solo-7b-width model with the distributed optimizer, packed
+   sequences of 8192 (and 32768) tokens, a realistic image/text mix, side by side for each
+   ``--impls`` entry: ``local`` (local spec, bf16, our packed attention), ``te`` (Transformer
+   Engine spec, bf16, thd attention), ``te-fp8`` (TE, FP8 hybrid) and ``peer`` (the plain
+   transformers loop, peer.py): tokens/s, MFU against 989 TFLOP/s dense bf16 (FP8 too, so the
+   figures compare), peak memory. Each timing runs in a fresh process.
 
-``--smoke`` runs the same code on the CPU with tiny shapes (a check of the script itself).
+``--smoke`` (alias ``--cpu-smoke``) runs the same code on the CPU with tiny shapes; the TE entries
+are recorded as skipped there.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mix import attention_keys, make_pack  # noqa: E402
+from mix import attention_keys, make_pack, micro_batch  # noqa: E402
 
 from megatron_solo.config import ParallelConfig, TrainConfig, model_preset  # noqa: E402
 from megatron_solo.config.train import OptimConfig  # noqa: E402
@@ -93,8 +97,55 @@ def model_flops(cfg, seq_tokens: int, keys: int, n_patches: int) -> float:
     return float(dense + attention)
 
 
-def time_training(seq: int, layers: int, steps: int, microbatches: int, smoke: bool, backend: str) -> dict:
-    """Median step time of SoloModel training with megatron-core's schedule + distributed optimizer."""
+def model_config(seq: int, layers: int, impl: str, smoke: bool, backend: str, fp8_recipe: str):
+    """solo-7b width (tiny on the smoke run) with ``layers`` layers in ``impl``'s layer spec and precision."""
+    overrides = dict(num_layers=layers, max_position_embeddings=max(seq, 32768), packed_attention=backend,
+                     transformer_impl="te" if impl.startswith("te") else "local")
+    if impl == "te-fp8":
+        overrides.update(fp8="hybrid", fp8_recipe=fp8_recipe)
+    if smoke:
+        overrides.update(hidden_size=128, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=256)
+    return model_preset("solo-7b", **overrides)
+
+
+def time_training(seq: int, layers: int, steps: int, microbatches: int, smoke: bool, backend: str,
+                  impl: str = "local", fp8_recipe: str = "delayed") -> dict:
+    """Median step time of one implementation's training step (megatron-core schedule, or the peer loop)."""
+    cfg = model_config(seq, layers, impl, smoke, backend, fp8_recipe)
+    g = torch.Generator().manual_seed(seq)
+    packs = [make_pack(seq, g) for _ in range(microbatches)]
+    keys = sum(attention_keys(p["cu_seqlens"], cfg.sliding_window) for p in packs)
+    patches = sum(p["patches"].shape[0] for p in packs)
+    vision_tokens = sum(int((p["tokens"] >= 32000).sum()) for p in packs)
+    micro = [micro_batch([p]) for p in packs]
+    if impl == "peer":
+        step, params = _peer_stepper(cfg, micro)
+    else:
+        step, params = _megatron_stepper(cfg, seq, microbatches, micro)
+    times, losses = [], []
+    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
+    for i in range(steps + 2):
+        sync()
+        t0 = time.perf_counter()
+        losses.append(step())
+        sync()
+        if i >= 2:  # two warm-up steps: compilation, cuDNN plans, FP8 scaling history
+            times.append(time.perf_counter() - t0)
+    step_time = statistics.median(times)
+    flops = model_flops(cfg, seq * microbatches, keys, patches)
+    return {
+        "impl": impl, "seq": seq, "layers": layers, "microbatches": microbatches, "step_time_s": step_time,
+        "tokens_per_s": seq * microbatches / step_time, "tflops_per_s": flops / step_time / 1e12,
+        "mfu": flops / step_time / 1e12 / PEAK_TFLOPS, "vision_token_share": vision_tokens / (seq * microbatches),
+        "losses": losses, "attention_backend": {"local": backend, "peer": "transformers sdpa"}.get(impl, "te"),
+        "fp8_recipe": fp8_recipe if impl == "te-fp8" else None,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "params_b": params / 1e9,
+    }
+
+
+def _megatron_stepper(cfg, seq: int, microbatches: int, micro: list[dict]):
+    """A closure running one SoloModel training step, and the parameter count."""
     from megatron_solo.model.builder import solo_provider
     from megatron_solo.model.chunks import build_model_chunks
     from megatron_solo.training.ddp import wrap_ddp
@@ -102,10 +153,6 @@ def time_training(seq: int, layers: int, steps: int, microbatches: int, smoke: b
     from megatron_solo.training.optimizer import build_optimizer, build_scheduler
     from megatron_solo.training.step import train_step
 
-    overrides = dict(num_layers=layers, max_position_embeddings=max(seq, 32768), packed_attention=backend)
-    if smoke:
-        overrides.update(hidden_size=128, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=256)
-    cfg = model_preset("solo-7b", **overrides)
     parallel = ParallelConfig(use_distributed_optimizer=True)
     init_parallel(parallel, seed=1)
     train = TrainConfig(micro_batch_size=1, global_batch_size=microbatches, seq_length=seq, train_steps=100,
@@ -113,36 +160,22 @@ def time_training(seq: int, layers: int, steps: int, microbatches: int, smoke: b
     chunks = wrap_ddp(build_model_chunks(solo_provider(cfg, parallel, bf16=True), parallel), parallel)
     optimizer = build_optimizer(chunks, train, parallel)
     scheduler = build_scheduler(optimizer, train)
-    g = torch.Generator().manual_seed(seq)
-    packs = [make_pack(seq, g) for _ in range(microbatches)]
-    keys = sum(attention_keys(p["cu_seqlens"], cfg.sliding_window) for p in packs)
-    patches = sum(p["patches"].shape[0] for p in packs)
-    vision_tokens = sum(int((p["tokens"] >= 32000).sum()) for p in packs)
-    times, losses = [], []
-    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
-    for step in range(steps + 2):
-        sync()
-        t0 = time.perf_counter()
-        result = train_step(solo_forward_step, [iter(packs)], chunks, optimizer, scheduler,
-                            num_microbatches=microbatches, seq_length=seq, micro_batch_size=1)
-        sync()
-        if step >= 2:
-            times.append(time.perf_counter() - t0)
-        losses.append(result.loss)
-    step_time = statistics.median(times)
-    flops = model_flops(cfg, seq * microbatches, keys, patches)
-    tokens_per_s = seq * microbatches / step_time
-    out = {
-        "seq": seq, "layers": layers, "microbatches": microbatches, "step_time_s": step_time,
-        "tokens_per_s": tokens_per_s, "tflops_per_s": flops / step_time / 1e12,
-        "mfu": flops / step_time / 1e12 / PEAK_TFLOPS, "vision_token_share": vision_tokens / (seq * microbatches),
-        "losses": losses, "attention_backend": backend,
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-        "params_b": sum(p.numel() for c in chunks for p in c.parameters()) / 1e9,
-    }
-    del chunks, optimizer, scheduler
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return out
+
+    def step() -> float:
+        return train_step(solo_forward_step, [iter(micro)], chunks, optimizer, scheduler,
+                          num_microbatches=microbatches, seq_length=seq, micro_batch_size=1).loss
+
+    return step, sum(p.numel() for c in chunks for p in c.parameters())
+
+
+def _peer_stepper(cfg, micro: list[dict]):
+    """A closure running one step of the transformers peer, and the parameter count."""
+    from peer import build_peer, peer_step
+
+    device = current_device()
+    model, proj, optimizer = build_peer(cfg, device)
+    return (lambda: peer_step(model, proj, optimizer, micro, device)), sum(
+        p.numel() for p in [*model.parameters(), *proj.parameters()])
 
 
 def guarded(results: dict, name: str, fn, *args) -> object:
@@ -157,13 +190,14 @@ def guarded(results: dict, name: str, fn, *args) -> object:
     return results[name]
 
 
-def time_in_subprocess(args, seq: int, layers: int, backend: str, timeout: float) -> dict:
+def time_in_subprocess(args, seq: int, layers: int, impl: str, timeout: float) -> dict:
     """Run one timing in a fresh process, so an out-of-memory failure leaves nothing behind."""
     import subprocess
 
-    out_file = os.path.join(args.out, f"one_{seq}_{layers}_{backend}.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--out", args.out, "--one", f"{seq},{layers},{backend}",
-           "--microbatches", str(args.microbatches)]
+    out_file = os.path.join(args.scratch, f"one_{seq}_{layers}_{impl}.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--scratch", args.scratch, "--one", f"{seq},{layers},{impl}",
+           "--microbatches", str(args.microbatches), "--steps", str(args.steps), "--backend", args.backend,
+           "--fp8-recipe", args.fp8_recipe]
     if args.smoke:
         cmd.append("--smoke")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
@@ -176,28 +210,44 @@ def time_in_subprocess(args, seq: int, layers: int, backend: str, timeout: float
 
 def run_one(args) -> None:
     """Child process: one timing, written as JSON."""
-    seq, layers, backend = args.one.split(",")
+    seq, layers, impl = args.one.split(",")
     init_distributed()
     result: dict = {}
-    guarded(result, "r", time_training, int(seq), int(layers), 2 if args.smoke else 4, args.microbatches,
-            args.smoke, backend)
-    with open(os.path.join(args.out, f"one_{seq}_{layers}_{backend}.json"), "w") as f:
+    guarded(result, "r", time_training, int(seq), int(layers), args.steps, args.microbatches, args.smoke,
+            args.backend, impl, args.fp8_recipe)
+    with open(os.path.join(args.scratch, f"one_{seq}_{layers}_{impl}.json"), "w") as f:
         json.dump(result["r"], f, default=str)
+
+
+def unavailable(impl: str) -> str | None:
+    """Why ``impl`` cannot run on this machine (None when it can)."""
+    from megatron_solo.model.specs import transformer_engine_usable
+
+    if impl.startswith("te") and not transformer_engine_usable():
+        return "Transformer Engine is not usable here"
+    return None
 
 
 def main() -> None:
     """Parse arguments, run the checks, write JSON."""
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
-    ap.add_argument("--layers", type=int, nargs="+", default=[8, 6, 4])
-    ap.add_argument("--seqs", type=int, nargs="+", default=[8192, 32768])
-    ap.add_argument("--backends", nargs="+", default=["auto"])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_results.json"),
+                    help="JSON file to write")
+    ap.add_argument("--scratch", default="/tmp/solo_gpu_speed", help="folder for the per-run files")
+    ap.add_argument("--smoke", "--cpu-smoke", action="store_true", help="tiny shapes on the CPU")
+    ap.add_argument("--impls", nargs="+", default=["local", "te", "te-fp8", "peer"],
+                    choices=["local", "te", "te-fp8", "peer"])
+    ap.add_argument("--layers", type=int, nargs="+", default=[8], help="layer counts to try, largest first")
+    ap.add_argument("--seqs", type=int, nargs="+", default=[8192])
+    ap.add_argument("--backend", default="auto", help="packed attention of the local spec")
+    ap.add_argument("--fp8-recipe", default="delayed")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps (after two warm-up steps)")
     ap.add_argument("--deadline", type=float, default=300.0, help="start no timing run after this many seconds")
-    ap.add_argument("--microbatches", type=int, default=2, help="micro-batches per optimizer step")
+    ap.add_argument("--microbatches", type=int, default=8, help="micro-batches per optimizer step")
     ap.add_argument("--skip-attention", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    os.makedirs(args.scratch, exist_ok=True)
     if args.one:
         run_one(args)
         return
@@ -206,23 +256,28 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
     }
+
+    def save() -> None:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+
     if not args.skip_attention:
         guarded(results, "attention", check_attention, args.smoke)
     for seq in [256] if args.smoke else args.seqs:
-        for backend in args.backends:
+        for impl in args.impls:
             for layers in [2] if args.smoke else args.layers:
-                name = f"train_seq{seq}_{backend}_L{layers}"
+                name = f"train_seq{seq}_{impl}_L{layers}"
                 left = args.deadline - (time.perf_counter() - start)
-                if left < 20:
-                    results[name] = {"skipped": "deadline"}
+                why = unavailable(impl) or ("deadline" if left < 20 else None)
+                if why:
+                    results[name] = {"impl": impl, "skipped": why}
+                    print(name, results[name], flush=True)
                     break
-                r = guarded(results, name, time_in_subprocess, args, seq, layers, backend, left + 60)
-                with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
-                    json.dump(results, f, indent=1, default=str)
+                r = guarded(results, name, time_in_subprocess, args, seq, layers, impl, left + 60)
+                save()
                 if "error" not in r:
                     break  # the largest layer count that fits
-    with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
-        json.dump(results, f, indent=1, default=str)
+    save()
 
 
 if __name__ == "__main__":

@@ -87,12 +87,11 @@ def learnable_pack(seq: int, g: torch.Generator, vision_share: float = 0.2) -> d
     tell a good FP8 recipe from a bad one; this one falls from ~10.4 towards ~3.7 nats.
     """
     pack = make_pack(seq, g, vision_share)
-    t = pack["tokens"][0]
-    text = (t >= 100) & (t < VISION_START_ID)
-    keep = torch.rand(seq, generator=g) < 0.7
-    for i in range(1, seq):
-        if text[i] and text[i - 1] and keep[i]:
-            t[i] = (7 * int(t[i - 1]) + 3) % 1000 + 100
-    labels = pack["labels"][0]
-    labels[:-1] = t[1:]
+    ids = pack["tokens"][0].tolist()
+    keep = (torch.rand(seq, generator=g) < 0.7).tolist()
+    for i in range(1, seq):  # a chain: each token depends on the one just rewritten
+        if keep[i] and 100 <= ids[i] < VISION_START_ID and 100 <= ids[i - 1] < VISION_START_ID:
+            ids[i] = (7 * ids[i - 1] + 3) % 1000 + 100
+    pack["tokens"][0] = torch.tensor(ids)
+    pack["labels"][0, :-1] = pack["tokens"][0, 1:]
     return pack

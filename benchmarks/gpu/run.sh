@@ -1,15 +1,105 @@
 #!/usr/bin/env bash
-# The one-GPU check, as one command on the lent machine (Python 3.12, torch+CUDA, no
-# megatron-core, no network). Carry .whl (see benchmarks/gpu/README.md). Writes to $OUT.
+# The one-GPU check (issues 6 and 10) as ONE command on the lent machine (Python 3.12, torch+CUDA,
+# no megatron-core, no TE, no network). See benchmarks/gpu/README.md for the calls before it.
+#
+#   bash benchmarks/gpu/run.sh [--te DIR] [--budget SECONDS] [--cpu-smoke]
+#
+# --te DIR     install Transformer Engine from DIR first (the parts and wheels of ../shared/gpu/te)
+# --budget S   end everything within S seconds (default 560; the device allows 600 per command)
+# --cpu-smoke  the same steps on the CPU with tiny shapes and a short test list (checks this script)
+#
+# Parts, most telling first, each under its own time limit cut to what the budget has left:
+#   2+3 te_checks.py     TE vs local on imported weights, pack vs alone, window; HF -> TE -> local -> HF
+#   1   pytest           the multi-process-free suite with TE importable (auto = TE spec for bf16)
+#   4   fp8_checks.py    FP8 vs bf16 loss curves, FP8 checkpoint resume
+#   5   gpu_checks.py    speed at solo-7b width: local bf16, TE bf16, TE FP8, transformers peer
+#   1'  pytest           the model/training/checkpoint tests again with SOLO_TRANSFORMER_IMPL=local
+# Writes to $OUT (at most 8 files come back): log.txt, pytest_te.txt, pytest_local.txt,
+# gpu_results.json, results.md.
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
-python3 -c "import torch, megatron.core; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'megatron-core', megatron.core.__version__)" | tee -a "$OUT/device.txt"
-python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || echo "csrc build failed (see build.log)"
-# The multi-process-free tests on CUDA (NCCL, world size 1).
-timeout 200 python3 -m pytest tests -m "not multiprocess" -q -p no:warnings -p no:cacheprovider \
-  --junitxml="$OUT/pytest.xml" 2>&1 | tail -n 40 | tee "$OUT/pytest.log"
-# Attention check and training-step timing.
-timeout 360 python3 benchmarks/gpu/gpu_checks.py --out "$OUT" "$@" 2>&1 | grep -v -i "warn" | tee "$OUT/checks.log"
+TE_DIR=""; BUDGET=560; SMOKE=0
+while (($#)); do
+  case "$1" in
+    --te) TE_DIR=$2; shift 2 ;;
+    --budget) BUDGET=$2; shift 2 ;;
+    --cpu-smoke) SMOKE=1; shift ;;
+    *) echo "usage: run.sh [--te DIR] [--budget SECONDS] [--cpu-smoke]" >&2; exit 2 ;;
+  esac
+done
+SCRATCH=/tmp/solo_gpu_check; rm -rf "$SCRATCH"; mkdir -p "$SCRATCH"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1
+
+# part NAME SECONDS CMD...: run CMD under min(SECONDS, budget left - reserve), log its exit code
+RESERVE=15  # for the report
+part() {
+  local name=$1 want=$2; shift 2
+  local left=$((BUDGET - RESERVE - SECONDS))
+  ((left < want)) && want=$left
+  if ((want < 10)); then echo "== $name: skipped, budget spent"; echo "$name skipped budget" >> "$SCRATCH/timeline.txt"; return; fi
+  echo "== $name (limit ${want}s, at ${SECONDS}s)"
+  timeout --kill-after=5 "$want" "$@"
+  local rc=$?
+  echo "== $name: exit $rc at ${SECONDS}s"
+  echo "$name exit=$rc end_s=$SECONDS limit_s=$want" >> "$SCRATCH/timeline.txt"
+}
+
+if ((SMOKE)); then
+  export PYTHONPATH=$PWD
+  TESTS=(tests/test_model_specs.py tests/test_model_thd.py)
+  LOCAL_TESTS=(tests/test_model_specs.py)
+  SMOKE_FLAG=(--cpu-smoke)
+  LIMITS=(300 200 200 200 200)
+else
+  if [[ -n "$TE_DIR" ]]; then
+    (cd "$TE_DIR" && { ! ls part0* >/dev/null 2>&1 || { cat part0* > transformer_engine_cu13-2.11.0-py3-none-manylinux_2_28_x86_64.whl && rm part0*; }; } \
+      && python3 -m pip install -q --no-index --no-deps ./*.whl) || echo "TE install failed"
+  fi
+  if [[ -d .whl ]]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || echo "wheel install failed"
+  fi
+  export PYTHONPATH=/tmp/site:$PWD
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 setup.py build_ext --inplace > "$SCRATCH/build.log" 2>&1 || { echo "csrc build failed:"; tail -20 "$SCRATCH/build.log"; }
+  TESTS=(tests)
+  LOCAL_TESTS=(tests/test_model.py tests/test_model_thd.py tests/test_model_specs.py tests/test_training_loop.py
+               tests/test_checkpoint_errors.py tests/test_checkpoint_real.py)
+  SMOKE_FLAG=()
+  LIMITS=(110 110 90 160 60)
+fi
+python3 - "$SCRATCH/environment.json" <<'EOF'
+import json, sys, torch
+from importlib.metadata import PackageNotFoundError, version
+def v(name):
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+env = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+       "cuda": torch.version.cuda, "transformer_engine": v("transformer-engine"), "megatron_core": v("megatron-core"),
+       "transformers": v("transformers")}
+try:
+    import transformer_engine.pytorch  # noqa: F401
+    env["te_import"] = "ok"
+except Exception as exc:
+    env["te_import"] = f"{type(exc).__name__}: {exc}"[:300]
+print(env)
+json.dump(env, open(sys.argv[1], "w"))
+EOF
+
+PYTEST=(python3 -m pytest -q -m "not multiprocess" -p no:warnings -p no:cacheprovider -rfE)
+part te_checks "${LIMITS[0]}" python3 benchmarks/gpu/te_checks.py "${SMOKE_FLAG[@]}" --out "$SCRATCH/te.json" --work "$SCRATCH/te_work"
+part pytest_te "${LIMITS[1]}" bash -c "$(printf '%q ' "${PYTEST[@]}" "${TESTS[@]}") > $OUT/pytest_te.txt 2>&1"
+tail -n 15 "$OUT/pytest_te.txt" 2>/dev/null
+part fp8_checks "${LIMITS[2]}" python3 benchmarks/gpu/fp8_checks.py "${SMOKE_FLAG[@]}" --out "$SCRATCH/fp8.json" --work "$SCRATCH/fp8_work"
+SPEED_LIMIT=${LIMITS[3]}
+part speed "$SPEED_LIMIT" python3 benchmarks/gpu/gpu_checks.py "${SMOKE_FLAG[@]}" --skip-attention \
+  --out "$SCRATCH/speed.json" --scratch "$SCRATCH/speed_runs" --deadline $((SPEED_LIMIT - 45)) \
+  $( ((SMOKE)) && echo "--microbatches 2" )
+part pytest_local "${LIMITS[4]}" env SOLO_TRANSFORMER_IMPL=local bash -c \
+  "$(printf '%q ' "${PYTEST[@]}" "${LOCAL_TESTS[@]}") > $OUT/pytest_local.txt 2>&1"
+tail -n 15 "$OUT/pytest_local.txt" 2>/dev/null
+python3 benchmarks/gpu/report.py --scratch "$SCRATCH" --out "$OUT" $( ((SMOKE)) && echo "--smoke" )
+echo "== done at ${SECONDS}s"
