@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 
 # Variables a multi-process launcher sets in every process it starts: torchrun (torchelastic) and srun.
 LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 
+
+# Notices megatron-core prints on import where the optional accelerators are absent (every CPU run):
+# expected, and nothing a tool's user must act on. Prefixes of the messages, as PYTHONWARNINGS takes them.
+BACKEND_NOTICES = ("Transformer Engine and Apex are not installed", "Apex is not installed")
 
 # The operating system's refusals of a path; from a tool they are the user's path at fault.
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
@@ -43,6 +48,17 @@ def launcher_variable(env: dict[str, str] | None = None) -> str | None:
     return None
 
 
+def quiet_backend_notices() -> None:
+    """Silence :data:`BACKEND_NOTICES` here and, through PYTHONWARNINGS, in worker processes started later."""
+    import warnings
+
+    for prefix in BACKEND_NOTICES:
+        warnings.filterwarnings("ignore", message=re.escape(prefix))
+    given = os.environ.get("PYTHONWARNINGS")
+    entries = [f"ignore:{prefix}" for prefix in BACKEND_NOTICES]
+    os.environ["PYTHONWARNINGS"] = ",".join(([given] if given else []) + entries)
+
+
 def run_tool(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, *,
              own_workers: bool = False) -> int:
     """Run a command line's ``main``: a user error is one line on stderr and exit 2, no traceback.
@@ -52,7 +68,10 @@ def run_tool(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     and keeps its traceback. ``own_workers``: the tool starts its own
     worker processes, so running it under a launcher (every launched copy would start a world of its
     own, and they wait on each other forever) is refused before ``main`` runs.
+    megatron-core's notices about absent accelerators are silenced (in modules ``main`` imports, and in
+    its workers).
     """
+    quiet_backend_notices()
     try:
         if own_workers:
             found = launcher_variable()

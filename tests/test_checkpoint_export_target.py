@@ -112,3 +112,15 @@ def test_export_after_resuming_at_another_layout(saved, tmp_path):
     reference = export_checkpoint(saved[0], tmp_path / "hf_tp2", progress=False)
     a, b = load_safetensors_dir(out), load_safetensors_dir(reference)
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_damaged_checkpoint_is_one_line_from_the_worker(saved, tmp_path):
+    """A shard file missing is found by the export worker: still one line on stderr, exit 2."""
+    from tests.harness.ckpt_tools import one_line, run_cli
+
+    root = shutil.copytree(saved[0], tmp_path / "ckpt")
+    victim = sorted((root / "iter_0000000").glob("*.distcp"))[-1]
+    victim.unlink()
+    proc = run_cli("export_to_hf.py", "--checkpoint", root, "--out", tmp_path / "hf", timeout=300)
+    one_line(proc, "iter_0000000: cannot read the checkpoint", victim.name)
+    assert not (tmp_path / "hf").exists() and not (tmp_path / ".hf.partial-export").exists()

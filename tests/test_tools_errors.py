@@ -5,11 +5,6 @@ The conversion tools start their own workers, so under a launcher (torchrun, sru
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from megatron_solo.checkpoint import CheckpointError
@@ -17,28 +12,8 @@ from megatron_solo.errors import UserInputError, launcher_variable, run_tool
 from megatron_solo.hf.workers import run_workers
 from megatron_solo.vocab import default_tokenizer_path
 from tests.harness.ckpt_models import save_hf, small_hf_model
+from tests.harness.ckpt_tools import one_line, run_cli
 from tests.harness.ckpt_workers import raise_in_worker
-
-REPO = Path(__file__).resolve().parents[1]
-LAUNCHERS = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_STEP_NUM_TASKS")
-
-
-def _tool(name: str, *args, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if k not in LAUNCHERS}
-    base.update(PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], env={**base, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def _one_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """The single stderr line of a refused run (exit 2, no traceback) containing ``fragments``."""
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +62,19 @@ def test_user_error_inside_a_worker_keeps_its_class_and_message():
     ("export_to_hf.py", {"SLURM_STEP_NUM_TASKS": "2"}),
 ])
 def test_conversion_tools_refuse_to_run_under_a_launcher(tool, env, tmp_path):
-    proc = _tool(tool, "--hf" if tool.startswith("convert") else "--checkpoint", tmp_path, "--out", tmp_path / "o",
+    proc = run_cli(tool, "--hf" if tool.startswith("convert") else "--checkpoint", tmp_path, "--out", tmp_path / "o",
                  env=env, timeout=60)
-    _one_line(proc, "starts its own worker processes", "not under torchrun")
+    one_line(proc, "starts its own worker processes", "not under torchrun")
     assert not (tmp_path / "o").exists()
 
 
 def test_convert_user_errors(hf_dir, tmp_path):
-    _one_line(_tool("convert_hf_to_megatron.py", "--hf", tmp_path / "nowhere", "--out", tmp_path / "o"),
+    one_line(run_cli("convert_hf_to_megatron.py", "--hf", tmp_path / "nowhere", "--out", tmp_path / "o"),
               "nowhere/config.json: not found")
-    _one_line(_tool("convert_hf_to_megatron.py", "--hf", hf_dir, "--out", tmp_path / "o", "--tp", "3",
+    one_line(run_cli("convert_hf_to_megatron.py", "--hf", hf_dir, "--out", tmp_path / "o", "--tp", "3",
                     "--tokenizer", default_tokenizer_path()),
               "field 'num_attention_heads' = 4 is not divisible by tensor_parallel 3")
-    _one_line(_tool("convert_hf_to_megatron.py", "--hf", hf_dir, "--out", tmp_path / "o", "--tp", "two"),
+    one_line(run_cli("convert_hf_to_megatron.py", "--hf", hf_dir, "--out", tmp_path / "o", "--tp", "two"),
               "argument --tp: invalid int value: 'two'")
     assert not (tmp_path / "o" / "iter_0000000").exists()
 
@@ -116,33 +91,33 @@ def test_convert_refuses_pickle_weights(hf_dir, tmp_path):
     legacy.mkdir()
     (legacy / "config.json").write_text(json.dumps(json.loads((hf_dir / "config.json").read_text())))
     torch.save(load_safetensors_dir(hf_dir), legacy / "pytorch_model.bin")
-    _one_line(_tool("convert_hf_to_megatron.py", "--hf", legacy, "--out", tmp_path / "o",
+    one_line(run_cli("convert_hf_to_megatron.py", "--hf", legacy, "--out", tmp_path / "o",
                     "--tokenizer", default_tokenizer_path()),
               "neither model.safetensors nor model.safetensors.index.json found (only safetensors)")
 
 
 def test_export_user_errors(tmp_path):
-    _one_line(_tool("export_to_hf.py", "--checkpoint", tmp_path / "nowhere", "--out", tmp_path / "o"),
+    one_line(run_cli("export_to_hf.py", "--checkpoint", tmp_path / "nowhere", "--out", tmp_path / "o"),
               "nowhere: no such checkpoint directory")
     (tmp_path / "iter_0000005.partial").mkdir()
-    _one_line(_tool("export_to_hf.py", "--checkpoint", f"{tmp_path}/iter_0000005.partial/", "--out", tmp_path / "o"),
+    one_line(run_cli("export_to_hf.py", "--checkpoint", f"{tmp_path}/iter_0000005.partial/", "--out", tmp_path / "o"),
               "an unfinished checkpoint")
-    _one_line(_tool("export_to_hf.py", "--checkpoint", tmp_path, "--out", tmp_path / "o", "--format", "gguf"),
+    one_line(run_cli("export_to_hf.py", "--checkpoint", tmp_path, "--out", tmp_path / "o", "--format", "gguf"),
               "argument --format: invalid choice: 'gguf'")
     assert not (tmp_path / "o").exists()
 
 
 def test_generate_user_errors(tmp_path):
-    _one_line(_tool("generate.py", "--model", tmp_path / "nowhere", "--prompt", "hi"), "nowhere: no such model")
+    one_line(run_cli("generate.py", "--model", tmp_path / "nowhere", "--prompt", "hi"), "nowhere: no such model")
     (tmp_path / "config.json").write_text("{}")
-    _one_line(_tool("generate.py", "--model", tmp_path, "--prompt", "hi"), "not a model written by tools/export_to_hf.py")
-    _one_line(_tool("generate.py", "--model", tmp_path, "--prompt", "hi", "--template", "alpaca"),
+    one_line(run_cli("generate.py", "--model", tmp_path, "--prompt", "hi"), "not a model written by tools/export_to_hf.py")
+    one_line(run_cli("generate.py", "--model", tmp_path, "--prompt", "hi", "--template", "alpaca"),
               "argument --template: invalid choice: 'alpaca'")
 
 
 def test_make_demo_data_user_errors(tmp_path):
     (tmp_path / "file").write_text("x")
-    _one_line(_tool("make_demo_data.py", "--out", tmp_path / "file"), "is a file, not a folder")
-    _one_line(_tool("make_demo_data.py", "--out", tmp_path / "o", "--text-limit", "0"),
+    one_line(run_cli("make_demo_data.py", "--out", tmp_path / "file"), "is a file, not a folder")
+    one_line(run_cli("make_demo_data.py", "--out", tmp_path / "o", "--text-limit", "0"),
               "argument --text-limit: expected a positive integer, got '0'")
-    _one_line(_tool("make_demo_data.py"), "the following arguments are required: --out")
+    one_line(run_cli("make_demo_data.py"), "the following arguments are required: --out")

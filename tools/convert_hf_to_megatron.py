@@ -5,7 +5,6 @@ import sys
 
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.errors import ToolArgumentParser, run_tool
-from megatron_solo.hf.importer import import_hf
 
 
 def main(argv=None) -> int:
@@ -21,6 +20,8 @@ def main(argv=None) -> int:
     p.add_argument("--init-std", type=float, default=0.02, help="std of new embedding rows and the projection")
     p.add_argument("--seed", type=int, default=1234)
     args = p.parse_args(argv)
+    from megatron_solo.hf.importer import import_hf  # after run_tool quieted megatron-core's import notices
+
     cfg = import_hf(
         args.hf, args.out, ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp),
         tokenizer=args.tokenizer, chat_tokens=not args.no_chat_tokens, close_with_vision=args.close_with_vision,

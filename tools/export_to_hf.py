@@ -4,7 +4,7 @@
 import sys
 
 from megatron_solo.errors import ToolArgumentParser, run_tool
-from megatron_solo.hf.exporter import FORMATS, export_checkpoint
+from megatron_solo.hf.adapters import FORMATS
 
 
 def main(argv=None) -> int:
@@ -18,6 +18,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast weights (default: as stored)")
     p.add_argument("--max-shard-mb", type=int, default=512)
     args = p.parse_args(argv)
+    from megatron_solo.hf.exporter import export_checkpoint  # after run_tool quieted megatron-core's notices
+
     out = export_checkpoint(
         args.checkpoint, args.out, args.format, model_meta=args.model_config, tokenizer_dir=args.tokenizer,
         dtype=args.dtype, max_shard_bytes=args.max_shard_mb << 20,

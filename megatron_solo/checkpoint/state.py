@@ -25,6 +25,7 @@ import torch.distributed as dist
 from megatron_solo.checkpoint.layout import (
     LATEST_FILE,
     PARTIAL_SUFFIX,
+    CheckpointError,
     checkpoint_dir,
     resolve_checkpoint,
 )
@@ -189,13 +190,16 @@ def load_checkpoint(
     Weights and the distributed optimizer reshard to this run's TP/PP/DP layout; RNG
     states are restored only when the layout is the one that saved them.
     """
-    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.core import CheckpointingException
     from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 
     path = str(resolve_checkpoint(path)[1])
     saved = read_train_state(path)
     layout = _layout()
-    held = {v.key: v for v in load_sharded_metadata(path).values()}
+    try:
+        held = {v.key: v for v in load_sharded_metadata(path).values()}
+    except (CheckpointingException, OSError) as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint's metadata ({type(err).__name__}: {err})") from err
     sharded = _model_sharded_state_dict(chunks)
     empty = {name: drop_empty_extra_state(model_sd) for name, model_sd in sharded.items()}
     missing = {name: drop_missing_extra_state(model_sd, set(held)) for name, model_sd in sharded.items()}
@@ -211,7 +215,7 @@ def load_checkpoint(
         else:
             _note(f"{path}: no RNG states for this run's generators (another device kind or an older "
                   "format): fresh random streams")
-    loaded = dist_checkpointing.load(sharded, path)
+    loaded = read_sharded(sharded, path)
     for i, chunk in enumerate(chunks):
         name = "model" if len(chunks) == 1 else f"model{i}"
         _load_model(unwrap(chunk), loaded[name], {*empty[name], *missing[name]})
@@ -224,6 +228,22 @@ def load_checkpoint(
     return TrainState(
         iteration=saved["iteration"], consumed_samples=saved["consumed_samples"], extra=saved["extra"]
     )
+
+
+def read_sharded(sharded: dict[str, Any], path: str) -> dict[str, Any]:
+    """``dist_checkpointing.load``; a checkpoint that cannot be read (a file missing or damaged, a tensor of
+    another shape) is a CheckpointError naming the first failure, also inside a worker process."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.core import CheckpointingException
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        return dist_checkpointing.load(sharded, path)
+    except CheckpointException as err:  # a BaseException: it would pass by every `except Exception`
+        first = next((failure[0] for failure in err.failures.values()), err)
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(first).__name__}: {first})") from err
+    except (CheckpointingException, OSError) as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err})") from err
 
 
 def _load_model(module: torch.nn.Module, state: dict[str, Any], fresh: set[str]) -> None:

@@ -12,10 +12,10 @@ def load_in_place(ckpt: str, chunk: torch.nn.Module) -> None:
     after loading); at TP1 the stored [gate; up] block of a layer IS the parameter, so fc1 is asked
     for as one plain ShardedTensor and read in place like every other weight.
     """
-    from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
     from megatron_solo.checkpoint.names import is_extra_state
+    from megatron_solo.checkpoint.state import read_sharded
 
     # Weights only: FP8 metadata (``_extra_state``, pickled objects) is neither needed nor read.
     sharded = {k: v for k, v in chunk.sharded_state_dict().items() if not is_extra_state(k)}
@@ -30,7 +30,7 @@ def load_in_place(ckpt: str, chunk: torch.nn.Module) -> None:
             value.key, value.data, *rank_offsets, replica_id=gate.replica_id,
             prepend_axis_num=gate.prepend_axis_num,
         )
-    loaded = dist_checkpointing.load(sharded, ckpt)
+    loaded = read_sharded(sharded, ckpt)
     for name, t in loaded.items():
         if torch.is_tensor(t):
             p = params.get(t.data_ptr())

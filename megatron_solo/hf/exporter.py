@@ -201,14 +201,18 @@ def export_checkpoint(
     _remove_leftover(out.with_name(f".{out.name}.old-export"), EXPORT_META)
     tmp.mkdir()
     (tmp / IN_PROGRESS).touch()
-    run_workers(_export_worker, 1, str(ckpt), str(tmp), str(meta_path), fmt, max_shard_bytes, dtype, progress)
-    write_config(tmp, cfg, tok, fmt, dtype or "float32")
-    tok.save_pretrained(tmp)
-    if fmt == "fuyu":
-        SoloProcessor(tok, patch_size=cfg.patch_size).save_pretrained(tmp)
-    (tmp / EXPORT_META).write_text(json.dumps(
-        {"format": fmt, "checkpoint": str(ckpt.resolve()), "source": meta.get("source"),
-         "template": meta.get("template", "plain")}, indent=2))
-    (tmp / IN_PROGRESS).unlink()
+    try:
+        run_workers(_export_worker, 1, str(ckpt), str(tmp), str(meta_path), fmt, max_shard_bytes, dtype, progress)
+        write_config(tmp, cfg, tok, fmt, dtype or "float32")
+        tok.save_pretrained(tmp)
+        if fmt == "fuyu":
+            SoloProcessor(tok, patch_size=cfg.patch_size).save_pretrained(tmp)
+        (tmp / EXPORT_META).write_text(json.dumps(
+            {"format": fmt, "checkpoint": str(ckpt.resolve()), "source": meta.get("source"),
+             "template": meta.get("template", "plain")}, indent=2))
+        (tmp / IN_PROGRESS).unlink()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours, never published; a kill leaves it for the next export
+        raise
     _publish(tmp, out)
     return out

@@ -53,7 +53,7 @@ def load_exported(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float
     from megatron_solo.hf.processor import SoloProcessor
 
     export_info(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, use_safetensors=True).eval()
     return model, SoloProcessor.from_pretrained(model_dir)
 
 
