@@ -39,7 +39,7 @@ def settings(smoke: bool) -> dict:
         return dict(seq=512, micro=2, steps=8, model=dict(num_layers=2, hidden_size=64, num_attention_heads=4,
                                                           num_query_groups=2, ffn_hidden_size=128))
     # Every FP8 GEMM dimension a multiple of 16 (TE's requirement): 2 x 1024 tokens, width 512, FFN 1536.
-    return dict(seq=1024, micro=2, steps=300, model=dict(num_layers=4, hidden_size=512, num_attention_heads=8,
+    return dict(seq=1024, micro=2, steps=250, model=dict(num_layers=4, hidden_size=512, num_attention_heads=8,
                                                          num_query_groups=2, ffn_hidden_size=1536))
 
 
@@ -141,7 +141,7 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--work", default="/tmp/solo_fp8_checks", help="scratch folder (removed first)")
     ap.add_argument("--recipe", default="delayed", help="fp8_recipe: delayed, tensorwise, blockwise (mxfp8: Blackwell)")
-    ap.add_argument("--steps", type=int, default=None, help="steps per run (default 300; smoke 8)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per run (default 250; smoke 8)")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny model on the CPU, both legs bf16")
     args = ap.parse_args()
     os.environ.setdefault("NVTE_ALLOW_NONDETERMINISTIC_ALGO", "0")  # so a resume can repeat a run exactly

@@ -235,7 +235,7 @@ def main() -> None:
                     help="JSON file to write")
     ap.add_argument("--scratch", default="/tmp/solo_gpu_speed", help="folder for the per-run files")
     ap.add_argument("--smoke", "--cpu-smoke", action="store_true", help="tiny shapes on the CPU")
-    ap.add_argument("--impls", nargs="+", default=["local", "te", "te-fp8", "peer"],
+    ap.add_argument("--impls", nargs="+", default=["te", "te-fp8", "local", "peer"],
                     choices=["local", "te", "te-fp8", "peer"])
     ap.add_argument("--layers", type=int, nargs="+", default=[8], help="layer counts to try, largest first")
     ap.add_argument("--seqs", type=int, nargs="+", default=[8192])
