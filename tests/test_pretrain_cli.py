@@ -61,9 +61,10 @@ def test_transformer_engine_and_fp8_flags_map_onto_the_model_config():
     assert (overrides["transformer_impl"], overrides["fp8"], overrides["fp8_recipe"]) == ("local", "hybrid",
                                                                                           "tensorwise")
     assert not {"transformer_impl", "fp8", "fp8_recipe"} & set(job().model_overrides)
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(UserInputError, match="--fp8-recipe needs --fp8"):
         parse_args(["--data", "a", "--fp8-recipe", "delayed"])
-    assert exit_info.value.code == 2
+    with pytest.raises(UserInputError, match="--fp8"):
+        parse_args(["--data", "a", "--fp8", "e5m2"])
 
 
 def test_eval_flags_make_eval_data_and_schedule():

@@ -28,7 +28,7 @@ from megatron_solo.config.defaults import defaults
 from megatron_solo.config.job import JobConfig
 from megatron_solo.config.recipes import recipe_template
 from megatron_solo.config.train import TrainConfig
-from megatron_solo.errors import UserInputError, run_tool
+from megatron_solo.errors import ToolArgumentParser, UserInputError, run_tool
 from megatron_solo.model.specs import FP8_FORMATS, FP8_RECIPES
 from megatron_solo.vocab.ids import SOLO_CHAT_VOCAB_SIZE
 
@@ -37,7 +37,7 @@ JOB, TRAIN, PARALLEL, DATA = defaults(JobConfig), defaults(TrainConfig), default
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=JOB.model, choices=preset_names())
     p.add_argument("--model-overrides", default="{}", help='JSON, e.g. \'{"num_layers": 2}\'')
     p.add_argument("--chat-tokens", action="store_true",
