@@ -38,6 +38,8 @@ def parse_args(argv=None) -> EvalConfig:
     p.add_argument("--class-names", help="class names (JSON list/object or text lines); default: the shards' "
                                          "preprocess_config.json")
     p.add_argument("--caption-template", help='e.g. "a photo of a {}."; default: the shards\' preprocess_config.json')
+    p.add_argument("--baseline-train", metavar="SHARDS",
+                   help="training shards of --classify's set: also report logistic regression on the same pixels")
     p.add_argument("--mcq", metavar="FILE.jsonl", help='multiple choice: {"image","question","options","answer"} rows')
     p.add_argument("--mcq-mode", default=D.mcq_mode, choices=MODES)
     p.add_argument("--template", choices=TEMPLATES, help="MCQ prompt template; default: the model's, else plain")
@@ -55,7 +57,7 @@ def parse_args(argv=None) -> EvalConfig:
         checkpoint=a.checkpoint, hf=a.hf,
         parallel=ParallelConfig(tensor_parallel=a.tensor_parallel, pipeline_parallel=a.pipeline_parallel),
         dtype=a.dtype, val_data=a.val_data, classify=a.classify, class_names=a.class_names,
-        caption_template=a.caption_template, mcq=a.mcq, mcq_mode=a.mcq_mode, template=a.template,
+        caption_template=a.caption_template, baseline_train=a.baseline_train, mcq=a.mcq, mcq_mode=a.mcq_mode, template=a.template,
         caption_images=a.caption_images, max_samples=a.max_samples, max_side=a.max_side,
         batch_tokens=a.batch_tokens, max_batch=a.max_batch, mcq_max_new_tokens=a.mcq_max_new_tokens,
         caption_max_new_tokens=a.caption_max_new_tokens, out=a.out, progress=not a.quiet,

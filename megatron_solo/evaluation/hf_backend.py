@@ -18,7 +18,7 @@ import torch
 from megatron_solo.evaluation.documents import Batch, Doc
 from megatron_solo.evaluation.scoring import strip_eos
 from megatron_solo.hf.generate import load_exported
-from megatron_solo.hf.processor import SoloProcessor, solo_to_fuyu_patches
+from megatron_solo.hf.processor import SoloProcessor, fuyu_image_key, solo_to_fuyu_patches
 
 EXPORT_META = "solo_export.json"  # written by megatron_solo.hf.exporter beside the weights
 
@@ -61,12 +61,16 @@ class HFBackend:
         fuyu = solo_to_fuyu_patches(patches, self.patch_size)
         return fuyu[None].to(self.device, self.model.dtype)
 
+    def _images(self, patches: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The patches under the keyword the installed FuyuForCausalLM takes (none without an image)."""
+        return {} if patches is None else {fuyu_image_key(): self._pixel_values(patches)}
+
     def target_logprobs(self, batch: Batch) -> torch.Tensor:
         """log p(label) at the target positions (row-major), float32, over the true vocabulary."""
         with torch.no_grad():
             logits = self.model(input_ids=batch.tokens.to(self.device),
                                 attention_mask=(batch.position_ids < batch.lengths[:, None]).long().to(self.device),
-                                pixel_values=self._pixel_values(batch.patches)).logits
+                                **self._images(batch.patches)).logits
         mask = batch.label_mask.to(self.device)
         picked = logits[mask][:, :self.vocab_size].float()
         logprobs = torch.log_softmax(picked, dim=-1)
@@ -77,8 +81,8 @@ class HFBackend:
         out = []
         for doc in docs:
             ids = torch.from_numpy(doc.ids)[None].to(self.device)
-            # generate() sends any pixel_values key, even None, to the patch projection
-            images = {} if doc.patches is None else {"pixel_values": self._pixel_values(doc.patches)}
+            # generate() sends any image key, even None, to the patch projection
+            images = self._images(doc.patches)
             with torch.no_grad():
                 seq = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **images,
                                           max_new_tokens=max_new_tokens, do_sample=False,

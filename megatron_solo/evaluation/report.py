@@ -55,4 +55,9 @@ def format_table(report: dict) -> str:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
     for item in report.get("captions", {}).get("items", []):
         lines.append(f"caption {Path(item['image']).name}: {item['caption']!r}")
+    c = report.get("classification") or {}
+    if "logreg_baseline" in c:
+        b = c["logreg_baseline"]
+        lines.append(f"held-out accuracy: {100 * c['top1']:.2f}% (SOLO, {c['samples']} images) vs "
+                     f"{100 * b['accuracy']:.2f}% (logistic regression on the same pixels, trained on {b['train']})")
     return "\n".join(lines)

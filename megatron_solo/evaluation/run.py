@@ -31,6 +31,8 @@ class EvalConfig:
     classify: str | None = None  # held-out classification shards
     class_names: str | None = None  # default: the file named in the shards' preprocess_config.json
     caption_template: str | None = None  # default: the shards' preprocess_config.json, else "{}"
+    # training shards of the classification set: adds logistic regression on the same pixels beside the model
+    baseline_train: str | None = None
     mcq: str | None = None  # JSONL of {"image", "question", "options", "answer"}
     mcq_mode: str = "both"  # loglik, generate or both
     template: str | None = None  # plain or chat; default: the model's solo_model.json "template", else plain
@@ -74,7 +76,10 @@ def check_config(cfg: EvalConfig) -> None:
         if value is not None and value < 1:
             raise EvaluationError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     paths = [("--val-data", parse_source(v)[0]) for v in cfg.val_data]
-    paths += [("--classify", cfg.classify), ("--class-names", cfg.class_names), ("--mcq", cfg.mcq)]
+    paths += [("--classify", cfg.classify), ("--class-names", cfg.class_names), ("--mcq", cfg.mcq),
+              ("--baseline-train", cfg.baseline_train)]
+    if cfg.baseline_train and not cfg.classify:
+        raise EvaluationError("--baseline-train compares with --classify: give both")
     paths += [("--caption-images", p) for p in cfg.caption_images]
     for flag, path in paths:
         if path is not None and not Path(path).exists():
@@ -116,6 +121,11 @@ def evaluate(cfg: EvalConfig) -> dict | None:
         if cfg.classify:
             report["classification"] = classification(backend, cfg.classify, cfg.class_names, cfg.caption_template,
                                                       settings)
+            if cfg.baseline_train:
+                from megatron_solo.evaluation.baseline import logistic_regression_baseline
+
+                report["classification"]["logreg_baseline"] = logistic_regression_baseline(
+                    cfg.baseline_train, cfg.classify, backend.processor.patch_size, cfg.max_samples)
         if cfg.mcq:
             report["mcq"] = multiple_choice(backend, cfg.mcq, cfg.mcq_mode, cfg.template, cfg.mcq_max_new_tokens,
                                             settings)

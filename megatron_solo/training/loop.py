@@ -148,6 +148,9 @@ def pretrain(job: JobConfig) -> RunSummary:
             print(f"resumed from {train.save_dir} at iteration {state.iteration}", flush=True)
     elif job.init_from:
         load_checkpoint(job.init_from, chunks, load_rng=False)  # previous stage: weights only
+        # The optimizer keeps its own fp32 copies of bf16 weights, taken when it was built: without
+        # this, the first step would write the random initialisation back over the loaded weights.
+        optimizer.reload_model_params()
     batches = iter(loader)
 
     if train.save_dir and torch.distributed.get_rank() == 0:

@@ -50,6 +50,11 @@ class TrainLogger:
                 self.writer.add_scalar("val/loss", val_loss, iteration)
 
     def close(self) -> None:
-        """Flush tensorboard."""
+        """Flush tensorboard and draw the loss curve (training and validation) beside it."""
         if self.writer is not None:
             self.writer.close()
+            from megatron_solo.training.curve import write_loss_curve
+
+            path = write_loss_curve(self.writer.log_dir)
+            if path is not None:
+                print(f"loss curve: {path}", flush=True)
