@@ -93,3 +93,16 @@ def test_srun_task_variables_become_the_process_group(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR")
     with pytest.raises(RuntimeError, match="MASTER_ADDR"):
         env_from_slurm()
+
+
+def test_one_process_world_leaves_the_environment_to_child_tools():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os\nfrom megatron_solo.platform.distributed import init_distributed\n"
+            "print(init_distributed(), sorted(k for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK') if k in os.environ))")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "(0, 1) []"  # a later tool must not see RANK=0

@@ -15,7 +15,8 @@ def test_rate_line_names_val_loss_and_drops_only_when_there(capsys, tmp_path):
              dropped_samples=7)
     log.data(4, 7, 700)
     log.close()
-    first, second = capsys.readouterr().out.splitlines()
+    first, second, curve = capsys.readouterr().out.splitlines()
+    assert curve == f"loss curve: {tmp_path / 'loss_curve.png'}" and (tmp_path / "loss_curve.png").stat().st_size > 0
     assert first == "step 3/10 | loss 2.5 | lr 0.001 | 2,000 tokens/s | 0.50 s/step"
     assert second == "step 4/10 | loss 2.4 | lr 0.001 | grad_norm 1 | val_loss 2.75 | dropped 7 samples | " \
                      "4,000 tokens/s | 0.25 s/step"

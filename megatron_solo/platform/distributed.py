@@ -93,10 +93,12 @@ def init_distributed(timeout_minutes: int = 10) -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     env_from_slurm()
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if "RANK" in os.environ:
+        rank, world, init_method = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://"
+    else:
+        # The one-process world is named in the call, not in os.environ, so that tools this
+        # process starts later do not take themselves for ranks of a launcher's job.
+        rank, world, init_method = 0, 1, f"tcp://127.0.0.1:{free_port()}"
     if torch.cuda.is_available():
         torch.cuda.set_device(device_for_local_rank(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()))
         backend = "nccl"
@@ -104,6 +106,7 @@ def init_distributed(timeout_minutes: int = 10) -> tuple[int, int]:
         backend = "gloo"
     dist.init_process_group(
         backend=backend,
+        init_method=init_method,
         rank=rank,
         world_size=world,
         timeout=datetime.timedelta(minutes=timeout_minutes),
