@@ -181,3 +181,25 @@ def test_classification_reads_template_and_names_beside_the_shards(setup, report
     assert c["caption_template"] == eval_data.TEMPLATE
     assert Path(c["class_names"]) == setup["data"]["class_names"]
     assert {p["true"] for p in c["predictions"]} == set(eval_data.CLASSES.values())
+
+
+def test_classes_without_a_name_map_are_the_labels_and_the_baseline_takes_mixed_sizes(setup):
+    """Class folders preprocessed with no --class-names and a held-out part: the labels recorded in the shards
+    are the classes; the photos' several sizes are resampled to the most common one for logistic regression."""
+    from megatron_solo.config.data import PreprocessConfig
+    from megatron_solo.data.preprocess import preprocess
+
+    out = setup["root"] / "unnamed"
+    preprocess(PreprocessConfig(kind="classification", inputs=[str(setup["data"]["classes"])], output=str(out),
+                                max_side=eval_data.MAX_SIDE, workers=0, shard_size=5, holdout=4), progress=False)
+    assert json.loads((out / "stats.json").read_text())["labels"] == ["0", "1", "2", "3"]
+    cfg = _config(setup, "unnamed", hf=str(setup["export"]), val_data=[], mcq=None, caption_images=[],
+                  classify=str(out / "heldout"), baseline_train=str(out))
+    evaluate(cfg)
+    c = _read(cfg)["classification"]
+    assert c["class_names"] == f"the labels of {out / 'heldout'}" and c["samples"] == 4
+    assert {p["true"] for p in c["predictions"]} <= {"0", "1", "2", "3"} and all(
+        len(p["top5"]) == 4 for p in c["predictions"])
+    base = c["logreg_baseline"]
+    assert (base["train"], base["n"]) == (8, 4) and 0.0 <= base["accuracy"] <= 1.0
+    assert base["resized_images"] > 0 and base["features"] == 3 * base["image_size"][0] * base["image_size"][1]

@@ -60,7 +60,8 @@ def test_truncate_never_cuts_inside_an_image_block():
             {"image": "1.jpg", "rows": 2, "cols": 2}, {"text": 2, "loss": 1}]
     ids, target, images = expand(meta, np.array([1, 7, 10, 11, 12, 13, 2], dtype=np.uint16))
     patches = torch.arange(8.0)[:, None].expand(8, 3)
-    sample = StoredSample("k", "interleaved", Doc(ids, target, patches), [(a, b) for a, b, *_ in images])
+    sample = StoredSample("k", "interleaved", Doc(ids, target, patches), [(a, b) for a, b, *_ in images],
+                          [(r, c) for *_, r, c in images])
     assert len(sample.doc) == 21 and ids[2:9].tolist() == block.tolist()
     same, cut = truncate(sample, 21, VPATCH_ID)
     assert not cut and same is sample.doc
@@ -192,3 +193,16 @@ def test_report_json_and_table(tmp_path):
     assert "val loss text" in table and "2.5000" in table and "0.5000 / 1.0000" in table
     assert "mcq generate (plain)" in table and "1 unparsed" in table and "caption cat.png: 'a cat'" in table
     assert strip_eos([5, 6, 2, 7], 2) == [5, 6] and strip_eos([5], 2) == [5]
+
+
+def test_pixel_baseline_resamples_other_sizes_to_the_most_common_one():
+    from megatron_solo.evaluation.baseline import _features, common_size
+
+    small = torch.rand(3, 32, 64)
+    big = small.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # the same picture at twice the size
+    assert common_size([small, big, small.clone()]) == (32, 64)
+    assert common_size([small, big]) == (32, 64)  # a tie goes to the smaller size
+    rows = _features([small, big], (32, 64))
+    assert rows.shape == (2, 3 * 32 * 64)
+    assert np.array_equal(rows[0], small.reshape(-1).numpy())  # the common size is left untouched
+    np.testing.assert_allclose(rows[1], rows[0], atol=1e-5)  # 2x2 blocks average back to their pixel

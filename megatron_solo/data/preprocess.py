@@ -77,6 +77,7 @@ def process_shard(k: int, records: list[tuple[int, dict]], folder: str | os.Path
                          cfg.image_quality)
     skipped: Counter = Counter()
     examples: list[str] = []
+    labels: set[str] = set()  # classification: the class set, for evaluation without a class-name map
     text_tokens = vision_tokens = images = 0
     try:
         for position, record in records:
@@ -98,12 +99,16 @@ def process_shard(k: int, records: list[tuple[int, dict]], folder: str | os.Path
                     examples.append(_example(key, record, f"{type(err).__name__}: {err}"))
                 continue
             writer.write(sample)
+            if "label" in record:
+                labels.add(str(record["label"]))
             text_tokens += sample.text_tokens()
             vision_tokens += sample.image_tokens()
             images += sum(isinstance(s, ImageSegment) for s in sample.segments)
         stats = {"shard": writer.path.name, "records": len(records), "samples": len(writer),
                  "text_tokens": text_tokens, "vision_tokens": vision_tokens, "images": images,
                  "image_bytes": writer.image_bytes, "skipped": dict(skipped), "skip_examples": examples}
+        if labels:
+            stats["labels"] = sorted(labels)
         writer.close(stats)
     except BaseException:
         writer.abort()
@@ -207,6 +212,7 @@ def aggregate_stats(output: str | os.PathLike) -> dict:
     """Sum of the per-shard stats of every finished shard in `output`."""
     total: dict = {"shards": 0, "records": 0, "samples": 0, "text_tokens": 0, "vision_tokens": 0, "images": 0,
                    "image_bytes": 0, "skipped": Counter(), "skip_examples": []}
+    labels: set[str] = set()
     for idx in sorted(Path(output).glob(f"*{INDEX_SUFFIX}")):
         tar = idx.with_name(idx.name[: -len(INDEX_SUFFIX)] + ".tar")
         s = load_index(tar, check=False).stats
@@ -214,9 +220,12 @@ def aggregate_stats(output: str | os.PathLike) -> dict:
         for key in ("records", "samples", "text_tokens", "vision_tokens", "images", "image_bytes"):
             total[key] += s.get(key, 0)
         total["skipped"].update(s.get("skipped", {}))
+        labels.update(s.get("labels", []))
         total["skip_examples"] += s.get("skip_examples", [])[: max(0, 20 - len(total["skip_examples"]))]
     total["skipped"] = dict(sorted(total["skipped"].items()))
     total["skipped_total"] = sum(total["skipped"].values())
     total["tokens"] = total["text_tokens"] + total["vision_tokens"]
     total["vision_share"] = total["vision_tokens"] / max(1, total["tokens"])
+    if labels:
+        total["labels"] = sorted(labels)
     return total

@@ -49,6 +49,7 @@ class StoredSample:
     kind: str
     doc: Doc
     blocks: list[tuple[int, int]]  # image blocks as [start, end) token intervals
+    grids: list[tuple[int, int]]  # (rows, cols) of patches of each image
 
 
 class HeldOutSet:
@@ -91,7 +92,8 @@ class HeldOutSet:
             doc = Doc(ids, target, torch.cat(patches) if patches else None)
         except (KeyError, ValueError) as err:  # ShardError is a ValueError
             raise EvaluationError(f"{ix.tar_path}: sample {key} cannot be read ({err})") from err
-        return StoredSample(key, meta.get("kind", ""), doc, [(a, b) for a, b, _, _, _ in images])
+        return StoredSample(key, meta.get("kind", ""), doc, [(a, b) for a, b, _, _, _ in images],
+                            [(rows, cols) for _, _, _, rows, cols in images])
 
     def _load(self, i: int) -> StoredSample:
         return self._read(i, decode=True)

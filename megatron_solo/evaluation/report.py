@@ -58,6 +58,9 @@ def format_table(report: dict) -> str:
     c = report.get("classification") or {}
     if "logreg_baseline" in c:
         b = c["logreg_baseline"]
+        resized = (f", {b['resized_images']} resized to {b['image_size'][1]}x{b['image_size'][0]}"
+                   if b.get("resized_images") else "")
         lines.append(f"held-out accuracy: {100 * c['top1']:.2f}% (SOLO, {c['samples']} images) vs "
-                     f"{100 * b['accuracy']:.2f}% (logistic regression on the same pixels, trained on {b['train']})")
+                     f"{100 * b['accuracy']:.2f}% (logistic regression on the same pixels, trained on {b['train']}"
+                     f"{resized})")
     return "\n".join(lines)

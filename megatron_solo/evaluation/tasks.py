@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_solo.data.holdout import HELDOUT_DIR
 from megatron_solo.data.image import ImageError
+from megatron_solo.data.preprocess import CONFIG_FILE, aggregate_stats
 from megatron_solo.data.sources import load_class_names
 from megatron_solo.evaluation.documents import Doc, continuation_doc, prompt_doc
 from megatron_solo.evaluation.errors import EvaluationError
@@ -54,13 +56,12 @@ def validation_loss(backend: Backend, path: str, name: str, settings: Settings) 
                    "documents": len(data), "truncated": sum(n > limit for n in full)}, start, images)
 
 
-def _class_names_file(path: str, given: str | None, config: dict) -> Path:
+def _class_names_file(path: str, given: str | None, config: dict) -> Path | None:
     if given:
         return Path(given)
     stored = config.get("class_names")
     if not stored:
-        raise EvaluationError(f"--classify {path}: its preprocess_config.json names no class-name file; "
-                              "pass --class-names")
+        return None
     stored = Path(stored)
     # a relative path was relative to where preprocessing ran: try there, then beside the shards
     for candidate in (stored, Path(path) / stored, Path(path).parent / stored):
@@ -68,6 +69,38 @@ def _class_names_file(path: str, given: str | None, config: dict) -> Path:
             return candidate
     raise EvaluationError(f"--classify {path}: class-name file {stored} (from preprocess_config.json) not found; "
                           "pass --class-names")
+
+
+def _stored_labels(path: str) -> list[str]:
+    """Labels the shards of ``path`` were built from, with those of its training part when it is a held-out folder."""
+    folders = [Path(path)]
+    if Path(path).name == HELDOUT_DIR and (Path(path).parent / CONFIG_FILE).is_file():
+        folders.append(Path(path).parent)
+    labels: set[str] = set()
+    for folder in folders:
+        if folder.is_dir():
+            labels.update(aggregate_stats(folder).get("labels", []))
+    return sorted(labels)
+
+
+def class_names_for(path: str, given: str | None, config: dict) -> tuple[dict[str, str], str]:
+    """The label -> name map of a classification set and where it came from.
+
+    Without a class-name file (given or recorded at preprocessing) a class is named by its label, as the
+    preprocessing named it, and the classes are the labels recorded in the shards' indexes.
+    """
+    names_file = _class_names_file(path, given, config)
+    if names_file is None:
+        labels = _stored_labels(path)
+        if not labels:
+            raise EvaluationError(f"--classify {path}: no class-name file in its preprocess_config.json and no "
+                                  "labels recorded in its shards; pass --class-names")
+        return {label: label for label in labels}, f"the labels of {path}"
+    try:
+        names = load_class_names(names_file)
+    except (ValueError, OSError) as err:
+        raise EvaluationError(f"{names_file}: cannot read class names ({err})") from err
+    return names, str(names_file)
 
 
 def caption_candidates(names: dict[str, str], template: str, tok) -> tuple[list[list[int]], list[str]]:
@@ -95,12 +128,8 @@ def classification(backend: Backend, path: str, class_names: str | None, templat
     """Top-1 / top-5 accuracy of ranking every class's caption by its summed log-likelihood after ``<s> [img]``."""
     start = time.perf_counter()
     config = preprocess_config(path)
-    names_file = _class_names_file(path, class_names, config)
+    names, names_file = class_names_for(path, class_names, config)
     template = template if template is not None else config.get("caption_template") or "{}"
-    try:
-        names = load_class_names(names_file)
-    except (ValueError, OSError) as err:
-        raise EvaluationError(f"{names_file}: cannot read class names ({err})") from err
     data = HeldOutSet(path, backend.processor.patch_size, settings.max_samples)
     tok = backend.tokenizer
     cands, labels = caption_candidates(names, template, tok)

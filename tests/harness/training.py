@@ -71,6 +71,16 @@ def run_eval_job(images: str, texts: str, save_dir: str, steps: int, tp: int, pp
             json.dump({"losses": summary.losses, "val_losses": summary.val_losses}, f)
 
 
+def run_bf16_job(images: str, texts: str, save_dir: str, seed: int, lr: float, init_from: str | None) -> None:
+    """Worker: one bf16 step of small_job at ``lr`` from ``seed``'s weights or ``init_from``'s, saved."""
+    from megatron_solo.training.loop import pretrain
+
+    job = small_job(images, texts, save_dir, 1, None)
+    train = dataclasses.replace(job.train, bf16=True, seed=seed, save_interval=1,
+                                optim=dataclasses.replace(job.train.optim, lr=lr, min_lr=lr, warmup_steps=0))
+    pretrain(dataclasses.replace(job, train=train, init_from=init_from))
+
+
 def final_weights(images: str, texts: str, save_dir: str, out: str) -> None:
     """Worker (1 process): load the latest checkpoint of ``save_dir`` and write its weights."""
     from safetensors.torch import save_file
