@@ -36,7 +36,7 @@ python tools/preprocess_data.py --kind classification --input "$DATA" ${CLASS_NA
 python tools/pretrain.py --model solo-tiny --model-overrides '{"init_method_std": 0.1}' \
   --data "$W/shards/data" --eval-data "$W/shards/data/heldout" --eval-interval 50 --eval-iters 2 \
   --seq-length 256 --global-batch-size 4 --train-steps "$STEPS" --lr 3e-3 --min-lr 3e-4 --warmup-steps 10 \
-  --save "$W/ckpt" --save-interval "$STEPS" --tensorboard-dir "$W/tensorboard" --data-workers 1
+  ${SEED:+--seed "$SEED"} --save "$W/ckpt" --save-interval "$STEPS" --tensorboard-dir "$W/tensorboard" --data-workers 1
 python tools/evaluate.py --checkpoint "$W/ckpt" --classify "$W/shards/data/heldout" \
   --baseline-train "$W/shards/data" --val-data "$W/shards/data/heldout" --out "$W/eval.json" --quiet
 python tools/export_to_hf.py --checkpoint "$W/ckpt" --out "$W/hf"

@@ -156,3 +156,22 @@ def test_builder_checks_fp8_and_refuses_te_with_sbhd(machine):
         build_solo_model(_cfg(transformer_impl="te"), ParallelConfig(), bf16=True, packed_format="sbhd")
     with pytest.raises(LayerImplError, match="fp8 needs bf16"):
         build_solo_model(_cfg(fp8="hybrid"), ParallelConfig(), bf16=False)
+
+
+def test_fp8_shapes_are_checked_before_any_kernel_sees_them():
+    from megatron_solo.config import model_preset
+    from megatron_solo.model.specs import check_fp8_shapes, fp8_gemm_shapes
+
+    big = model_preset("solo-7b", fp8="hybrid")
+    assert fp8_gemm_shapes(big, 2)["linear_qkv"] == (3072, 4096)  # (32 + 2 x 8) heads x 128 / TP 2
+    check_fp8_shapes(big, 4096, 8)
+    check_fp8_shapes(model_preset("solo-7b"), 4097, 3)  # no fp8: nothing to check
+    with pytest.raises(LayerImplError, match="multiple of 8; this run has 4100"):
+        check_fp8_shapes(big, 4100)
+    mx = model_preset("solo-7b", fp8="hybrid", fp8_recipe="mxfp8")
+    with pytest.raises(LayerImplError, match="multiple of 32; this run has 4104"):
+        check_fp8_shapes(mx, 4104)
+    tiny = model_preset("solo-tiny", fp8="hybrid")  # width 64: 8 columns per rank at TP 8
+    check_fp8_shapes(tiny, 256, 4)
+    with pytest.raises(LayerImplError, match="linear_proj widths .* at tensor_parallel=8 it is 64 x 8"):
+        check_fp8_shapes(tiny, 256, 8)

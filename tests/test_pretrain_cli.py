@@ -56,6 +56,11 @@ def test_chat_tokens_switch_sets_the_chat_vocabulary():
         job("--chat-tokens", "--model-overrides", '{"vocab_size": 33029}')
 
 
+def test_tokenizer_flag_names_the_jobs_tokenizer():
+    assert job("--tokenizer", "/data/sp.model").tokenizer == "/data/sp.model"
+    assert job().tokenizer is None
+
+
 def test_transformer_engine_and_fp8_flags_map_onto_the_model_config():
     overrides = job("--transformer-impl", "local", "--fp8", "hybrid", "--fp8-recipe", "tensorwise").model_overrides
     assert (overrides["transformer_impl"], overrides["fp8"], overrides["fp8_recipe"]) == ("local", "hybrid",

@@ -74,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save", help="checkpoint folder; the run resumes from it when it holds one")
     p.add_argument("--save-interval", type=int, default=TRAIN.save_interval)
     p.add_argument("--init-from", help="previous stage's checkpoint: weights only, fresh optimizer")
+    p.add_argument("--tokenizer", help="SentencePiece model the data was preprocessed with, saved beside the "
+                                       "checkpoints for export (default: the --init-from checkpoint's, else "
+                                       "mistral-common's Mistral tokenizer)")
     p.add_argument("--allow-data-change", action="store_true",
                    help="resume although the data blend differs from the checkpoint's: the new blend is read from "
                         "the checkpoint's data position (its count of consumed packs)")
@@ -154,6 +157,7 @@ def build_job(args: argparse.Namespace) -> JobConfig:
                         max_drop_share=args.max_drop_share),
         eval_data=eval_data,
         init_from=args.init_from,
+        tokenizer=args.tokenizer,
         exit_after_steps=args.exit_after_steps,
         allow_data_change=args.allow_data_change,
         template=recipe_template(name),

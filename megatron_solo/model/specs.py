@@ -113,6 +113,37 @@ def check_fp8(model: SoloModelConfig, *, bf16: bool = True) -> None:
         )
 
 
+def fp8_gemm_shapes(model: SoloModelConfig, tensor_parallel: int) -> dict[str, tuple[int, int]]:
+    """(output, input) width of each transformer-layer weight on one tensor-parallel rank, by name."""
+    d, heads, groups = model.kv_channels, model.num_attention_heads, model.num_query_groups
+    return {
+        "linear_qkv": ((heads + 2 * groups) * d // tensor_parallel, model.hidden_size),
+        "linear_proj": (model.hidden_size, heads * d // tensor_parallel),
+        "linear_fc1": (2 * model.ffn_hidden_size // tensor_parallel, model.hidden_size),  # SwiGLU: gate + up
+        "linear_fc2": (model.hidden_size, model.ffn_hidden_size // tensor_parallel),
+    }
+
+
+def check_fp8_shapes(model: SoloModelConfig, tokens: int, tensor_parallel: int = 1) -> None:
+    """Raise LayerImplError when FP8 is set and a GEMM of this run has a shape TE's FP8 kernels refuse.
+
+    ``tokens``: rows of the layer GEMMs, the tokens of one micro-batch on one rank (divided by the
+    tensor-parallel size under sequence parallelism). TE's FP8 GEMMs need rows in multiples of 8 and
+    inner widths in multiples of 16; MXFP8 scales blocks of 32 along both. Checked here, at start-up,
+    because TE finds out only at the first forward pass, deep inside a kernel call.
+    """
+    if not model.fp8:
+        return
+    rows, cols = (32, 32) if model.fp8_recipe == "mxfp8" else (8, 16)
+    if tokens % rows:
+        raise LayerImplError(f"fp8 ({model.fp8_recipe}) needs the tokens of a micro-batch on one rank to be a "
+                             f"multiple of {rows}; this run has {tokens} (change seq_length or micro_batch_size)")
+    for name, (out, inp) in fp8_gemm_shapes(model, tensor_parallel).items():
+        if out % rows or inp % cols:
+            raise LayerImplError(f"fp8 ({model.fp8_recipe}) needs {name} widths in multiples of {rows} (output) and "
+                                 f"{cols} (input); at tensor_parallel={tensor_parallel} it is {out} x {inp}")
+
+
 def describe_precision(model: SoloModelConfig, bf16: bool) -> str:
     """Start-up line naming the layer spec and precision, e.g. "TE spec, bf16 + FP8 hybrid (delayed)"."""
     impl = resolve_impl(model, bf16=bf16)

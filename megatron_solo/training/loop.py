@@ -63,7 +63,8 @@ def _write_run_files(job: JobConfig, model_cfg, tok) -> None:
     if not (save_dir / META_FILE).is_file():
         save_dir.mkdir(parents=True, exist_ok=True)
         write_metadata(save_dir, model_cfg, job.parallel, source="megatron_solo training", template=job.template)
-    write_run_files(save_dir, model_cfg, job.parallel, tok, job.init_from)
+    # a tokenizer named for this run wins over the one the previous stage's checkpoint carries
+    write_run_files(save_dir, model_cfg, job.parallel, tok, job.init_from if job.tokenizer is None else None)
 
 
 def pretrain(job: JobConfig) -> RunSummary:
@@ -127,7 +128,8 @@ def pretrain(job: JobConfig) -> RunSummary:
         if eval_loader.dataset.epoch_size(0) < packs:
             rank0.info(f"note: the eval data holds {eval_loader.dataset.epoch_size(0)} packs, fewer than the "
                        f"{packs} a validation reads ({train.eval_iters} x {train.global_batch_size}): some are read twice")
-    layers = describe_layers(model_cfg, train.bf16)
+    tokens = train.micro_batch_size * train.seq_length // (parallel.tensor_parallel if parallel.sequence_parallel else 1)
+    layers = describe_layers(model_cfg, train.bf16, tokens, parallel.tensor_parallel)
     world = torch.distributed.get_world_size()
     rank0.info(f"{job.model}: {world} processes, layout {parallel.describe(world)}, "
                f"{num_microbatches} micro-batches of {train.micro_batch_size} x {train.seq_length} per step")

@@ -89,9 +89,13 @@ def restore_data_position(loader, saved: dict, allow_data_change: bool, save_dir
     return None
 
 
-def describe_layers(model: SoloModelConfig, bf16: bool) -> str:
-    """The start-up line naming the layer implementation and precision; LayerImplError when unavailable."""
-    from megatron_solo.model.specs import check_fp8, describe_precision
+def describe_layers(model: SoloModelConfig, bf16: bool, tokens: int, tensor_parallel: int) -> str:
+    """The start-up line naming the layer implementation and precision; LayerImplError when unavailable.
+
+    ``tokens``: those of one micro-batch on one rank, the row count of every layer GEMM.
+    """
+    from megatron_solo.model.specs import check_fp8, check_fp8_shapes, describe_precision
 
     check_fp8(model, bf16=bf16)
+    check_fp8_shapes(model, tokens, tensor_parallel)
     return f"layers: {describe_precision(model, bf16)}"
