@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -125,10 +126,11 @@ def main() -> None:
     ap.add_argument("--ffn", type=int, default=5632)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
-    ap.add_argument("--work", help="scratch directory (default: a temporary one, removed afterwards)")
+    ap.add_argument("--work", help="scratch folder, new or empty (default: a temporary one, removed afterwards)")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_convert_"))
-    shutil.rmtree(work / "hf", ignore_errors=True)
+    if work.exists() and any(work.iterdir()):
+        sys.exit(f"error: --work {work} is not empty; give a new folder")
     try:
         t0 = time.perf_counter()
         size = write_random_mistral(work / "hf", args.layers, args.hidden, args.heads, args.kv_heads, args.ffn, 32000)

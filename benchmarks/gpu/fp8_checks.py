@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -139,16 +139,17 @@ def main() -> None:
     """Parse arguments, run both curves and the resume, write JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="JSON file to write")
-    ap.add_argument("--work", default="/tmp/solo_fp8_checks", help="scratch folder (removed first)")
+    ap.add_argument("--work", help="scratch folder, new or empty (default: a new one under the system's temp folder)")
     ap.add_argument("--recipe", default="delayed", help="fp8_recipe: delayed, tensorwise, blockwise (mxfp8: Blackwell)")
     ap.add_argument("--steps", type=int, default=None, help="steps per run (default 250; smoke 8)")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny model on the CPU, both legs bf16")
     args = ap.parse_args()
     os.environ.setdefault("NVTE_ALLOW_NONDETERMINISTIC_ALGO", "0")  # so a resume can repeat a run exactly
     steps = args.steps or settings(args.cpu_smoke)["steps"]
-    work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = Path(args.work or tempfile.mkdtemp(prefix="solo_fp8_checks_"))
+    if work.exists() and any(work.iterdir()):
+        sys.exit(f"error: --work {work} is not empty; give a new folder")
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                      "fp8_leg": "bf16 local spec (cpu smoke)" if args.cpu_smoke else f"TE FP8 hybrid, {args.recipe}"}

@@ -27,7 +27,7 @@ while (($#)); do
     *) echo "usage: run.sh [--te DIR] [--budget SECONDS] [--cpu-smoke]" >&2; exit 2 ;;
   esac
 done
-SCRATCH=/tmp/solo_gpu_check; rm -rf "$SCRATCH"; mkdir -p "$SCRATCH"
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/solo_gpu_check.XXXXXX")  # ours alone: nothing older is touched
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1
 

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -311,7 +312,7 @@ def main() -> None:
     """Parse arguments, import once, run the parts in one spawned process, check the export."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="JSON file to write (rewritten after each phase)")
-    ap.add_argument("--work", default="/tmp/solo_te_checks", help="scratch folder (removed first)")
+    ap.add_argument("--work", help="scratch folder, new or empty (default: a new one under the system's temp folder)")
     ap.add_argument("--parts", nargs="+", default=["equivalence", "roundtrip"], choices=["equivalence", "roundtrip"])
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU; local thd stands in for TE")
     args = ap.parse_args()
@@ -320,9 +321,10 @@ def main() -> None:
     from megatron_solo.platform import spawn
     from megatron_solo.vocab import default_tokenizer_path
 
-    work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = Path(args.work or tempfile.mkdtemp(prefix="solo_te_checks_"))
+    if work.exists() and any(work.iterdir()):
+        sys.exit(f"error: --work {work} is not empty; give a new folder")
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
