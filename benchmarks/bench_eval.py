@@ -85,7 +85,7 @@ def repeated(cfg, times: int) -> dict:
 
 def main() -> None:
     """Train, evaluate both ways, print the rates and ratios."""
-    from megatron_solo.evaluation.run import EvalConfig
+    from megatron_solo.config.evaluation import EvalConfig
     from megatron_solo.hf.exporter import export_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

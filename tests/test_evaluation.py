@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.evaluation.errors import EvaluationError
-from megatron_solo.evaluation.run import EvalConfig, evaluate
+from megatron_solo.evaluation.run import evaluate
 from megatron_solo.platform import spawn
 from tests.harness import eval_data
 from tests.harness.eval_workers import evaluate_worker, sharp_hf_mistral

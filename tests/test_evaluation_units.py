@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.data.samples import expand
 from megatron_solo.errors import run_tool
 from megatron_solo.evaluation.documents import Doc, collate, continuation_doc, plan_batches, prompt_doc
@@ -17,7 +18,7 @@ from megatron_solo.evaluation.errors import EvaluationError
 from megatron_solo.evaluation.heldout import StoredSample, preprocess_config, truncate
 from megatron_solo.evaluation.mcq import answer_index, load_questions, parse_letter, prompt_text
 from megatron_solo.evaluation.report import format_table, write_report
-from megatron_solo.evaluation.run import EvalConfig, check_config, parse_source
+from megatron_solo.evaluation.run import check_config, parse_source
 from megatron_solo.evaluation.scoring import row_sums, strip_eos
 from megatron_solo.evaluation.tasks import caption_candidates
 from megatron_solo.vocab import VPATCH_ID, image_block

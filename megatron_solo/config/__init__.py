@@ -1,5 +1,6 @@
-"""Typed configuration dataclasses: model presets, parallelism, optimisation, recipes, data, job."""
+"""Typed configuration dataclasses: model presets, parallelism, optimisation, recipes, data, job, evaluation."""
 
+from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.config.job import JobConfig
 from megatron_solo.config.model import SoloModelConfig, model_preset, preset_names
 from megatron_solo.config.parallel import ParallelConfig
@@ -7,6 +8,7 @@ from megatron_solo.config.recipes import default_recipe, recipe, recipe_names, r
 from megatron_solo.config.train import OptimConfig, TrainConfig
 
 __all__ = [
+    "EvalConfig",
     "JobConfig",
     "OptimConfig",
     "ParallelConfig",

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from megatron_solo.evaluation.run import EvalConfig, evaluate
+from megatron_solo.config.evaluation import EvalConfig
+from megatron_solo.evaluation.run import evaluate
 
 
 def evaluate_worker(configs: list[EvalConfig]) -> None:
