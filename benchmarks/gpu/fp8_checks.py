@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mix import learnable_pack, micro_batch  # noqa: E402
+from scratch import scratch_folder  # noqa: E402
 
 CURVE_TOL = 0.02  # FP8 final loss vs bf16's, relative (the issue's goal)
 RESUME_TOL = 1e-3  # resumed vs uninterrupted losses, relative (deterministic kernels asked for)
@@ -146,10 +146,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("NVTE_ALLOW_NONDETERMINISTIC_ALGO", "0")  # so a resume can repeat a run exactly
     steps = args.steps or settings(args.cpu_smoke)["steps"]
-    work = Path(args.work or tempfile.mkdtemp(prefix="solo_fp8_checks_"))
-    if work.exists() and any(work.iterdir()):
-        sys.exit(f"error: --work {work} is not empty; give a new folder")
-    work.mkdir(parents=True, exist_ok=True)
+    work = scratch_folder(args.work, "solo_fp8_checks_")
     t0 = time.perf_counter()
     results: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                      "fp8_leg": "bf16 local spec (cpu smoke)" if args.cpu_smoke else f"TE FP8 hybrid, {args.recipe}"}

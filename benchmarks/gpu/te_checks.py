@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mix import learnable_pack, make_pack, micro_batch  # noqa: E402
+from scratch import scratch_folder  # noqa: E402
 
 BF16_TOL = 2e-2  # of the logit scale: what bf16 keeps over a few layers (tests/test_model.py)
 FP32_TOL = 1e-4  # export vs Megatron, both fp32
@@ -321,10 +321,7 @@ def main() -> None:
     from megatron_solo.platform import spawn
     from megatron_solo.vocab import default_tokenizer_path
 
-    work = Path(args.work or tempfile.mkdtemp(prefix="solo_te_checks_"))
-    if work.exists() and any(work.iterdir()):
-        sys.exit(f"error: --work {work} is not empty; give a new folder")
-    work.mkdir(parents=True, exist_ok=True)
+    work = scratch_folder(args.work, "solo_te_checks_")
     t0 = time.perf_counter()
     results: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
