@@ -12,10 +12,11 @@ import torch
 
 from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.data.samples import expand
+from megatron_solo.data.shard_set import preprocess_config
 from megatron_solo.errors import run_tool
 from megatron_solo.evaluation.documents import Doc, collate, continuation_doc, plan_batches, prompt_doc
 from megatron_solo.evaluation.errors import EvaluationError
-from megatron_solo.evaluation.heldout import StoredSample, preprocess_config, truncate
+from megatron_solo.evaluation.heldout import StoredSample, truncate
 from megatron_solo.evaluation.mcq import answer_index, load_questions, parse_letter, prompt_text
 from megatron_solo.evaluation.report import format_table, write_report
 from megatron_solo.evaluation.run import check_config, parse_source

@@ -16,6 +16,7 @@ import sys
 from megatron_solo.config.defaults import defaults
 from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.config.parallel import ParallelConfig
+from megatron_solo.data.shard_set import CONFIG_FILE
 from megatron_solo.errors import run_tool
 from megatron_solo.evaluation.mcq import MODES, TEMPLATES
 from megatron_solo.evaluation.report import format_table
@@ -37,8 +38,8 @@ def parse_args(argv=None) -> EvalConfig:
                    help="held-out shard folders: validation loss per source")
     p.add_argument("--classify", metavar="SHARDS", help="held-out classification shards: top-1/top-5 accuracy")
     p.add_argument("--class-names", help="class names (JSON list/object or text lines); default: the shards' "
-                                         "preprocess_config.json")
-    p.add_argument("--caption-template", help='e.g. "a photo of a {}."; default: the shards\' preprocess_config.json')
+                                         f"{CONFIG_FILE}")
+    p.add_argument("--caption-template", help='e.g. "a photo of a {}."; default: the shards\' ' + CONFIG_FILE)
     p.add_argument("--baseline-train", metavar="SHARDS",
                    help="training shards of --classify's set: also report logistic regression on the same pixels")
     p.add_argument("--mcq", metavar="FILE.jsonl", help='multiple choice: {"image","question","options","answer"} rows')

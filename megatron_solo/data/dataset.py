@@ -26,83 +26,20 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import io
 import json
-import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from megatron_solo.config.data import DataConfig
-from megatron_solo.data.image import PATCH_SIZE, patchify_into
+from megatron_solo.data.image import PATCH_SIZE
 from megatron_solo.data.overflow import DataLossError, overflow_report, refusal, source_labels
 from megatron_solo.data.packing import PackResult, blend_indices, normalize_weights, pack, shuffled_order
-from megatron_solo.data.samples import expand
-from megatron_solo.data.shards import TOKEN_DTYPE, ShardError, load_index, read_members
-from megatron_solo.vocab import PAD_ID, VisionIds
-
-
-def _shard_paths(path: str | list[str]) -> list[Path]:
-    if isinstance(path, (list, tuple)):
-        return [Path(p) for p in path]
-    p = Path(path)
-    if p.is_dir():
-        found = sorted(p.glob("*.tar"))
-        if not found:
-            raise ShardError(f"{p}: no .tar shards in this folder")
-        return found
-    return [p]
-
-
-class ShardSet:
-    """All shards of one dataset: sample lengths and image-block intervals, concatenated over shards."""
-
-    def __init__(self, path: str | list[str]):
-        """Load every shard index (checked against its tar's size)."""
-        self.paths = _shard_paths(path)
-        indexes = [load_index(p) for p in self.paths]
-        visions = {ix.vision for ix in indexes if len(ix)}
-        if len(visions) > 1:
-            raise ShardError(f"{path}: shards were built with different image-block ids {sorted(visions)}")
-        self.vision = visions.pop() if visions else VisionIds()
-        self.indexes = indexes
-        sizes = np.array([len(ix) for ix in indexes], np.int64)
-        self.shard_start = np.concatenate([[0], np.cumsum(sizes)])
-        self.lengths = np.concatenate([ix.length for ix in indexes]) if indexes else np.zeros(0, np.int64)
-        counts = np.concatenate([np.diff(ix.block_ptr) for ix in indexes]) if indexes else np.zeros(0, np.int64)
-        self.block_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.block_start = np.concatenate([ix.block_start for ix in indexes]).astype(np.int64)
-        self.block_end = np.concatenate([ix.block_end for ix in indexes]).astype(np.int64)
-        if len(self) == 0:
-            raise ShardError(f"{path}: the shards hold no samples")
-
-    def __len__(self) -> int:
-        return int(self.shard_start[-1])
-
-    def locate(self, i: int) -> tuple[int, int]:
-        """(shard number, index inside the shard) of sample i."""
-        s = int(np.searchsorted(self.shard_start, i, side="right") - 1)
-        return s, i - int(self.shard_start[s])
-
-    def fingerprint(self) -> list:
-        """Identity of the shard set for resume checks (names, sizes, sample counts)."""
-        return [[p.name, ix.tar_size, len(ix)] for p, ix in zip(self.paths, self.indexes)]
-
-
-def _check_patch_size(path: str | list[str], patch: int) -> None:
-    """Refuse shards preprocessed for another patch size (their images are on another grid)."""
-    folder = Path(path[0]).parent if isinstance(path, (list, tuple)) else Path(path)
-    folder = folder if folder.is_dir() else folder.parent
-    cfg_file = folder / "preprocess_config.json"
-    if cfg_file.exists():
-        built = json.loads(cfg_file.read_text()).get("patch_size", patch)
-        if built != patch:
-            raise ShardError(f"{folder}: shards were built for {built}-pixel patches, the data config asks for "
-                             f"{patch}")
+from megatron_solo.data.shard_set import ShardSet, check_patch_size, decode_image
+from megatron_solo.data.shards import ShardError
+from megatron_solo.vocab import PAD_ID
 
 
 @dataclass
@@ -141,7 +78,7 @@ class PackedDataset(torch.utils.data.Dataset):
         self.pad_id = pad_id
         self.sets = [ShardSet(d.path) for d in config.datasets]
         for d in config.datasets:
-            _check_patch_size(d.path, patch_size)
+            check_patch_size(d.path, patch_size)
         visions = {s.vision for s in self.sets}
         if len(visions) > 1:
             raise ShardError(f"datasets of the blend use different image-block ids: {sorted(visions)}")
@@ -160,7 +97,6 @@ class PackedDataset(torch.utils.data.Dataset):
         self._block_end = np.concatenate([s.block_end for s in self.sets])
         self._plans: dict[int, EpochPlan] = {}
         self._epoch_sizes: list[int] = []
-        self._files: dict[tuple[int, str], object] = {}
 
     # ---------------------------------------------------------------------------- planning
     def plan(self, epoch: int) -> EpochPlan:
@@ -250,31 +186,6 @@ class PackedDataset(torch.utils.data.Dataset):
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---------------------------------------------------------------------------- reading
-    def _handle(self, path: Path):
-        key = (os.getpid(), str(path))  # never share a file offset across forked workers
-        f = self._files.get(key)
-        if f is None:
-            f = self._files[key] = open(path, "rb")  # cached for the worker's lifetime
-        return f
-
-    def read_sample(self, d: int, i: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, bytes, int, int]]]:
-        """Sample i of dataset d: (ids, target-loss flags, [(block start, block end, image bytes, rows, cols)])."""
-        shard_set = self.sets[d]
-        s, j = shard_set.locate(i)
-        ix = shard_set.indexes[s]
-        key = str(ix.keys[j])
-        members = read_members(ix.tar_path, int(ix.offset[j]), int(ix.end[j]), key, self._handle(ix.tar_path))
-        try:
-            meta = json.loads(members["json"])
-            text = np.frombuffer(members["tok"], dtype=TOKEN_DTYPE)
-            ids, loss, images = expand(meta["segments"], text, self.vision)
-            blobs = [(a, b, members[name], rows, cols) for a, b, name, rows, cols in images]
-        except (KeyError, ValueError) as err:
-            raise ShardError(f"{ix.tar_path}: sample {key} is malformed ({err})") from err
-        if len(ids) != int(ix.length[j]):
-            raise ShardError(f"{ix.tar_path}: sample {key} has {len(ids)} tokens, index says {int(ix.length[j])}")
-        return ids, loss, blobs
-
     def __getitem__(self, g: int) -> dict:
         """Global pack g as model-ready tensors."""
         epoch, p = self.locate(int(g))
@@ -288,13 +199,13 @@ class PackedDataset(torch.utils.data.Dataset):
         images = []
         pos = 0
         for stream_pos, start, end in plan.packs.pack(p):
-            ids, loss, blobs = self.read_sample(int(plan.dataset[stream_pos]), int(plan.sample[stream_pos]))
+            sample = self.sets[int(plan.dataset[stream_pos])].read(int(plan.sample[stream_pos]))
             n = end - start
-            tokens[pos:pos + n] = ids[start:end]
-            target[pos:pos + n] = loss[start:end]
+            tokens[pos:pos + n] = sample.ids[start:end]
+            target[pos:pos + n] = sample.target[start:end]
             position_ids[pos:pos + n] = np.arange(n)
             # the packer never cuts inside an image: a block is either wholly in this piece or not at all
-            images += [(blob, rows, cols) for a, b, blob, rows, cols in blobs if start <= a and b <= end]
+            images += [image for image in sample.images if start <= image.start and image.end <= end]
             pos += n
             cu.append(pos)
         if pos < S:
@@ -302,12 +213,13 @@ class PackedDataset(torch.utils.data.Dataset):
             cu.append(S)
         # decode straight into one preallocated tensor: a 32K pack holds ~350 MB of float32 patches, and a
         # torch.cat of per-image tensors would copy all of it once more
-        total = sum(rows * cols for _, rows, cols in images)
+        total = sum(image.rows * image.cols for image in images)
         patch_tensor = empty_patches(total, 3 * P * P)
         at = 0
-        for blob, rows, cols in images:
-            self._decode_into(blob, rows, cols, patch_tensor[at:at + rows * cols], P)
-            at += rows * cols
+        for image in images:
+            n = image.rows * image.cols
+            decode_image(image, P, patch_tensor[at:at + n])
+            at += n
         labels = np.empty(S, np.int64)
         labels[:-1] = tokens[1:]
         labels[-1] = self.pad_id
@@ -324,20 +236,6 @@ class PackedDataset(torch.utils.data.Dataset):
             "cu_seqlens": torch.tensor(cu, dtype=torch.int32),
             "num_patches": int(patch_tensor.shape[0]),
         }
-
-    @staticmethod
-    def _decode_into(blob: bytes, rows: int, cols: int, out: torch.Tensor, patch: int) -> None:
-        img = Image.open(io.BytesIO(blob))
-        if img.size != (cols * patch, rows * patch):
-            raise ShardError(f"stored image is {img.size[0]}x{img.size[1]}, its block expects a {cols}x{rows} "
-                             f"grid of {patch}-pixel patches")
-        pixels = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
-        patchify_into(pixels, out, patch)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_files"] = {}  # file handles are per process
-        return state
 
 
 _MADV_HUGEPAGE = 14

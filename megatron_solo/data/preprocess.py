@@ -23,12 +23,12 @@ from megatron_solo.data.holdout import HELDOUT_DIR, plan_holdout
 from megatron_solo.data.image import ImageError, load_resized
 from megatron_solo.data.kinds import BuildContext, build_sample, iter_records
 from megatron_solo.data.samples import ImageSegment, SkipSample
+from megatron_solo.data.shard_set import CONFIG_FILE
 from megatron_solo.data.shards import INDEX_SUFFIX, ShardWriter, index_path, load_index
 from megatron_solo.data.sources import load_class_names
 from megatron_solo.errors import UserInputError
 from megatron_solo.vocab import SoloTokenizer
 
-CONFIG_FILE = "preprocess_config.json"
 STATS_FILE = "stats.json"
 _MAX_EXAMPLES = 5
 _worker: dict = {}  # per-process state: config, tokenizer, class names

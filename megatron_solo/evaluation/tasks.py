@@ -13,11 +13,12 @@ import numpy as np
 
 from megatron_solo.data.holdout import HELDOUT_DIR
 from megatron_solo.data.image import ImageError
-from megatron_solo.data.preprocess import CONFIG_FILE, aggregate_stats
+from megatron_solo.data.preprocess import aggregate_stats
+from megatron_solo.data.shard_set import CONFIG_FILE, preprocess_config
 from megatron_solo.data.sources import load_class_names
 from megatron_solo.evaluation.documents import Doc, continuation_doc, prompt_doc
 from megatron_solo.evaluation.errors import EvaluationError
-from megatron_solo.evaluation.heldout import HeldOutSet, preprocess_config, truncate
+from megatron_solo.evaluation.heldout import HeldOutSet, truncate
 from megatron_solo.evaluation.scoring import Backend, generate_documents, score_documents
 
 
@@ -67,7 +68,7 @@ def _class_names_file(path: str, given: str | None, config: dict) -> Path | None
     for candidate in (stored, Path(path) / stored, Path(path).parent / stored):
         if candidate.is_file():
             return candidate
-    raise EvaluationError(f"--classify {path}: class-name file {stored} (from preprocess_config.json) not found; "
+    raise EvaluationError(f"--classify {path}: class-name file {stored} (from {CONFIG_FILE}) not found; "
                           "pass --class-names")
 
 
@@ -93,7 +94,7 @@ def class_names_for(path: str, given: str | None, config: dict) -> tuple[dict[st
     if names_file is None:
         labels = _stored_labels(path)
         if not labels:
-            raise EvaluationError(f"--classify {path}: no class-name file in its preprocess_config.json and no "
+            raise EvaluationError(f"--classify {path}: no class-name file in its {CONFIG_FILE} and no "
                                   "labels recorded in its shards; pass --class-names")
         return {label: label for label in labels}, f"the labels of {path}"
     try:
