@@ -15,10 +15,11 @@ import sys
 
 from megatron_solo.config.defaults import defaults
 from megatron_solo.config.evaluation import EvalConfig
+from megatron_solo.config.job import TEMPLATES
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.data.shard_set import CONFIG_FILE
 from megatron_solo.errors import run_tool
-from megatron_solo.evaluation.mcq import MODES, TEMPLATES
+from megatron_solo.evaluation.mcq import MODES
 from megatron_solo.evaluation.report import format_table
 from megatron_solo.evaluation.run import DTYPES, evaluate
 

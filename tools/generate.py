@@ -7,8 +7,9 @@ solo_export.json: "plain" after pre-training, "chat" after instruction tuning); 
 
 import sys
 
+from megatron_solo.config.job import CHAT_TEMPLATE, PLAIN_TEMPLATE, TEMPLATES
 from megatron_solo.errors import ToolArgumentParser, run_tool
-from megatron_solo.hf.generate import TEMPLATES, generate
+from megatron_solo.hf.generate import EXPORT_META, generate
 
 
 def main(argv=None) -> int:
@@ -18,11 +19,12 @@ def main(argv=None) -> int:
     p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--template", choices=TEMPLATES,
-                   help="prompt template (default: the one the model was trained with, from solo_export.json)")
-    p.add_argument("--plain", dest="template", action="store_const", const="plain", help="same as --template plain")
+                   help=f"prompt template (default: the one the model was trained with, from {EXPORT_META})")
+    p.add_argument("--plain", dest="template", action="store_const", const=PLAIN_TEMPLATE,
+                   help=f"same as --template {PLAIN_TEMPLATE}")
     p.add_argument("--max-new-tokens", type=int, default=64)
     args = p.parse_args(argv)
-    chat = None if args.template is None else args.template == "chat"
+    chat = None if args.template is None else args.template == CHAT_TEMPLATE
     print(generate(args.model, args.prompt, args.image, chat=chat, max_new_tokens=args.max_new_tokens))
     return 0
 

@@ -9,7 +9,16 @@ from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.config.train import TrainConfig
 from megatron_solo.errors import UserInputError
 
-TEMPLATES = ("plain", "chat")
+# The prompt templates a model is trained with: plain text (pre-training) or "chat", SOLO's
+# [INST] ... [/INST] (instruction tuning).
+PLAIN_TEMPLATE = "plain"
+CHAT_TEMPLATE = "chat"
+TEMPLATES = (PLAIN_TEMPLATE, CHAT_TEMPLATE)
+
+
+def recorded_template(meta: dict) -> str:
+    """The prompt template a model's metadata records (solo_model.json, solo_export.json); plain when none."""
+    return meta.get("template", PLAIN_TEMPLATE)
 
 
 @dataclass
@@ -36,7 +45,7 @@ class JobConfig:
     allow_data_change: bool = False
     # The prompt template the trained model expects ("chat": SOLO's [INST] ... [/INST]), recorded in
     # solo_model.json for export and generation.
-    template: str = "plain"
+    template: str = PLAIN_TEMPLATE
 
     def __post_init__(self) -> None:
         if self.template not in TEMPLATES:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from megatron_solo.config.job import CHAT_TEMPLATE, PLAIN_TEMPLATE
 from megatron_solo.config.train import OptimConfig, TrainConfig
 from megatron_solo.errors import UserInputError
 
@@ -53,7 +54,7 @@ def default_recipe(model: str) -> str:
 
 def recipe_template(name: str) -> str:
     """The prompt template a model trained with recipe ``name`` expects: "chat" or "plain"."""
-    return "chat" if name in _CHAT_RECIPES else "plain"
+    return CHAT_TEMPLATE if name in _CHAT_RECIPES else PLAIN_TEMPLATE
 
 
 def recipe(name: str, **overrides) -> TrainConfig:

@@ -8,7 +8,6 @@ uses ``model.generate`` (greedy, KV cache) one prompt at a time, so no prompt is
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,10 +16,8 @@ import torch
 
 from megatron_solo.evaluation.documents import Batch, Doc
 from megatron_solo.evaluation.scoring import strip_eos
-from megatron_solo.hf.generate import load_exported
+from megatron_solo.hf.generate import export_template, load_exported
 from megatron_solo.hf.processor import SoloProcessor, fuyu_image_key, solo_to_fuyu_patches
-
-EXPORT_META = "solo_export.json"  # written by megatron_solo.hf.exporter beside the weights
 
 
 class HFBackend:
@@ -44,9 +41,7 @@ class HFBackend:
         tok = processor.tokenizer
         self.processor = SoloProcessor(tok, processor.patch_size, max_side or processor.max_side)
         self.tokenizer = tok
-        meta_file = model_dir / EXPORT_META
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        self.template = meta.get("template", "plain")
+        self.template = export_template(model_dir)
         text = self.model.config.text_config
         self.vocab_size = int(text.vocab_size)
         self.max_positions = int(text.max_position_embeddings)

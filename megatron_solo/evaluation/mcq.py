@@ -21,13 +21,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_solo.config.job import CHAT_TEMPLATE, TEMPLATES
 from megatron_solo.evaluation.documents import continuation_doc, prompt_doc
 from megatron_solo.evaluation.errors import EvaluationError
 from megatron_solo.evaluation.scoring import Backend, generate_documents, score_documents
 from megatron_solo.evaluation.tasks import Settings, encode_image_prompt, timed
 
 LETTERS = string.ascii_uppercase
-TEMPLATES = ("plain", "chat")
 MODES = ("loglik", "generate", "both")
 LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
@@ -117,7 +117,7 @@ def prompt_text(q: Question, template: str, letter: bool) -> str:
     if letter:
         lines.append(LETTER_INSTRUCTION)
     text = "\n".join(lines)
-    return text if template == "chat" else text + "\nAnswer:"
+    return text if template == CHAT_TEMPLATE else text + "\nAnswer:"
 
 
 def parse_letter(text: str, num_options: int) -> int | None:
@@ -139,7 +139,7 @@ def multiple_choice(backend: Backend, path: str, mode: str, template: str | None
         raise EvaluationError(f"template must be one of {', '.join(TEMPLATES)}, got {template!r}")
     start = time.perf_counter()
     questions = load_questions(path, settings.max_samples)
-    tok, chat = backend.tokenizer, template == "chat"
+    tok, chat = backend.tokenizer, template == CHAT_TEMPLATE
     encoded: dict[tuple[int, bool], tuple] = {}
 
     def prompt(i: int, letter: bool):

@@ -20,6 +20,7 @@ import torch
 from megatron_solo.checkpoint.layout import resolve_checkpoint
 from megatron_solo.checkpoint.metadata import TOKENIZER_DIR, model_config, read_metadata
 from megatron_solo.checkpoint.model_io import load_solo_model
+from megatron_solo.config.job import recorded_template
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.evaluation.documents import Batch, Doc, collate
 from megatron_solo.evaluation.errors import EvaluationError
@@ -90,7 +91,7 @@ class MegatronBackend:
             raise ValueError("evaluation runs without virtual pipeline stages; load with pipeline_parallel only")
         root, self.checkpoint = resolve_checkpoint(checkpoint)  # a wrong path fails before the world starts
         meta, meta_path = read_metadata(root)
-        self.template = meta.get("template", "plain")
+        self.template = recorded_template(meta)
         cfg = model_config(meta)
         check_layout(cfg, self.parallel, meta_path)
         if cfg.num_layers % self.parallel.pipeline_parallel:

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from megatron_solo.config.evaluation import EvalConfig
+from megatron_solo.config.job import TEMPLATES
 from megatron_solo.evaluation.errors import EvaluationError
-from megatron_solo.evaluation.mcq import MODES, TEMPLATES, multiple_choice
+from megatron_solo.evaluation.mcq import MODES, multiple_choice
 from megatron_solo.evaluation.report import write_report
 from megatron_solo.evaluation.tasks import Settings, captions, classification, validation_loss
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from megatron_solo.config.job import CHAT_TEMPLATE, TEMPLATES, recorded_template
 from megatron_solo.hf.source import ConversionError
 
 EXPORT_META = "solo_export.json"  # written by hf.exporter beside every export
-TEMPLATES = ("plain", "chat")
 
 
 def export_info(model_dir: str | os.PathLike) -> dict:
@@ -35,7 +35,7 @@ def export_info(model_dir: str | os.PathLike) -> dict:
         raise ConversionError(f"{meta_file}: not valid JSON ({err})") from err
     if info.get("format", "fuyu") != "fuyu":
         raise ConversionError(f"{model_dir}: exported as {info['format']!r}; generation needs --format fuyu")
-    template = info.get("template", "plain")
+    template = recorded_template(info)
     if template not in TEMPLATES:
         raise ConversionError(f"{meta_file}: field 'template' = {template!r}; expected one of {TEMPLATES}")
     return info
@@ -43,7 +43,7 @@ def export_info(model_dir: str | os.PathLike) -> dict:
 
 def export_template(model_dir: str | os.PathLike) -> str:
     """The prompt template ("plain" or "chat") the exported model was trained with."""
-    return export_info(model_dir).get("template", "plain")
+    return recorded_template(export_info(model_dir))
 
 
 def load_exported(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32):
@@ -72,7 +72,7 @@ def generate(
     was trained with (``solo_export.json``).
     """
     if chat is None:
-        chat = export_template(model_dir) == "chat"
+        chat = export_template(model_dir) == CHAT_TEMPLATE
     model, processor = loaded or load_exported(model_dir)
     inputs = processor(prompt, images=list(images) or None, chat=chat)
     with torch.no_grad():
