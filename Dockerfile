@@ -25,7 +25,7 @@ COPY tools ./tools
 COPY examples ./examples
 
 # Keep the container's torch, Transformer Engine and Apex; add what megatron_solo needs.
-RUN pip install --no-cache-dir "megatron-core==0.16.1" sentencepiece webdataset safetensors psutil tqdm \
+RUN pip install --no-cache-dir "megatron-core==0.16.1" sentencepiece protobuf webdataset safetensors psutil tqdm \
         "transformers>=4.46" tensorboard pybind11 \
  && pip install --no-cache-dir --no-build-isolation --no-deps -e .
 

@@ -28,6 +28,9 @@ setup(
         "numpy",
         "pillow>=10",
         "sentencepiece",
+        # sentencepiece's model protobuf (sentencepiece_model_pb2: reading a tokenizer.model's pieces);
+        # sentencepiece itself does not require it
+        "protobuf",
         "webdataset>=0.2",
         "tensorboard",
         # 4.57.6 and 5.24.0 verified (export, processor, generate); older 4.x Fuyu needs other inputs
@@ -39,6 +42,10 @@ setup(
     ],
     extras_require={
         "te": ["transformer-engine[pytorch]"],
+        # Mistral's tokenizer.model, the tokenizer used when none is given (vocab.default_tokenizer_path)
+        "mistral": ["mistral-common"],
+        # the logistic-regression pixel baseline (evaluate --baseline-train) and the digits demo data
+        "sklearn": ["scikit-learn"],
         "test": ["pytest", "ruff", "mistral-common", "scikit-image", "scikit-learn"],
     },
 )
