@@ -1,4 +1,4 @@
-"""Platform hardening (issue 12): forked children of a trainer, device choice, ports, TP2 with one KV group."""
+"""Platform hardening: forked children of a trainer, device choice, ports, TP2 with one KV group."""
 
 from __future__ import annotations
 

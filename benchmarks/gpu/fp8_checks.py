@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mix import learnable_pack, micro_batch  # noqa: E402
 from scratch import scratch_folder  # noqa: E402
 
-CURVE_TOL = 0.02  # FP8 final loss vs bf16's, relative (the issue's goal)
+CURVE_TOL = 0.02  # FP8 final loss vs bf16's, relative (the goal)
 RESUME_TOL = 1e-3  # resumed vs uninterrupted losses, relative (deterministic kernels asked for)
 RESUME_STEPS = 10
 _DATA: dict[int, list[dict]] = {}

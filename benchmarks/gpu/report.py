@@ -131,7 +131,7 @@ def speed_rows(res: dict) -> tuple[list[str], dict]:
 def markdown(res: dict) -> str:
     """The results as the markdown section RESULTS.md takes."""
     env = res.get("environment", {})
-    lines = [f"## Transformer Engine check (issue 10), {res['date']}", "",
+    lines = [f"## Transformer Engine check, {res['date']}", "",
              f"Device: {env.get('device', '-')}; torch {env.get('torch', '-')}, Transformer Engine "
              f"{env.get('transformer_engine', '-')}, megatron-core {env.get('megatron_core', '-')}"
              f"{' (CPU smoke run: no TE, local thd layout stands in for it)' if res.get('smoke') else ''}.", "",

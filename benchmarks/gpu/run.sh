@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The one-GPU check (issues 6 and 10) as ONE command on the lent machine (Python 3.12, torch+CUDA,
-# no megatron-core, no TE, no network). See benchmarks/gpu/README.md for the calls before it.
+# The one-GPU check as ONE command on a CUDA machine with torch (and Transformer Engine for the TE
+# parts). See benchmarks/gpu/README.md for what the machine needs.
 #
 #   bash benchmarks/gpu/run.sh [--te DIR] [--budget SECONDS] [--cpu-smoke]
 #
-# --te DIR     install Transformer Engine from DIR first (the parts and wheels of ../shared/gpu/te)
-# --budget S   end everything within S seconds (default 560; the device allows 600 per command)
+# --te DIR     install Transformer Engine from the wheel(s) in DIR first, for a machine without network
+#              (a wheel split into part0* pieces is joined first); wheels in .whl/ go to /tmp/site
+# --budget S   end everything within S seconds (default 560)
 # --cpu-smoke  the same steps on the CPU with tiny shapes and a short test list (checks this script)
 #
 # Parts, most telling first, each under its own time limit cut to what the budget has left:
@@ -14,8 +15,8 @@
 #   4   fp8_checks.py    FP8 vs bf16 loss curves, FP8 checkpoint resume
 #   5   gpu_checks.py    speed at solo-7b width: local bf16, TE bf16, TE FP8, transformers peer
 #   1'  pytest           the model/training/checkpoint tests again with SOLO_TRANSFORMER_IMPL=local
-# Writes to $OUT (at most 8 files come back): log.txt, pytest_te.txt, pytest_local.txt,
-# gpu_results.json, results.md.
+# Writes to $OUT (default ./gpu_out): log.txt, pytest_te.txt, pytest_local.txt, gpu_results.json,
+# results.md.
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 TE_DIR=""; BUDGET=560; SMOKE=0

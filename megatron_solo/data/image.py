@@ -1,6 +1,6 @@
 """SOLO's image rule: RGB conversion, aspect-preserving resize to a patch grid, normalization, patches.
 
-Conventions (see shared/reference/solo.md):
+Conventions (SOLO's):
 - patch P = 32 pixels, longest side at most MAX = 1024 (both configurable);
 - a patch is 3*P*P values flattened channel-major (channel, row-in-patch, col-in-patch);
 - patches are listed row-major over the grid; the grid is (rows, cols);

@@ -1,4 +1,4 @@
-"""SOLO's special tokens and the image block (reference/solo.md).
+"""SOLO's special tokens and the image block, as the SOLO-7B release defines them.
 
 The tokens are appended to a base vocabulary of V pieces in the release's order, so on
 Mistral's 32000 pieces::

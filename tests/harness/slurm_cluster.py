@@ -1,6 +1,6 @@
-"""A real one-node Slurm cluster on loopback for tests (settings from reference/slurm.md).
+"""A real one-node Slurm cluster on loopback for tests.
 
-auth/none, no cgroups (they fail in containers and silently drain the node), daemons
+Its settings: auth/none, no cgroups (they fail in containers and silently drain the node), daemons
 run in the foreground as our children, state in a private folder. A requeued job waits
 ``cred_expire`` seconds before it may start again (120 by default, 5 here, so the
 requeue tests take seconds rather than minutes).
