@@ -59,9 +59,10 @@ def quiet_backend_notices() -> None:
     os.environ["PYTHONWARNINGS"] = ",".join(([given] if given else []) + entries)
 
 
-def run_tool(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, *,
+def run_tool(main: Callable[[list[str]], int | None], argv: list[str] | None = None, *,
              own_workers: bool = False) -> int:
-    """Run a command line's ``main``: a user error is one line on stderr and exit 2, no traceback.
+    """Run a command line's ``main`` on ``argv`` (default: this process's arguments): a user error is one line
+    on stderr and exit 2, no traceback.
 
     User errors are :class:`UserInputError` and the operating system's refusals of a path the user
     named (missing, not a folder, a folder, no permission); any other exception is an internal error
@@ -79,7 +80,7 @@ def run_tool(main: Callable[[list[str] | None], int | None], argv: list[str] | N
                 tool = os.path.basename(sys.argv[0]) or "this tool"
                 raise UserInputError(f"{tool} starts its own worker processes: run it with plain python, not "
                                      f"under torchrun or srun with several tasks ({found} is set)")
-        return main(argv) or 0
+        return main(sys.argv[1:] if argv is None else argv) or 0
     except (UserInputError, *PATH_ERRORS) as err:
         print("error: " + " ".join(str(err).split()), file=sys.stderr)
         return 2

@@ -80,6 +80,16 @@ def test_eval_flags_make_eval_data_and_schedule():
     assert job().eval_data is None
 
 
+def test_every_training_value_is_an_option():
+    j = job("--model", "solo-tiny", "--weight-decay", "0.2", "--clip-grad", "0", "--adam-beta2", "0.99",
+            "--decay-style", "linear", "--overflow", "drop", "--open-bins", "8", "--eval-data", "held/a", "--tp", "2")
+    assert (j.train.optim.weight_decay, j.train.optim.clip_grad, j.train.optim.adam_beta2) == (0.2, 0.0, 0.99)
+    assert j.train.optim.decay_style == "linear" and j.train.optim.lr == SMALL["optim"]["lr"]  # the rest: the recipe's
+    assert (j.data.overflow, j.data.open_bins) == ("drop", 8) and (j.eval_data.overflow, j.eval_data.open_bins) == (
+        "drop", 8)
+    assert j.parallel.tensor_parallel == 2 and job().parallel.tensor_parallel == 1
+
+
 def test_bad_values_are_user_errors():
     for argv in (["--data", "a:x"], ["--data", "a:-1"], ["--eval-interval", "0"], ["--model-overrides", "{"],
                  ["--model-overrides", '{"no_such_field": 1}'], ["--exit-after-steps", "0"]):

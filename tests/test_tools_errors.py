@@ -75,7 +75,7 @@ def test_convert_user_errors(hf_dir, tmp_path):
                     "--tokenizer", default_tokenizer_path()),
               "field 'num_attention_heads' = 4 is not divisible by tensor_parallel 3")
     one_line(run_cli("convert_hf_to_megatron.py", "--hf", hf_dir, "--out", tmp_path / "o", "--tp", "two"),
-              "argument --tp: invalid int value: 'two'")
+              "argument --tensor-parallel/--tp: invalid int value: 'two'")
     assert not (tmp_path / "o" / "iter_0000000").exists()
 
 

@@ -3,31 +3,21 @@
 
 import sys
 
-from megatron_solo.config.parallel import ParallelConfig
-from megatron_solo.errors import ToolArgumentParser, run_tool
+from megatron_solo.config.cli import Command, Section, build
+from megatron_solo.config.tools import TRAINING_LAYOUT, ImportOptions
+from megatron_solo.errors import run_tool
+
+COMMAND = Command(__doc__, Section(ImportOptions, skip=TRAINING_LAYOUT))
 
 
-def main(argv=None) -> int:
+def main(argv: list[str]) -> int:
     """Parse arguments and run the import."""
-    p = ToolArgumentParser(description=__doc__)
-    p.add_argument("--hf", required=True, help="HF model directory (config.json + safetensors)")
-    p.add_argument("--out", required=True, help="output save root (checkpoint, solo_model.json, tokenizer/)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the written checkpoint")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the written checkpoint")
-    p.add_argument("--tokenizer", help="tokenizer.model or HF tokenizer dir when --hf has none")
-    p.add_argument("--no-chat-tokens", action="store_true", help="do not add <|im_start|>/<|im_end|>")
-    p.add_argument("--close-with-vision", action="store_true", help="the SOLO release's SFT image-close quirk")
-    p.add_argument("--init-std", type=float, default=0.02, help="std of new embedding rows and the projection")
-    p.add_argument("--seed", type=int, default=1234)
-    args = p.parse_args(argv)
+    o = build(ImportOptions, COMMAND.parse(argv))
     from megatron_solo.hf.importer import import_hf  # after run_tool quieted megatron-core's import notices
 
-    cfg = import_hf(
-        args.hf, args.out, ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp),
-        tokenizer=args.tokenizer, chat_tokens=not args.no_chat_tokens, close_with_vision=args.close_with_vision,
-        init_std=args.init_std, seed=args.seed,
-    )
-    print(f"wrote {args.out}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}")
+    cfg = import_hf(o.hf, o.out, o.parallel, tokenizer=o.tokenizer, chat_tokens=o.chat_tokens,
+                    close_with_vision=o.close_with_vision, init_std=o.init_std, seed=o.seed)
+    print(f"wrote {o.out}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}")
     return 0
 
 

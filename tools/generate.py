@@ -7,25 +7,20 @@ solo_export.json: "plain" after pre-training, "chat" after instruction tuning); 
 
 import sys
 
-from megatron_solo.config.job import CHAT_TEMPLATE, PLAIN_TEMPLATE, TEMPLATES
-from megatron_solo.errors import ToolArgumentParser, run_tool
-from megatron_solo.hf.generate import EXPORT_META, generate
+from megatron_solo.config.cli import Command, Section, build
+from megatron_solo.config.job import CHAT_TEMPLATE, TEMPLATES
+from megatron_solo.config.tools import GenerateOptions
+from megatron_solo.errors import run_tool
+from megatron_solo.hf.generate import generate
+
+COMMAND = Command(__doc__, Section(GenerateOptions, choices={"template": TEMPLATES}))
 
 
-def main(argv=None) -> int:
+def main(argv: list[str]) -> int:
     """Parse arguments, generate greedily, print the answer."""
-    p = ToolArgumentParser(description=__doc__)
-    p.add_argument("--model", required=True, help="exported model directory (Fuyu format)")
-    p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--template", choices=TEMPLATES,
-                   help=f"prompt template (default: the one the model was trained with, from {EXPORT_META})")
-    p.add_argument("--plain", dest="template", action="store_const", const=PLAIN_TEMPLATE,
-                   help=f"same as --template {PLAIN_TEMPLATE}")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    args = p.parse_args(argv)
-    chat = None if args.template is None else args.template == CHAT_TEMPLATE
-    print(generate(args.model, args.prompt, args.image, chat=chat, max_new_tokens=args.max_new_tokens))
+    o = build(GenerateOptions, COMMAND.parse(argv))
+    chat = None if o.template is None else o.template == CHAT_TEMPLATE
+    print(generate(o.model, o.prompt, o.image, chat=chat, max_new_tokens=o.max_new_tokens))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_solo.config.cli import cli
 from megatron_solo.config.parallel import ParallelConfig
 
 
@@ -14,22 +15,26 @@ class EvalConfig:
     checkpoint: str | None = None  # Megatron save root or iter_N folder
     hf: str | None = None  # folder written by tools/export_to_hf.py
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # Megatron layout (DP: the rest)
-    dtype: str = "float32"
-    val_data: list[str] = field(default_factory=list)  # held-out shard folders, each PATH or PATH:NAME
-    classify: str | None = None  # held-out classification shards
-    class_names: str | None = None  # default: the file named in the shards' preprocess_config.json
-    caption_template: str | None = None  # default: the shards' preprocess_config.json, else "{}"
+    dtype: str = "float32"  # the weights' and activations' precision
+    # held-out shard folders, each PATH or PATH:NAME: validation loss per source
+    val_data: list[str] = field(default_factory=list, metadata=cli(metavar="SHARDS[:NAME]"))
+    # held-out classification shards: top-1/top-5 accuracy
+    classify: str | None = field(default=None, metadata=cli(metavar="SHARDS"))
+    # class names (JSON list/object or text lines); default: the file named in the shards' preprocess_config.json
+    class_names: str | None = None
+    caption_template: str | None = None  # e.g. "a photo of a {}."; default: the shards' preprocess_config.json, else "{}"
     # training shards of the classification set: adds logistic regression on the same pixels beside the model
-    baseline_train: str | None = None
-    mcq: str | None = None  # JSONL of {"image", "question", "options", "answer"}
+    baseline_train: str | None = field(default=None, metadata=cli(metavar="SHARDS"))
+    # multiple choice: JSONL of {"image", "question", "options", "answer"}
+    mcq: str | None = field(default=None, metadata=cli(metavar="FILE.jsonl"))
     mcq_mode: str = "both"  # loglik, generate or both
-    template: str | None = None  # plain or chat; default: the model's solo_model.json "template", else plain
-    caption_images: list[str] = field(default_factory=list)
-    max_samples: int | None = None  # per source and task
+    template: str | None = None  # MCQ prompt template, plain or chat; default: the model's solo_model.json "template", else plain
+    caption_images: list[str] = field(default_factory=list, metadata=cli(metavar="IMG"))  # images to caption greedily
+    max_samples: int | None = None  # at most this many samples per source and task
     max_side: int | None = None  # longest image side for MCQ / caption images (default: the model's, 1024)
-    batch_tokens: int = 8192
-    max_batch: int = 64
-    mcq_max_new_tokens: int = 8
-    caption_max_new_tokens: int = 32
+    batch_tokens: int = 8192  # padded tokens per batch
+    max_batch: int = 64  # documents per batch
+    mcq_max_new_tokens: int = 8  # answer length in the generate mode
+    caption_max_new_tokens: int = 32  # caption length
     out: str | None = None  # report.json
-    progress: bool = True
+    progress: bool = field(default=True, metadata=cli("--quiet"))  # --quiet: no progress bars

@@ -25,7 +25,8 @@ def recorded_template(meta: dict) -> str:
 class JobConfig:
     """Everything :func:`megatron_solo.training.loop.pretrain` needs."""
 
-    model: str = "solo-small"
+    model: str = "solo-small"  # a model preset (config/model.py)
+    # SoloModelConfig fields over the preset's, e.g. {"num_layers": 2}
     model_overrides: dict = field(default_factory=dict)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -35,8 +36,8 @@ class JobConfig:
     # Weights of the previous stage (a checkpoint directory): loaded with a fresh
     # optimizer and schedule. Ignored when save_dir already holds a checkpoint (resume).
     init_from: str | None = None
-    # SentencePiece model of the tokenizer the shards were made with (default: Mistral's, from
-    # mistral-common); checked against the model and written beside the checkpoints for export.
+    # SentencePiece model of the tokenizer the shards were made with, checked against the model and written
+    # beside the checkpoints for export (default: the init_from checkpoint's, else mistral-common's Mistral one).
     tokenizer: str | None = None
     # Stop (after checkpointing) once this many steps ran in this process; None: run to train_steps.
     exit_after_steps: int | None = None

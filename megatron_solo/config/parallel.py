@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from megatron_solo.config.cli import cli
 
 
 @dataclass
 class ParallelConfig:
     """How a job is split over its processes; data parallel is what remains."""
 
-    tensor_parallel: int = 1
-    pipeline_parallel: int = 1
-    virtual_pipeline: int | None = None
-    sequence_parallel: bool = False
-    use_distributed_optimizer: bool = True
+    # tensor-parallel size (of the written checkpoint when converting); data parallel is what remains
+    tensor_parallel: int = field(default=1, metadata=cli("--tensor-parallel", "--tp"))
+    pipeline_parallel: int = field(default=1, metadata=cli("--pipeline-parallel", "--pp"))  # pipeline stages
+    virtual_pipeline: int | None = None  # model chunks per pipeline stage (the interleaved schedule)
+    sequence_parallel: bool = False  # split norms and dropout over the tensor-parallel ranks (needs TE or Apex)
+    # --no-distributed-optimizer: a plain optimizer, not megatron-core's distributed one (state sharded over DP)
+    use_distributed_optimizer: bool = field(default=True, metadata=cli("--no-distributed-optimizer"))
 
     def data_parallel(self, world_size: int) -> int:
         """Data-parallel size for ``world_size`` processes; ValueError if the layout does not divide it."""

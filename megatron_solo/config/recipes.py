@@ -47,6 +47,14 @@ def recipe_names() -> list[str]:
     return sorted(_RECIPES)
 
 
+def recipe_fields() -> list[str]:
+    """The TrainConfig fields some recipe sets (``optim.lr`` for an OptimConfig one): their default is the recipe's."""
+    names = set()
+    for values in _RECIPES.values():
+        names |= {k for k in values if k != "optim"} | {f"optim.{k}" for k in values.get("optim", {})}
+    return sorted(names)
+
+
 def default_recipe(model: str) -> str:
     """The recipe a model preset trains with when none is named (stage1 for presets not listed)."""
     return _DEFAULT_RECIPE.get(model, "stage1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_solo.config.cli import cli
 from megatron_solo.errors import UserInputError
 
 
@@ -11,36 +12,37 @@ from megatron_solo.errors import UserInputError
 class OptimConfig:
     """AdamW with warm-up and decay; SOLO's pre-training values are the defaults."""
 
-    optimizer: str = "adam"  # or "sgd" (used by tests: its update is the gradient itself)
-    lr: float = 5e-5
-    min_lr: float = 5e-6
+    optimizer: str = "adam"  # adam, or sgd (for tests: its update is the gradient itself)
+    lr: float = 5e-5  # peak learning rate, reached after the warm-up
+    min_lr: float = 5e-6  # learning rate at the end of the decay
     weight_decay: float = 0.1
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
-    clip_grad: float = 1.0
-    warmup_steps: int = 200
-    decay_style: str = "cosine"
+    clip_grad: float = 1.0  # largest global gradient norm (0: no clipping)
+    warmup_steps: int = 200  # steps of linear warm-up from 0
+    decay_style: str = "cosine"  # learning-rate decay after the warm-up: cosine, linear or constant
 
 
 @dataclass
 class TrainConfig:
     """Batch sizes, run length, precision, checkpoint and log locations."""
 
-    micro_batch_size: int = 1
-    global_batch_size: int = 128
-    seq_length: int = 32768
-    train_steps: int = 1525
-    seed: int = 1234
-    bf16: bool = True
-    recompute: bool = False
-    save_dir: str | None = None
-    save_interval: int = 100
-    tensorboard_dir: str | None = None
+    micro_batch_size: int = 1  # packed sequences per forward pass on one rank
+    global_batch_size: int = 128  # packed sequences per optimizer step, over all data-parallel ranks
+    seq_length: int = 32768  # tokens per packed sequence
+    train_steps: int = 1525  # optimizer steps of the whole run
+    seed: int = 1234  # weights, data order and dropout
+    bf16: bool = field(default=True, metadata=cli("--fp32"))  # --fp32: train in fp32 instead of bf16
+    recompute: bool = False  # full activation recompute
+    # checkpoint folder; the run resumes from it when it holds one
+    save_dir: str | None = field(default=None, metadata=cli("--save"))
+    save_interval: int = 100  # steps between checkpoints (one is also written at the end)
+    tensorboard_dir: str | None = None  # tensorboard events and loss_curve.png
     # Validation (when the job has eval data): every eval_interval steps and at the last step, over
     # eval_iters global batches of the eval data, the same packs each time.
-    eval_interval: int = 100
-    eval_iters: int = 10
+    eval_interval: int = 100  # validate every this many steps and at the last step
+    eval_iters: int = 10  # global batches of the eval data per validation
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ from megatron_solo.errors import UserInputError
 
 IMPL_ENV = "SOLO_TRANSFORMER_IMPL"
 FP8_FORMATS = ("hybrid", "e4m3")
+TRANSFORMER_IMPLS = ("auto", "te", "local")  # SoloModelConfig.transformer_impl's values
 FP8_AMAX_ALGOS = ("max", "most_recent")
 # megatron-core 0.16.1's Fp8Recipe names we can configure (its "custom" needs a quantizer factory
 # module, which SoloModelConfig does not carry), with the compute capability TE 2.9-2.11 needs:
@@ -55,7 +56,7 @@ def resolve_impl(model: SoloModelConfig, *, bf16: bool = True) -> str:
     requested = model.transformer_impl
     if requested == "auto":
         forced = os.environ.get(IMPL_ENV, "").strip()
-        if forced not in ("", "auto", "te", "local"):
+        if forced not in ("", *TRANSFORMER_IMPLS):
             raise LayerImplError(f"{IMPL_ENV}={forced!r}: use 'te', 'local' or 'auto'")
         requested = forced if forced in ("te", "local") else "auto"
         if requested == "auto":
