@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from megatron_solo.checkpoint.names import canonical_name, canonical_state_dict
+from megatron_solo.hf.adapters import decoder_adapter
 from megatron_solo.hf.importer import fill_chunks
-from megatron_solo.hf.weights import megatron_to_hf
 
 LOCAL_TO_TE = {
     "decoder.layers.0.input_layernorm.weight": "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight",
@@ -50,7 +50,7 @@ def test_te_and_local_names_give_the_same_hf_export(world1):
     assert "decoder.layers.0.input_layernorm.weight" in local  # the local spec's own names
     te = {canonical_name(k): v for k, v in local.items()}
     assert "decoder.layers.0.mlp.linear_fc1.layer_norm_weight" in te and te.keys() != local.keys()
-    a, b = megatron_to_hf(local, cfg, cfg.vocab_size), megatron_to_hf(te, cfg, cfg.vocab_size)
+    a, b = (dict(decoder_adapter(cfg).to_hf(sd, cfg)) for sd in (local, te))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k

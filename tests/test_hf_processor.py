@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from megatron_solo.config import model_preset
-from megatron_solo.hf.adapters import exporter
+from megatron_solo.hf.adapters import decoder_adapter, exporter
 from megatron_solo.hf.processor import SoloProcessor, fuyu_image_key
 from megatron_solo.vocab import SOLO_CHAT_VOCAB_SIZE, VPATCH_ID, SoloTokenizer
 
@@ -23,7 +23,7 @@ def fuyu():
 
     tok = SoloTokenizer()
     cfg = model_preset("solo-tiny", vocab_size=SOLO_CHAT_VOCAB_SIZE, num_layers=2)
-    config = FuyuConfig(**exporter("fuyu").export_config(cfg, tok, "float32"))
+    config = FuyuConfig(**exporter("fuyu").export_config(cfg, tok, "float32", decoder_adapter(cfg)))
     torch.manual_seed(0)
     model = FuyuForCausalLM(config).eval()
     return model, SoloProcessor(tok)

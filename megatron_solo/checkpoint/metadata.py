@@ -16,12 +16,12 @@ import shutil
 from pathlib import Path
 
 from megatron_solo.checkpoint.layout import TRAIN_STATE_FILE, CheckpointError
+from megatron_solo.checkpoint.names import EMBEDDING
 from megatron_solo.config.model import SoloModelConfig
 from megatron_solo.config.parallel import ParallelConfig
 
 META_FILE = "solo_model.json"
 TOKENIZER_DIR = "tokenizer"
-EMBED_KEY = "embedding.word_embeddings.weight"
 
 
 def layout_dict(layout: tuple[int, ...]) -> dict[str, int]:
@@ -127,14 +127,14 @@ def check_checkpoint(ckpt: Path, meta: dict, meta_path: Path) -> int:
                 f"{meta.get('pipeline_parallel', 1)} but {ckpt} was saved at TP{tp} PP{pp}"
             )
     tensors = dist_checkpointing.load_tensors_metadata(str(ckpt))
-    embed = next((v for k, v in tensors.items() if k.endswith(EMBED_KEY)), None)
+    embed = next((v for k, v in tensors.items() if k.endswith(EMBEDDING)), None)
     if embed is None:
-        raise CheckpointError(f"{ckpt}: no {EMBED_KEY} in the checkpoint")
+        raise CheckpointError(f"{ckpt}: no {EMBEDDING} in the checkpoint")
     rows, width = embed.global_shape
     if width != cfg.hidden_size or rows < cfg.vocab_size:
         raise CheckpointError(
             f"{meta_path}: field model.hidden_size/vocab_size = {cfg.hidden_size}/{cfg.vocab_size} but {ckpt} "
-            f"stores {EMBED_KEY} as {rows}x{width}"
+            f"stores {EMBEDDING} as {rows}x{width}"
         )
     qkv = next((v for k, v in tensors.items() if k.endswith("linear_qkv.weight")), None)
     if qkv is not None and qkv.global_shape[0] != cfg.num_layers:

@@ -17,6 +17,11 @@ LOCAL_TO_CANONICAL = {
     "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
 }
 EXTRA_STATE = "_extra_state"
+# the model's tensors outside the decoder layers, by their checkpoint names
+EMBEDDING = "embedding.word_embeddings.weight"
+OUTPUT_LAYER = "output_layer.weight"
+PATCH_PROJECTION = "patch_projection.weight"
+FINAL_NORM = "decoder.final_layernorm.weight"
 
 
 def canonical_name(name: str) -> str:

@@ -25,6 +25,10 @@ class SoloModelConfig:
     rotary_base: float = 10000.0
     sliding_window: int | None = 4096
     untie_embeddings: bool = True
+    qkv_bias: bool = False  # q/k/v projections with biases (Qwen2): megatron-core's add_qkv_bias
+    # The HF decoder family the weights map to: the importer's and the export's text model
+    # (a registered adapter's name in megatron_solo.hf.adapters).
+    decoder_family: str = "mistral"
     patch_size: int = 32
     num_channels: int = 3
     init_method_std: float = 0.02
@@ -64,6 +68,14 @@ class SoloModelConfig:
         multiple = 128 * math.lcm(8, tensor_parallel)
         return -(-self.vocab_size // multiple) * multiple
 
+    def with_run_defaults(self) -> SoloModelConfig:
+        """This model with the default layer implementation, kernels and precision (how a run computes it).
+
+        What a checkpoint was trained with is recorded, never required: a run or a reader picks its own.
+        """
+        return dataclasses.replace(self, **{f.name: f.default for f in dataclasses.fields(self)
+                                            if f.name in RUN_CHOICES})
+
     def validate(self) -> None:
         """Raise ValueError on shapes that cannot form a model."""
         if self.hidden_size % self.num_attention_heads:
@@ -73,6 +85,10 @@ class SoloModelConfig:
         if not 0 <= self.vpatch_token_id < self.vocab_size:
             raise ValueError(f"vpatch_token_id {self.vpatch_token_id} outside vocabulary {self.vocab_size}")
 
+
+# SoloModelConfig fields that say how a run computes the model, not what the model is
+RUN_CHOICES = ("transformer_impl", "packed_attention", "fused_kernels", "fp8", "fp8_recipe", "fp8_amax_history_len",
+               "fp8_amax_compute_algo")
 
 _PRESETS: dict[str, dict] = {
     # Mistral-7B decoder with the SOLO vocabulary.
@@ -99,15 +115,20 @@ def model_preset(name: str, **overrides) -> SoloModelConfig:
     """A preset with any field overridden; UserInputError naming unknown presets or fields, or a bad shape."""
     if name not in _PRESETS:
         raise UserInputError(f"unknown model preset {name!r}; choose one of {preset_names()}")
+    return with_overrides(SoloModelConfig(**_PRESETS[name]), overrides, f"model {name}")
+
+
+def with_overrides(base: SoloModelConfig, overrides: dict, what: str) -> SoloModelConfig:
+    """``base`` with ``overrides`` applied and checked; UserInputError naming unknown fields or a bad shape."""
     fields = {f.name for f in dataclasses.fields(SoloModelConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise UserInputError(f"unknown SoloModelConfig field(s) {unknown}")
-    cfg = SoloModelConfig(**{**_PRESETS[name], **overrides})
+    cfg = dataclasses.replace(base, **overrides)
     try:
         cfg.validate()
     except UserInputError:
         raise
     except ValueError as err:  # validate() states what is wrong with the shape the user asked for
-        raise UserInputError(f"model {name} with overrides {overrides}: {err}") from err
+        raise UserInputError(f"{what} with overrides {overrides}: {err}") from err
     return cfg

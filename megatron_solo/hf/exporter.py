@@ -23,19 +23,17 @@ from megatron_solo.checkpoint.layout import resolve_checkpoint
 from megatron_solo.checkpoint.metadata import TOKENIZER_DIR, check_checkpoint, model_config, read_metadata
 from megatron_solo.checkpoint.model_io import load_solo_model
 from megatron_solo.checkpoint.names import canonical_state_dict
+from megatron_solo.config.job import recorded_template
 from megatron_solo.config.model import SoloModelConfig
 from megatron_solo.config.parallel import ParallelConfig
-from megatron_solo.hf.adapters import FORMATS, exporter
+from megatron_solo.hf.adapters import FORMATS, decoder_adapter, exporter
 from megatron_solo.hf.generate import EXPORT_META
 from megatron_solo.hf.importer import quiet_workers
 from megatron_solo.hf.processor import SoloProcessor
 from megatron_solo.hf.source import INDEX_FILE, ConversionError
-from megatron_solo.hf.weights import layer_megatron_to_hf
 from megatron_solo.hf.workers import run_workers
 from megatron_solo.platform import init_parallel
 from megatron_solo.vocab import TokenizerMismatchError, load_tokenizer
-
-EMBED_KEY = "embedding.word_embeddings.weight"
 
 __all__ = ["EXPORT_META", "FORMATS", "export_checkpoint"]
 
@@ -87,19 +85,8 @@ def write_weights(sd: dict[str, torch.Tensor], cfg: SoloModelConfig, fmt: str, w
     """Stream the full TP1 canonical megatron state dict into ``writer`` in format ``fmt``."""
     from tqdm import tqdm
 
-    target = exporter(fmt)
-    lm, vocab = target.lm_prefix, cfg.vocab_size
-    embed = sd[EMBED_KEY]
-    writer.add(lm + "embed_tokens.weight", embed[:vocab])
-    for i in tqdm(range(cfg.num_layers), desc=f"export {fmt}", disable=not progress, unit="layer"):
-        for name, t in layer_megatron_to_hf(sd, i, cfg).items():
-            writer.add(lm + name, t)
-    writer.add(lm + "norm.weight", sd["decoder.final_layernorm.weight"])
-    if "output_layer.weight" in sd and cfg.untie_embeddings:
-        writer.add("lm_head.weight", sd["output_layer.weight"][:vocab])
-    elif target.untied_output:
-        writer.add("lm_head.weight", embed[:vocab])
-    for name, t in target.export_vision(sd, cfg).items():
+    tensors = exporter(fmt).export_tensors(sd, cfg, decoder_adapter(cfg))
+    for name, t in tqdm(tensors, desc=f"export {fmt}", disable=not progress, unit="tensor"):
         writer.add(name, t)
     writer.finish()
 
@@ -115,11 +102,10 @@ def _export_worker(ckpt: str, out_dir: str, meta_path: str, fmt: str, max_bytes:
     write_weights(sd, cfg, fmt, writer, progress)
 
 
-def write_config(out_dir: Path, cfg: SoloModelConfig, tok, fmt: str, dtype: str) -> None:
-    """config.json (+ generation_config.json) of the exported model."""
+def write_config(out_dir: Path, top: dict, tok) -> None:
+    """config.json (``top``) and generation_config.json of the exported model."""
     from transformers import GenerationConfig
 
-    top = exporter(fmt).export_config(cfg, tok, dtype)
     (out_dir / "config.json").write_text(json.dumps(top, indent=2, sort_keys=True))
     GenerationConfig(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id).save_pretrained(
         str(out_dir))
@@ -193,6 +179,7 @@ def export_checkpoint(
             f"{tok_dir}: <vpatch> id {tok.vpatch_id} / {tok.vocab_size} ids do not fit the model "
             f"(vpatch_token_id {cfg.vpatch_token_id}, vocab_size {cfg.vocab_size})"
         )
+    top = exporter(fmt).export_config(cfg, tok, dtype or "float32", decoder_adapter(cfg))  # refuses a misfit early
     out = Path(os.path.abspath(out_dir))  # "--out ." has a name to build its hidden sibling from
     _check_target(out, root, ckpt)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -203,13 +190,13 @@ def export_checkpoint(
     (tmp / IN_PROGRESS).touch()
     try:
         run_workers(_export_worker, 1, str(ckpt), str(tmp), str(meta_path), fmt, max_shard_bytes, dtype, progress)
-        write_config(tmp, cfg, tok, fmt, dtype or "float32")
+        write_config(tmp, top, tok)
         tok.save_pretrained(tmp)
         if fmt == "fuyu":
             SoloProcessor(tok, patch_size=cfg.patch_size).save_pretrained(tmp)
         (tmp / EXPORT_META).write_text(json.dumps(
             {"format": fmt, "checkpoint": str(ckpt.resolve()), "source": meta.get("source"),
-             "template": meta.get("template", "plain")}, indent=2))
+             "template": recorded_template(meta)}, indent=2))
         (tmp / IN_PROGRESS).unlink()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # ours, never published; a kill leaves it for the next export

@@ -105,7 +105,7 @@ def _import_worker(src_dir: str, out_dir: str, cfg_dict: dict, parallel: Paralle
     adapter = adapter_for(src)
     chunks = build_model_chunks(solo_provider(cfg, parallel), parallel)
     fresh = FreshWeights(cfg, cfg.padded_vocab_size(parallel.tensor_parallel), std, seed)
-    fill_chunks(chunks, lambda name: adapter.tensor(src, name, cfg, fresh), progress)
+    fill_chunks(chunks, lambda name: adapter.from_hf(src, name, cfg, fresh), progress)
     src.close()
     prebuilt = [Prebuilt(own_storage_sharded_state_dict(c)) for c in chunks]
     del chunks
@@ -134,7 +134,7 @@ def import_hf(
     src = open_hf(src_dir)
     adapter = adapter_for(src)
     tok = adapter.tokenizer(src, tokenizer, chat_tokens, close_with_vision)
-    cfg, src_vocab = adapter.model_config(src, len(tok.added_tokens))
+    cfg, src_vocab = adapter.config_from_hf(src, len(tok.added_tokens))
     cfg = adapter.fit_tokenizer(src, cfg, src_vocab, tok)
     src.close()
     check_layout(cfg, parallel, src.config_file)

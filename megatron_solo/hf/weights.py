@@ -1,86 +1,131 @@
-"""Map full (unsharded) weights between megatron checkpoint names and Hugging Face Mistral/Llama names.
+"""The rules that map one megatron tensor to its Hugging Face tensors and back: as is, q/k/v, or stacked.
 
-Megatron names are the canonical checkpoint names (:mod:`megatron_solo.checkpoint.names`), so the
+An adapter (:mod:`megatron_solo.hf.adapters`) declares, per megatron layer tensor, which rule joins
+which HF tensors; import (``join``) and export (``split``) both read that one declaration.
+Megatron names are the canonical checkpoint names (:mod:`megatron_solo.checkpoint.names`), so a
 mapping holds for models built with the local spec and with Transformer Engine alike.
-Layout facts (reference/megatron.md): megatron fuses q, k, v into ``linear_qkv`` grouped by KV
-head (per group: its query heads, then its key head, then its value head), and SwiGLU's
-``linear_fc1`` is ``[gate; up]``. RoPE needs no permutation (both use the half-rotation form).
+Layout facts of megatron-core: ``linear_qkv`` (weight and bias) is grouped by KV head (per group:
+its query heads, then its key head, then its value head), and SwiGLU's ``linear_fc1`` is
+``[gate; up]``. RoPE needs no permutation (both use the half-rotation form).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from megatron_solo.checkpoint.names import canonical_state_dict
 from megatron_solo.config.model import SoloModelConfig
 
-# megatron layer tensor -> HF layer tensor, where one is the other
-LAYER_DIRECT = {
-    "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
-    "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
-    "mlp.linear_fc1.layer_norm_weight": "post_attention_layernorm.weight",
-    "mlp.linear_fc2.weight": "mlp.down_proj.weight",
+
+@dataclass(frozen=True)
+class Direct:
+    """One HF tensor that is the megatron tensor."""
+
+    hf: str
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The HF tensor names this rule reads and writes."""
+        return (self.hf,)
+
+    def join(self, tensors: list[torch.Tensor], cfg: SoloModelConfig) -> torch.Tensor:
+        """HF tensors (in ``parts`` order) -> the megatron tensor."""
+        return tensors[0]
+
+    def split(self, tensor: torch.Tensor, cfg: SoloModelConfig) -> list[torch.Tensor]:
+        """The megatron tensor -> HF tensors in ``parts`` order."""
+        return [tensor]
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """HF tensors of equal rows stacked along dim 0 (SwiGLU's ``[gate; up]``)."""
+
+    hf_parts: tuple[str, ...]
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The HF tensor names this rule reads and writes."""
+        return self.hf_parts
+
+    def join(self, tensors: list[torch.Tensor], cfg: SoloModelConfig) -> torch.Tensor:
+        """HF tensors (in ``parts`` order) -> the megatron tensor."""
+        return torch.cat(tensors, dim=0)
+
+    def split(self, tensor: torch.Tensor, cfg: SoloModelConfig) -> list[torch.Tensor]:
+        """The megatron tensor -> HF tensors in ``parts`` order."""
+        return list(torch.chunk(tensor, len(self.hf_parts), dim=0))
+
+
+@dataclass(frozen=True)
+class GroupedQKV:
+    """HF q, k, v projections (weights or biases) <-> megatron's ``linear_qkv`` grouped by KV head."""
+
+    q: str
+    k: str
+    v: str
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The HF tensor names this rule reads and writes."""
+        return (self.q, self.k, self.v)
+
+    def join(self, tensors: list[torch.Tensor], cfg: SoloModelConfig) -> torch.Tensor:
+        """HF (q, k, v) -> the grouped megatron tensor (a bias is a tensor of one column)."""
+        q, k, v = (t.reshape(t.shape[0], -1) for t in tensors)
+        groups, dim = cfg.num_query_groups, cfg.kv_channels
+        per_group = cfg.num_attention_heads // groups
+        fused = torch.cat([q.view(groups, per_group * dim, -1), k.view(groups, dim, -1), v.view(groups, dim, -1)], 1)
+        return fused.reshape(-1, *tensors[0].shape[1:])
+
+    def split(self, tensor: torch.Tensor, cfg: SoloModelConfig) -> list[torch.Tensor]:
+        """The grouped megatron tensor -> HF (q, k, v)."""
+        groups, dim = cfg.num_query_groups, cfg.kv_channels
+        per_group = cfg.num_attention_heads // groups
+        grouped = tensor.reshape(groups, (per_group + 2) * dim, -1)
+        parts = torch.split(grouped, [per_group * dim, dim, dim], dim=1)
+        return [p.reshape(-1, *tensor.shape[1:]) for p in parts]
+
+
+Rule = Direct | Stacked | GroupedQKV
+
+# The decoder layer every Mistral-style adapter starts from: megatron layer tensor -> its rule.
+DECODER_LAYER: dict[str, Rule] = {
+    "self_attention.linear_qkv.layer_norm_weight": Direct("input_layernorm.weight"),
+    "self_attention.linear_qkv.weight": GroupedQKV("self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                                   "self_attn.v_proj.weight"),
+    "self_attention.linear_proj.weight": Direct("self_attn.o_proj.weight"),
+    "mlp.linear_fc1.layer_norm_weight": Direct("post_attention_layernorm.weight"),
+    "mlp.linear_fc1.weight": Stacked(("mlp.gate_proj.weight", "mlp.up_proj.weight")),
+    "mlp.linear_fc2.weight": Direct("mlp.down_proj.weight"),
 }
-QKV = "self_attention.linear_qkv.weight"
-FC1 = "mlp.linear_fc1.weight"
+QKV_BIAS: dict[str, Rule] = {
+    "self_attention.linear_qkv.bias": GroupedQKV("self_attn.q_proj.bias", "self_attn.k_proj.bias",
+                                                 "self_attn.v_proj.bias"),
+}
 
 
-def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: SoloModelConfig) -> torch.Tensor:
-    """HF q/k/v projections -> megatron's grouped ``linear_qkv`` weight."""
-    groups, dim = cfg.num_query_groups, cfg.kv_channels
-    per_group = cfg.num_attention_heads // groups
-    q = q.view(groups, per_group * dim, -1)
-    k = k.view(groups, dim, -1)
-    v = v.view(groups, dim, -1)
-    return torch.cat([q, k, v], dim=1).reshape(-1, q.shape[-1])
+def megatron_layer_shapes(cfg: SoloModelConfig) -> dict[str, tuple[int, ...]]:
+    """Full (unsharded) shape of each megatron tensor of one decoder layer, by canonical name."""
+    q, kv = cfg.num_attention_heads * cfg.kv_channels, cfg.num_query_groups * cfg.kv_channels
+    h, ffn = cfg.hidden_size, cfg.ffn_hidden_size
+    return {
+        "self_attention.linear_qkv.layer_norm_weight": (h,),
+        "self_attention.linear_qkv.weight": (q + 2 * kv, h),
+        "self_attention.linear_qkv.bias": (q + 2 * kv,),
+        "self_attention.linear_proj.weight": (h, q),
+        "mlp.linear_fc1.layer_norm_weight": (h,),
+        "mlp.linear_fc1.weight": (2 * ffn, h),
+        "mlp.linear_fc2.weight": (h, ffn),
+    }
 
 
-def split_qkv(qkv: torch.Tensor, cfg: SoloModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Megatron's grouped ``linear_qkv`` weight -> HF (q, k, v) projections."""
-    groups, dim = cfg.num_query_groups, cfg.kv_channels
-    per_group = cfg.num_attention_heads // groups
-    grouped = qkv.view(groups, (per_group + 2) * dim, -1)
-    q, k, v = torch.split(grouped, [per_group * dim, dim, dim], dim=1)
-    width = qkv.shape[-1]
-    return q.reshape(-1, width), k.reshape(-1, width), v.reshape(-1, width)
-
-
-def layer_megatron_to_hf(sd: dict[str, torch.Tensor], i: int, cfg: SoloModelConfig) -> dict[str, torch.Tensor]:
-    """Layer ``i`` of a full canonical megatron state dict -> HF names relative to ``model.`` (``layers.i.*``)."""
-    src, dst = f"decoder.layers.{i}.", f"layers.{i}."
-    out = {dst + h_name: sd[src + m_name] for m_name, h_name in LAYER_DIRECT.items()}
-    q, k, v = split_qkv(sd[src + QKV], cfg)
-    out[dst + "self_attn.q_proj.weight"] = q
-    out[dst + "self_attn.k_proj.weight"] = k
-    out[dst + "self_attn.v_proj.weight"] = v
-    gate, up = torch.chunk(sd[src + FC1], 2, dim=0)
-    out[dst + "mlp.gate_proj.weight"] = gate
-    out[dst + "mlp.up_proj.weight"] = up
+def hf_layer_shapes(cfg: SoloModelConfig, rules: dict[str, Rule]) -> dict[str, tuple[int, ...]]:
+    """The shape of each HF tensor of one decoder layer that ``rules`` read, as ``cfg`` implies it."""
+    shapes = megatron_layer_shapes(cfg)
+    out = {}
+    for m_name, rule in rules.items():
+        parts = rule.split(torch.empty(shapes[m_name], device="meta"), cfg)
+        out.update({name: tuple(t.shape) for name, t in zip(rule.parts, parts, strict=True)})
     return out
-
-
-def megatron_to_hf(sd: dict[str, torch.Tensor], cfg: SoloModelConfig, vocab_size: int) -> dict[str, torch.Tensor]:
-    """Full megatron GPT state dict (either spec's names) -> HF Mistral/Llama names, vocab unpadded."""
-    sd = canonical_state_dict(sd)
-    out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"][:vocab_size]}
-    for i in range(cfg.num_layers):
-        out.update({"model." + k: v for k, v in layer_megatron_to_hf(sd, i, cfg).items()})
-    out["model.norm.weight"] = sd["decoder.final_layernorm.weight"]
-    if "output_layer.weight" in sd:
-        out["lm_head.weight"] = sd["output_layer.weight"][:vocab_size]
-    return out
-
-
-def hf_layer_tensor(get: Callable[[str], torch.Tensor], layer: int, name: str, cfg: SoloModelConfig) -> torch.Tensor:
-    """Full megatron tensor ``decoder.layers.{layer}.{name}`` (canonical name) read through ``get(hf_name)``."""
-    hf = f"model.layers.{layer}."
-    if name in LAYER_DIRECT:
-        return get(hf + LAYER_DIRECT[name])
-    if name == QKV:
-        q, k, v = (get(hf + f"self_attn.{p}_proj.weight") for p in "qkv")
-        return fuse_qkv(q, k, v, cfg)
-    if name == FC1:
-        return torch.cat([get(hf + "mlp.gate_proj.weight"), get(hf + "mlp.up_proj.weight")])
-    raise KeyError(f"no HF source for megatron layer parameter {name!r}")

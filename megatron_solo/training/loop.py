@@ -11,12 +11,12 @@ import torch
 from megatron_solo.checkpoint.metadata import META_FILE, write_metadata, write_run_files
 from megatron_solo.checkpoint.state import TrainState, load_checkpoint, save_checkpoint
 from megatron_solo.config.job import JobConfig
-from megatron_solo.config.model import model_preset
 from megatron_solo.errors import UserInputError
 from megatron_solo.training.startup import (
     RunSetupError,
     build_checked_loader,
     describe_layers,
+    job_model_config,
     overflow_lines,
     restore_data_position,
     saved_run,
@@ -96,7 +96,7 @@ def pretrain(job: JobConfig) -> RunSummary:
     except ValueError as err:  # the layout does not fit the world, or sequence parallel without a GPU
         raise RunSetupError(f"parallel layout: {err}") from err
     num_microbatches = train.num_microbatches(dp)
-    model_cfg = model_preset(job.model, **job.model_overrides)
+    model_cfg = job_model_config(job)
     if train.seq_length > model_cfg.max_position_embeddings:
         raise RunSetupError(f"seq_length {train.seq_length} exceeds the model's max_position_embeddings "
                             f"{model_cfg.max_position_embeddings}")

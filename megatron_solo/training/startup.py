@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_solo.checkpoint.layout import latest_iteration, resolve_checkpoint
-from megatron_solo.checkpoint.metadata import read_train_state
+from megatron_solo.checkpoint.metadata import META_FILE, model_config, read_metadata, read_train_state
 from megatron_solo.config.data import DataConfig
-from megatron_solo.config.model import SoloModelConfig
+from megatron_solo.config.job import JobConfig
+from megatron_solo.config.model import SoloModelConfig, model_preset, with_overrides
 from megatron_solo.config.train import TrainConfig
 from megatron_solo.errors import UserInputError
 
@@ -31,6 +32,22 @@ class SavedRun:
     def iteration(self) -> int:
         """Steps the saved run had completed."""
         return int(self.state["iteration"])
+
+
+def job_model_config(job: JobConfig) -> SoloModelConfig:
+    """The model a job trains: the ``init_from`` checkpoint's own when it describes one, else the preset.
+
+    An imported base (Mistral, Llama, Qwen2, ...) or a previous stage keeps its shape, biases and decoder
+    family; the run's own layer implementation and precision replace the recorded ones, then
+    ``model_overrides`` apply.
+    """
+    if not job.init_from:
+        return model_preset(job.model, **job.model_overrides)
+    root, _ = resolve_checkpoint(job.init_from)
+    if not (root / META_FILE).is_file():
+        return model_preset(job.model, **job.model_overrides)
+    meta, meta_path = read_metadata(root)
+    return with_overrides(model_config(meta).with_run_defaults(), job.model_overrides, str(meta_path))
 
 
 def saved_run(save_dir: str | None) -> SavedRun | None:

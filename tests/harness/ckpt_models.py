@@ -10,8 +10,15 @@ import torch
 
 def small_hf_model(kind: str = "mistral", vocab: int = 32000, hidden: int = 64, layers: int = 4,
                    heads: int = 4, kv_heads: int = 2, ffn: int = 96, tied: bool = False, seed: int = 0):
-    """A random MistralForCausalLM / LlamaForCausalLM (fp32)."""
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    """A random MistralForCausalLM / LlamaForCausalLM / Qwen2ForCausalLM (fp32)."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
@@ -19,11 +26,13 @@ def small_hf_model(kind: str = "mistral", vocab: int = 32000, hidden: int = 64, 
                   tie_word_embeddings=tied, rms_norm_eps=1e-5)
     if kind == "mistral":
         model = MistralForCausalLM(MistralConfig(sliding_window=None, **common))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(rope_theta=100000.0, **common))
     else:
         model = LlamaForCausalLM(LlamaConfig(rope_theta=50000.0, **common))
-    with torch.no_grad():  # non-trivial norms so a swapped norm would show
+    with torch.no_grad():  # non-trivial norms and biases so a swapped one would show
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or name.endswith(".bias"):
                 p.add_(torch.randn_like(p) * 0.1)
     return model.eval()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from megatron_solo.hf.weights import megatron_to_hf
+from megatron_solo.hf.adapters import decoder_adapter
 
 
 def reference_logits(model, cfg, tokens: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
@@ -21,7 +21,7 @@ def reference_logits(model, cfg, tokens: torch.Tensor, patches: torch.Tensor) ->
     hf_cfg._attn_implementation = "eager"
     ref = MistralForCausalLM(hf_cfg).eval()
     sd = {k: v.float().cpu() for k, v in model.state_dict().items() if "_extra_state" not in k}
-    ref.load_state_dict(megatron_to_hf(sd, cfg, cfg.vocab_size), strict=True)
+    ref.load_state_dict(dict(decoder_adapter(cfg).to_hf(sd, cfg)), strict=True)
     proj = torch.nn.Linear(cfg.patch_dim, cfg.hidden_size, bias=False)
     proj.weight.data.copy_(sd["patch_projection.weight"])
     with torch.no_grad():

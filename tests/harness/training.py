@@ -71,6 +71,17 @@ def run_eval_job(images: str, texts: str, save_dir: str, steps: int, tp: int, pp
             json.dump({"losses": summary.losses, "val_losses": summary.val_losses}, f)
 
 
+def run_init_job(images: str, texts: str, save_dir: str, steps: int, init_from: str, out: str) -> None:
+    """Worker: small_job started from ``init_from`` (its model, not the preset's), recording the losses."""
+    from megatron_solo.training.loop import pretrain
+
+    job = dataclasses.replace(small_job(images, texts, save_dir, steps, None), model_overrides={},
+                              init_from=init_from)
+    summary = pretrain(job)
+    if summary.is_log_rank:
+        Path(out).write_text(json.dumps({"losses": summary.losses}))
+
+
 def run_bf16_job(images: str, texts: str, save_dir: str, seed: int, lr: float, init_from: str | None) -> None:
     """Worker: one bf16 step of small_job at ``lr`` from ``seed``'s weights or ``init_from``'s, saved."""
     from megatron_solo.training.loop import pretrain

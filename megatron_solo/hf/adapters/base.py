@@ -1,25 +1,35 @@
-"""The Mistral-style decoder every adapter starts from: config, tensors and tokenizer of a HF source.
+"""The Mistral-style decoder every adapter starts from: its config, tensors and tokenizer, both ways.
 
-An adapter owns what one HF architecture needs: whether it reads a source (``matches``), the
-SoloModelConfig from its config.json (``model_config``), the full megatron tensor of every
-parameter (``tensor``: per-layer names through :mod:`megatron_solo.hf.weights`), its tokenizer rule
-(``tokenizer``) and, where it is an export target, the config.json it writes (``export_config``).
+An adapter owns what one HF architecture needs, in both directions (like torchtitan's state-dict
+adapters): whether it reads a source (``matches``); the SoloModelConfig from its config.json
+(``config_from_hf``) and the config.json of an exported decoder (``config_to_hf``); the tensor
+rules of a decoder layer (``layer_rules``: which HF tensors join into which megatron tensor, biases
+included), read by import (``from_hf``) and export (``to_hf``) alike; and its tokenizer rule.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from megatron_solo.checkpoint.names import (
+    EMBEDDING,
+    FINAL_NORM,
+    OUTPUT_LAYER,
+    PATCH_PROJECTION,
+    canonical_state_dict,
+)
 from megatron_solo.config.model import SoloModelConfig
 from megatron_solo.hf.source import ConversionError, HFSource
-from megatron_solo.hf.weights import hf_layer_tensor
+from megatron_solo.hf.weights import DECODER_LAYER, QKV_BIAS, Rule, hf_layer_shapes
 from megatron_solo.vocab import BASE_VOCAB, HFSoloTokenizer, SoloTokenizer
 
-EMBED = "embedding.word_embeddings.weight"
-OUTPUT = "output_layer.weight"
-PATCH = "patch_projection.weight"
+HF_EMBED = "model.embed_tokens.weight"
+HF_NORM = "model.norm.weight"
+HF_HEAD = "lm_head.weight"
+HF_LAYER = "model.layers.{}."
 
 
 class FreshWeights:
@@ -41,26 +51,29 @@ class FreshWeights:
 
 
 class DecoderAdapter:
-    """A Mistral-style decoder (RMSNorm, SwiGLU, RoPE, GQA, no biases) read from HF safetensors."""
+    """A Mistral-style decoder (RMSNorm, SwiGLU, RoPE, GQA) read from and written to HF safetensors."""
 
     name = "decoder"
     architectures: tuple[str, ...] = ()
-    sliding_window = True  # whether config.json's sliding_window applies
+    model_type = "mistral"  # transformers' config type of the exported decoder
+    qkv_bias = False  # whether q/k/v carry biases (megatron-core's add_qkv_bias)
 
     def matches(self, src: HFSource) -> bool:
         """Whether this adapter reads ``src``."""
         return src.architecture in self.architectures
 
-    def model_config(self, src: HFSource, added_tokens: int) -> tuple[SoloModelConfig, int]:
+    # -- config, both ways ------------------------------------------------------------------------
+
+    def config_from_hf(self, src: HFSource, added_tokens: int) -> tuple[SoloModelConfig, int]:
         """SoloModelConfig of the imported model and the source's vocabulary size (rows of its embedding).
 
         ``added_tokens`` SOLO tokens are appended after the source vocabulary. Checks every field
         against the stored tensor shapes.
         """
         c, f = src.config, src.config_file
-        for key, bad in (("attention_bias", True), ("mlp_bias", True)):
-            if c.get(key) is bad:
-                raise ConversionError(f"{f}: field {key!r} = true is not supported (SOLO's decoder has no biases)")
+        for key in ("attention_bias", "mlp_bias"):
+            if c.get(key) is True:
+                raise ConversionError(f"{f}: field {key!r} = true is not supported ({self.name} has no such biases)")
         act = c.get("hidden_act", "silu")
         if act != "silu":
             raise ConversionError(f"{f}: field 'hidden_act' = {act!r}; only SwiGLU ('silu') is supported")
@@ -73,32 +86,93 @@ class DecoderAdapter:
         head_dim = c.get("head_dim") or hidden // heads
         if head_dim * heads != hidden:
             raise ConversionError(f"{f}: field 'head_dim' = {head_dim} != hidden_size / num_attention_heads")
-        rows, width = src.shape("model.embed_tokens.weight")
+        rows, width = src.shape(HF_EMBED)
         if width != hidden:
-            raise ConversionError(f"{f}: field 'hidden_size' = {hidden} but model.embed_tokens.weight is {rows}x{width}")
+            raise ConversionError(f"{f}: field 'hidden_size' = {hidden} but {HF_EMBED} is {rows}x{width}")
         cfg_vocab = int(c.get("vocab_size", rows))
         if cfg_vocab != rows:
-            raise ConversionError(f"{f}: field 'vocab_size' = {cfg_vocab} but model.embed_tokens.weight has {rows} rows")
-        check_layers(src, layers, hidden, heads, kv, head_dim, ffn)
-        vocab = rows + added_tokens
-        window = c.get("sliding_window") if self.sliding_window else None
+            raise ConversionError(f"{f}: field 'vocab_size' = {cfg_vocab} but {HF_EMBED} has {rows} rows")
         cfg = SoloModelConfig(
             num_layers=layers, hidden_size=hidden, num_attention_heads=heads, num_query_groups=kv,
-            ffn_hidden_size=ffn, vocab_size=vocab,
+            ffn_hidden_size=ffn, vocab_size=rows + added_tokens,
             max_position_embeddings=int(c.get("max_position_embeddings", 4096)),
             norm_epsilon=float(c.get("rms_norm_eps", 1e-5)), rotary_base=_rope_theta(c, f),
-            sliding_window=int(window) if window else None, untie_embeddings=not src.tied,
+            sliding_window=self.window_from_hf(src), untie_embeddings=not src.tied,
+            qkv_bias=self.qkv_bias, decoder_family=self.name,
             vpatch_token_id=rows + 1,  # the SOLO tokens follow the source vocabulary
             first_special_id=rows,
             transformer_impl="local",
         )
+        check_layers(src, cfg, self.layer_rules(cfg))
         cfg = self.adjust_config(src, cfg)
         cfg.validate()
         return cfg, rows
 
+    def window_from_hf(self, src: HFSource) -> int | None:
+        """The causal sliding window of every layer (config.json's ``sliding_window``), None for none."""
+        window = src.config.get("sliding_window")
+        return int(window) if window else None
+
     def adjust_config(self, src: HFSource, cfg: SoloModelConfig) -> SoloModelConfig:
         """Architecture-specific changes to the parsed config (none for a plain decoder)."""
         return cfg
+
+    def config_to_hf(self, cfg: SoloModelConfig, tok, dtype: str) -> dict:
+        """The transformers config (as a dict) of ``cfg``'s decoder, as this architecture writes it."""
+        from transformers import CONFIG_MAPPING
+
+        fields = dict(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
+            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
+            num_key_value_heads=cfg.num_query_groups, rms_norm_eps=cfg.norm_epsilon, rope_theta=cfg.rotary_base,
+            max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=False,
+            bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, dtype=dtype,
+        )
+        return CONFIG_MAPPING[self.model_type](**fields, **self.window_to_hf(cfg)).to_dict()
+
+    def window_to_hf(self, cfg: SoloModelConfig) -> dict:
+        """config.json fields of the sliding window (Mistral's: ``sliding_window``) and head width."""
+        return {"sliding_window": cfg.sliding_window, "head_dim": cfg.kv_channels}
+
+    # -- tensors, both ways -----------------------------------------------------------------------
+
+    def layer_rules(self, cfg: SoloModelConfig) -> dict[str, Rule]:
+        """Megatron layer tensor (canonical name after ``decoder.layers.N.``) -> the rule for its HF tensors."""
+        return {**DECODER_LAYER, **QKV_BIAS} if cfg.qkv_bias else dict(DECODER_LAYER)
+
+    def from_hf(self, src: HFSource, name: str, cfg: SoloModelConfig, fresh: FreshWeights) -> torch.Tensor:
+        """Full megatron tensor of canonical parameter ``name`` (global layer numbering)."""
+        if name == EMBEDDING or (name == OUTPUT_LAYER and not cfg.untie_embeddings):
+            return fresh.extend_vocab(src.get(HF_EMBED), stream=0)
+        if name == OUTPUT_LAYER:
+            return fresh.extend_vocab(src.get(HF_HEAD), stream=1)
+        if name == PATCH_PROJECTION:
+            return self.patch_projection(src, cfg, fresh)
+        if name == FINAL_NORM:
+            return src.get(HF_NORM)
+        _, _, rest = name.partition(".layers.")
+        idx, _, rest = rest.partition(".")
+        rule = self.layer_rules(cfg).get(rest)
+        if rule is None:
+            raise ConversionError(f"no HF source for megatron parameter {name!r} in the {self.name} adapter")
+        prefix = HF_LAYER.format(int(idx))
+        return rule.join([src.get(prefix + part) for part in rule.parts], cfg)
+
+    def to_hf(self, sd: dict[str, torch.Tensor], cfg: SoloModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, tensor) of the decoder in a full megatron state dict (either spec's names), vocabulary unpadded.
+
+        Yields ``lm_head.weight`` only for an untied model (a tied one shares the embedding).
+        """
+        sd = canonical_state_dict(sd)
+        yield HF_EMBED, sd[EMBEDDING][:cfg.vocab_size]
+        rules = self.layer_rules(cfg)
+        for i in range(cfg.num_layers):
+            for m_name, rule in rules.items():
+                tensors = rule.split(sd[f"decoder.layers.{i}.{m_name}"], cfg)
+                yield from ((HF_LAYER.format(i) + part, t) for part, t in zip(rule.parts, tensors, strict=True))
+        yield HF_NORM, sd[FINAL_NORM]
+        if cfg.untie_embeddings and OUTPUT_LAYER in sd:
+            yield HF_HEAD, sd[OUTPUT_LAYER][:cfg.vocab_size]
 
     def fit_tokenizer(self, src: HFSource, cfg: SoloModelConfig, src_vocab: int, tok) -> SoloModelConfig:
         """The config once the tokenizer is known: its ids must be exactly the model's rows."""
@@ -108,24 +182,7 @@ class DecoderAdapter:
 
     def source_vocab_rows(self, src: HFSource) -> int:
         """Rows of the source's embedding that come from the source (the rest are new SOLO tokens)."""
-        return src.shape("model.embed_tokens.weight")[0]
-
-    def tensor(self, src: HFSource, name: str, cfg: SoloModelConfig, fresh: FreshWeights) -> torch.Tensor:
-        """Full megatron tensor of canonical parameter ``name`` (global layer numbering)."""
-        if name == EMBED or (name == OUTPUT and not cfg.untie_embeddings):
-            return fresh.extend_vocab(src.get("model.embed_tokens.weight"), stream=0)
-        if name == OUTPUT:
-            return fresh.extend_vocab(src.get("lm_head.weight"), stream=1)
-        if name == PATCH:
-            return self.patch_projection(src, cfg, fresh)
-        if name == "decoder.final_layernorm.weight":
-            return src.get("model.norm.weight")
-        _, _, rest = name.partition(".layers.")
-        idx, _, rest = rest.partition(".")
-        try:
-            return hf_layer_tensor(src.get, int(idx), rest, cfg)
-        except (KeyError, ValueError) as err:
-            raise ConversionError(f"no HF source for megatron parameter {name!r}") from err
+        return src.shape(HF_EMBED)[0]
 
     def patch_projection(self, src: HFSource, cfg: SoloModelConfig, fresh: FreshWeights) -> torch.Tensor:
         """A text-only base has no projection: a fresh one, drawn like the new vocabulary rows."""
@@ -160,30 +217,32 @@ def _rope_theta(cfg: dict, cfg_file: Path) -> float:
     return float(cfg.get("rope_theta") or params.get("rope_theta") or 10000.0)
 
 
-def check_layers(src: HFSource, layers: int, hidden: int, heads: int, kv: int, head_dim: int, ffn: int) -> None:
-    """ConversionError naming the tensor whose shape the config does not imply."""
+def check_layers(src: HFSource, cfg: SoloModelConfig, rules: dict[str, Rule]) -> None:
+    """ConversionError naming the tensor that is missing or whose shape the config does not imply."""
     f = src.config_file
-    expect = {
-        "self_attn.q_proj.weight": (heads * head_dim, hidden),
-        "self_attn.k_proj.weight": (kv * head_dim, hidden),
-        "self_attn.v_proj.weight": (kv * head_dim, hidden),
-        "self_attn.o_proj.weight": (hidden, heads * head_dim),
-        "mlp.gate_proj.weight": (ffn, hidden),
-        "mlp.up_proj.weight": (ffn, hidden),
-        "mlp.down_proj.weight": (hidden, ffn),
-        "input_layernorm.weight": (hidden,),
-        "post_attention_layernorm.weight": (hidden,),
-    }
-    if src.has(f"model.layers.{layers}.input_layernorm.weight"):
-        raise ConversionError(f"{f}: field 'num_hidden_layers' = {layers} but the weights have more layers")
-    for i in range(layers):
+    if src.has(HF_LAYER.format(cfg.num_layers) + "input_layernorm.weight"):
+        raise ConversionError(f"{f}: field 'num_hidden_layers' = {cfg.num_layers} but the weights have more layers")
+    expect = hf_layer_shapes(cfg, rules)
+    for i in range(cfg.num_layers):
         for name, shape in expect.items():
-            key = f"model.layers.{i}.{name}"
+            key = HF_LAYER.format(i) + name
             if not src.has(key):
-                raise ConversionError(f"{src.directory}: tensor {key!r} missing (config says {layers} layers)")
+                raise ConversionError(f"{src.directory}: tensor {key!r} missing (config says {cfg.num_layers} layers)")
             got = src.shape(key)
             if got != shape:
                 raise ConversionError(
                     f"{f}: config implies {key} of shape {shape} but the weights hold {got} "
                     "(check hidden_size, num_attention_heads, num_key_value_heads, head_dim, intermediate_size)"
                 )
+
+
+
+def renamed_decoder(decoder: DecoderAdapter, sd: dict[str, torch.Tensor], cfg: SoloModelConfig, prefix: str,
+                    untied_output: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """``decoder.to_hf`` with ``model.`` replaced by ``prefix``; a tied head is written out when ``untied_output``."""
+    head = False
+    for name, t in decoder.to_hf(sd, cfg):
+        head |= name == HF_HEAD
+        yield (prefix + name[len("model."):] if name.startswith("model.") else name), t
+    if untied_output and not head:
+        yield HF_HEAD, sd[EMBEDDING][:cfg.vocab_size]

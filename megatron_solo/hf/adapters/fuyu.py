@@ -3,17 +3,19 @@
 Fuyu REPLACES the embedding at image-token positions by ``vision_embed_tokens(patch)``; with the
 projection's bias set to the ``<vpatch>`` embedding this equals SOLO's ``embed(<vpatch>) + W patch``.
 Fuyu's patches are flattened (row, col, channel), SOLO's (channel, row, col): the projection's input
-columns are permuted. Its ``text_config`` is the Mistral decoder's config.
+columns are permuted. Its language model is built by transformers from ``text_config`` (any decoder
+``AutoModel`` knows): the config and tensors of the model's own decoder family, written by its adapter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
+from megatron_solo.checkpoint.names import EMBEDDING, PATCH_PROJECTION
 from megatron_solo.config.model import SoloModelConfig
-from megatron_solo.hf.adapters.mistral import MistralAdapter
-
-EMBED = "embedding.word_embeddings.weight"
+from megatron_solo.hf.adapters.base import DecoderAdapter, renamed_decoder
 
 
 def fuyu_projection(weight: torch.Tensor, cfg: SoloModelConfig) -> torch.Tensor:
@@ -23,17 +25,15 @@ def fuyu_projection(weight: torch.Tensor, cfg: SoloModelConfig) -> torch.Tensor:
 
 
 class FuyuExport:
-    """Export-only adapter: a FuyuForCausalLM around the Mistral decoder."""
+    """Export-only adapter: a FuyuForCausalLM around the model's decoder."""
 
     name = "fuyu"
-    lm_prefix = "model.language_model."
-    untied_output = True  # Fuyu unties: a shared matrix is written twice
 
-    def export_config(self, cfg: SoloModelConfig, tok, dtype: str) -> dict:
-        """FuyuConfig (as a dict) with the Mistral text config inside."""
+    def export_config(self, cfg: SoloModelConfig, tok, dtype: str, decoder: DecoderAdapter) -> dict:
+        """FuyuConfig (as a dict) with ``decoder``'s text config inside."""
         from transformers import FuyuConfig
 
-        text = MistralAdapter().export_config(cfg, tok, dtype)
+        text = decoder.config_to_hf(cfg, tok, dtype)
         top = FuyuConfig(
             text_config=text, patch_size=cfg.patch_size, num_channels=cfg.num_channels,
             image_size=1024, image_token_id=cfg.vpatch_token_id, tie_word_embeddings=False,
@@ -43,7 +43,10 @@ class FuyuExport:
         top.update(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, dtype=dtype)
         return top
 
-    def export_vision(self, sd: dict[str, torch.Tensor], cfg: SoloModelConfig) -> dict[str, torch.Tensor]:
-        """Fuyu's vision embedding: permuted projection, bias = the <vpatch> embedding."""
-        return {"model.vision_embed_tokens.weight": fuyu_projection(sd["patch_projection.weight"], cfg),
-                "model.vision_embed_tokens.bias": sd[EMBED][cfg.vpatch_token_id]}
+    def export_tensors(self, sd: dict[str, torch.Tensor], cfg: SoloModelConfig,
+                       decoder: DecoderAdapter) -> Iterator[tuple[str, torch.Tensor]]:
+        """Fuyu's tensors: the decoder under ``model.language_model.``, an untied head, the vision embedding."""
+        # Fuyu unties: a shared matrix is written twice
+        yield from renamed_decoder(decoder, sd, cfg, "model.language_model.", untied_output=True)
+        yield "model.vision_embed_tokens.weight", fuyu_projection(sd[PATCH_PROJECTION], cfg)
+        yield "model.vision_embed_tokens.bias", sd[EMBEDDING][cfg.vpatch_token_id]

@@ -7,12 +7,14 @@ export format, for users of the original code (Mistral keys + ``model.embed_visi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from megatron_solo.checkpoint.names import PATCH_PROJECTION
 from megatron_solo.config.model import SoloModelConfig
-from megatron_solo.hf.adapters.base import FreshWeights, has_hf_tokenizer
+from megatron_solo.hf.adapters.base import DecoderAdapter, FreshWeights, has_hf_tokenizer
 from megatron_solo.hf.adapters.mistral import MistralAdapter
 from megatron_solo.hf.source import ConversionError, HFSource
 from megatron_solo.vocab import (
@@ -33,8 +35,6 @@ class SoloReleaseAdapter(MistralAdapter):
 
     name = "solo_release"
     architectures = ("SoloForCausalLM",)
-    lm_prefix = "model."  # export: the decoder's tensors keep Mistral's names
-    untied_output = False
 
     def matches(self, src: HFSource) -> bool:
         """SoloForCausalLM, or any checkpoint that stores the patch projection."""
@@ -43,16 +43,17 @@ class SoloReleaseAdapter(MistralAdapter):
                                   "in the weights")
         return PATCH_KEY in src.weight_map
 
-    def model_config(self, src: HFSource, added_tokens: int) -> tuple[SoloModelConfig, int]:
+    def config_from_hf(self, src: HFSource, added_tokens: int) -> tuple[SoloModelConfig, int]:
         """The release's config: its vocabulary already holds the SOLO tokens (nothing is appended)."""
-        return super().model_config(src, 0)
+        return super().config_from_hf(src, 0)
 
     def adjust_config(self, src: HFSource, cfg: SoloModelConfig) -> SoloModelConfig:
         """The release's special ids (its tokenizer confirms them later); check the stored projection's shape."""
         if src.shape(PATCH_KEY) != (cfg.hidden_size, cfg.patch_dim):
             raise ConversionError(f"{src.config_file}: {PATCH_KEY} has shape {src.shape(PATCH_KEY)}, expected "
                                   f"({cfg.hidden_size}, {cfg.patch_dim})")
-        return dataclasses.replace(cfg, vpatch_token_id=VPATCH_ID, first_special_id=VISION_START_ID)
+        return dataclasses.replace(cfg, vpatch_token_id=VPATCH_ID, first_special_id=VISION_START_ID,
+                                   decoder_family=MistralAdapter.name)
 
     def fit_tokenizer(self, src: HFSource, cfg: SoloModelConfig, src_vocab: int, tok) -> SoloModelConfig:
         """The special ids are the tokenizer's (the release's own); its rows must cover the tokenizer."""
@@ -82,14 +83,25 @@ class SoloReleaseAdapter(MistralAdapter):
 
         return HFSoloTokenizer(AutoTokenizer.from_pretrained(str(cand)), base, chat_tokens, close_with_vision)
 
-    def export_config(self, cfg: SoloModelConfig, tok, dtype: str) -> dict:
+    def export_config(self, cfg: SoloModelConfig, tok, dtype: str, decoder: DecoderAdapter) -> dict:
         """The release's config.json: Mistral's plus the patch fields."""
-        top = super().export_config(cfg, tok, dtype)
+        check_mistral_like(cfg)
+        top = self.config_to_hf(cfg, tok, dtype)
         top.update(architectures=["SoloForCausalLM"], model_type="mistral",
                    tie_word_embeddings=not cfg.untie_embeddings, patch_size=cfg.patch_size,
                    num_channels=cfg.num_channels, vpatch_token_id=cfg.vpatch_token_id)
         return top
 
-    def export_vision(self, sd: dict[str, torch.Tensor], cfg: SoloModelConfig) -> dict[str, torch.Tensor]:
-        """The projection under the release's name."""
-        return {PATCH_KEY: sd["patch_projection.weight"]}
+    def export_tensors(self, sd: dict[str, torch.Tensor], cfg: SoloModelConfig,
+                       decoder: DecoderAdapter) -> Iterator[tuple[str, torch.Tensor]]:
+        """The release's tensors: Mistral's names and the projection under the release's name."""
+        check_mistral_like(cfg)
+        yield from decoder.to_hf(sd, cfg)
+        yield PATCH_KEY, sd[PATCH_PROJECTION]
+
+
+def check_mistral_like(cfg: SoloModelConfig) -> None:
+    """ConversionError unless the release's Mistral code can hold ``cfg``'s decoder (no biases)."""
+    if cfg.qkv_bias:
+        raise ConversionError(f"a {cfg.decoder_family} decoder with q/k/v biases cannot be written in the SOLO "
+                              "release's (Mistral) format; export --format fuyu instead")
