@@ -73,10 +73,18 @@ def test_mistral_round_trip_tp2pp2_bit_identical(mistral, tmp_path):
 
 
 def test_tied_llama_round_trip_tp2pp2(tmp_path):
+    from transformers import AutoModelForCausalLM
+
     hf_dir, mg, cfg = _import(tmp_path, "llama", tied=True)
-    assert not cfg.untie_embeddings and cfg.rotary_base == 50000.0
+    assert not cfg.untie_embeddings and cfg.rotary_base == 50000.0 and cfg.decoder_family == "llama"
     export = export_checkpoint(mg, tmp_path / "fuyu", progress=False)
     _check_round_trip(hf_dir, export, tied=True)
+    assert json.loads((export / "config.json").read_text())["text_config"]["model_type"] == "llama"
+    fuyu = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval()
+    llama = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    ids = torch.tensor([[1, 415, 2936, 9060, 285, 1142, 28705]])
+    with torch.no_grad():  # text only: the export's text model is transformers' own Llama
+        torch.testing.assert_close(fuyu(ids).logits[..., :32000], llama(ids).logits, rtol=1e-5, atol=1e-5)
 
 
 def _image(seed: int, size=(70, 45)) -> Image.Image:
