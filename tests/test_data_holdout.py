@@ -78,6 +78,14 @@ def test_bad_amounts_refused():
             PreprocessConfig(kind="text", inputs=[], output="x", holdout=bad)
 
 
+def test_a_split_that_holds_out_nothing_or_everything_is_refused(tmp_path):
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"document {i}"} for i in range(15)])
+    for amount, words in ((0.01, "holds out no record of 15"), (15, "leaves none to train on")):
+        with pytest.raises(UserInputError, match=words):
+            _run(tmp_path / "out", src, holdout=amount)
+        assert not (tmp_path / "out").exists()  # a refused run leaves nothing behind
+
+
 def _keys(folder: Path) -> list[int]:
     return [int(k) for tar in sorted(folder.glob("*.tar")) for k in load_index(tar).keys.tolist()]
 

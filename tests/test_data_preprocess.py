@@ -200,3 +200,27 @@ def test_malformed_records_cost_only_themselves(tmp_path):
     txt = write_jsonl(tmp_path / "t.jsonl", [{"text": 5}, {"text": "ok"}])
     _, stats = _run(tmp_path, "t", kind="text", inputs=[str(txt)])
     assert stats["samples"] == 1 and list(stats["skipped"]) == ["malformed_record:AttributeError"]
+
+
+def test_partial_files_of_others_are_kept_and_own_ones_removed(tmp_path):
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"document {i}"} for i in range(6)])
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = {"draft.tmp": b"x", "notes.tmp.md": b"y", "shard-000000.tar.tmp.bak": b"z", "other-000001.tar.tmp": b"w"}
+    for name, data in theirs.items():
+        (out / name).write_bytes(data)
+    (out / "shard-000001.tar.tmp").write_bytes(b"partial")  # an interrupted run of this tool
+    (out / "shard-000001.idx.npz.tmp.npz").write_bytes(b"partial")
+    _run(tmp_path, kind="text", inputs=[str(src)], shard_size=2)
+    assert {n: (out / n).read_bytes() for n in theirs} == theirs
+    assert not (out / "shard-000001.tar.tmp").exists() and not (out / "shard-000001.idx.npz.tmp.npz").exists()
+    assert len(list(out.glob("shard-*.tar"))) == 3
+
+
+def test_output_equal_to_input_is_refused(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_jsonl(src / "docs.jsonl", [{"text": "a document"}])
+    with pytest.raises(ValueError, match="is also an --input"):
+        preprocess(PreprocessConfig(kind="text", inputs=[str(src)], output=str(src), workers=0), progress=False)
+    assert sorted(p.name for p in src.iterdir()) == ["docs.jsonl"]

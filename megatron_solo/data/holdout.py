@@ -44,8 +44,15 @@ def holdout_count(amount: float, candidates: int) -> int:
         n = int(amount)
         if n > candidates:
             raise UserInputError(f"--holdout {n}: the source has only {candidates} records to hold out from")
-        return n
-    return int(round(amount * candidates))
+    else:
+        n = int(round(amount * candidates))
+    if n == 0:
+        raise UserInputError(f"--holdout {amount:g} holds out no record of {candidates}; give a count or a larger "
+                             "fraction")
+    if n >= candidates:
+        raise UserInputError(f"--holdout {amount:g} holds out {n} of the source's {candidates} records and leaves "
+                             "none to train on")
+    return n
 
 
 def _quotas(total: int, sizes: np.ndarray, tie_hash: np.ndarray) -> np.ndarray:

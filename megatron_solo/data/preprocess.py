@@ -24,7 +24,7 @@ from megatron_solo.data.image import ImageError, load_resized
 from megatron_solo.data.kinds import BuildContext, build_sample, iter_records
 from megatron_solo.data.samples import ImageSegment, SkipSample
 from megatron_solo.data.shard_set import CONFIG_FILE
-from megatron_solo.data.shards import INDEX_SUFFIX, ShardWriter, index_path, load_index
+from megatron_solo.data.shards import INDEX_SUFFIX, ShardWriter, index_path, load_index, partial_files
 from megatron_solo.data.sources import load_class_names
 from megatron_solo.errors import UserInputError
 from megatron_solo.vocab import SoloTokenizer
@@ -136,23 +136,30 @@ def _chunks(records: Iterator[dict], size: int, held: np.ndarray | None
             yield part, shards[part], buffers[part]
 
 
-def _check_config(cfg: PreprocessConfig, folders: list[Path]) -> None:
+def _check_config(cfg: PreprocessConfig) -> None:
+    """Refuse an output folder that holds another job's shards, or that is one of the inputs; writes nothing."""
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    mine = {k: v for k, v in cfg.to_dict().items() if k != "workers"}
+    for src in cfg.inputs:
+        if Path(src).resolve() == out.resolve():
+            raise UserInputError(f"--output {out} is also an --input; write the shards to another folder")
     path = out / CONFIG_FILE
     if path.exists():
+        mine = {k: v for k, v in cfg.to_dict().items() if k != "workers"}
         theirs = {k: v for k, v in json.loads(path.read_text()).items() if k != "workers"}
         if theirs != mine:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise UserInputError(f"{out} holds shards of a different preprocessing job (differs in {diff}); "
                                  "use another output folder")
+
+
+def _open_folders(cfg: PreprocessConfig, folders: list[Path]) -> None:
+    """Create the output folders with their config, and remove this tool's own partial shards there."""
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
         # beside the held-out shards too: a folder of shards is self-describing (patch size checks)
         if not (folder / CONFIG_FILE).exists():
             (folder / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
-        for stale in folder.glob("*.tmp*"):  # partial shards of an interrupted run
+        for stale in partial_files(folder, cfg.prefix):  # an interrupted run's, never anyone else's
             stale.unlink()
 
 
@@ -163,13 +170,14 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict:
     stats.json reports both parts (the held-out one under "heldout").
     """
     folders = [Path(cfg.output)] + ([Path(cfg.output) / HELDOUT_DIR] if cfg.holdout else [])
-    _check_config(cfg, folders)
+    _check_config(cfg)
     load_class_names(cfg.class_names)  # a broken class-name map is a whole-job error: fail before work
     held, split = None, None
     if cfg.holdout:
         held, split = plan_holdout(iter_records(cfg.kind, cfg.inputs, cfg.image_root), cfg.holdout,
                                    cfg.holdout_seed, progress)
     records = iter_records(cfg.kind, cfg.inputs, cfg.image_root)
+    _open_folders(cfg, folders)  # only once every check passed: a refused run leaves nothing behind
     bar = tqdm(unit="rec", desc=f"preprocess {cfg.kind}", disable=not progress)
     done_before = 0
     if cfg.workers <= 0:

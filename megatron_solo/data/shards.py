@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,16 @@ def index_path(tar_path: str | os.PathLike) -> Path:
                               else tar_path.name + INDEX_SUFFIX)
 
 
+PARTIAL_SUFFIX = ".tmp"  # a shard being written; its index is written as INDEX + PARTIAL_SUFFIX + ".npz"
+
+
+def partial_files(folder: str | os.PathLike, prefix: str) -> list[Path]:
+    """Files a ShardWriter of shards ``prefix-N.tar`` left unfinished in ``folder`` (an interrupted run's)."""
+    own = re.compile(rf"{re.escape(prefix)}-\d+(\.tar{re.escape(PARTIAL_SUFFIX)}|{re.escape(INDEX_SUFFIX)}"
+                     rf"{re.escape(PARTIAL_SUFFIX)}\.npz)")
+    return sorted(p for p in Path(folder).iterdir() if own.fullmatch(p.name) and p.is_file())
+
+
 class ShardWriter:
     """Writes samples to `<path>.tmp` and its index; `close()` renames both into place (tar first)."""
 
@@ -51,7 +62,7 @@ class ShardWriter:
 
         self._encode = encode_image
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.tmp = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.vision = vision
         self.image_format, self.image_quality = image_format, image_quality
         self._file = open(self.tmp, "wb")  # closed in close() or abort()
@@ -115,7 +126,7 @@ class ShardWriter:
             stats=np.asarray(json.dumps(stats or {})),
         )
         idx_final = index_path(self.path)
-        idx_tmp = idx_final.with_name(idx_final.name + ".tmp.npz")
+        idx_tmp = idx_final.with_name(idx_final.name + PARTIAL_SUFFIX + ".npz")
         np.savez(idx_tmp, **arrays)
         os.replace(self.tmp, self.path)
         os.replace(idx_tmp, idx_final)
