@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -24,12 +25,19 @@ def runs(tmp_path_factory):
     straight, resumed = str(root / "straight"), str(root / "resumed")
     spawn(T.run_job, 2, images, texts, straight, STEPS, None, str(root / "straight.json"))
     spawn(T.run_job, 2, images, texts, resumed, STEPS, 2, str(root / "first_half.json"))
+    copied = root / "copied"  # a copy that skipped the latest file: it must resume, never overwrite iter_2
+    shutil.copytree(resumed, copied)
+    (copied / "latest_checkpointed_iteration.txt").unlink()
+    iter2 = {p.relative_to(copied): p.read_bytes() for p in (copied / "iter_0000002").rglob("*") if p.is_file()}
     spawn(T.run_job, 2, images, texts, resumed, STEPS, None, str(root / "second_half.json"))
+    spawn(T.run_job, 2, images, texts, str(copied), STEPS, None, str(root / "copied.json"))
+    iter2_after = {p.relative_to(copied): p.read_bytes() for p in (copied / "iter_0000002").rglob("*") if p.is_file()}
     for name, ckpt in (("straight", straight), ("resumed", resumed)):
         spawn(T.final_weights, 1, images, texts, ckpt, str(root / f"{name}.safetensors"))
     read = lambda name: json.loads((root / f"{name}.json").read_text())  # noqa: E731
     return {
         "straight": read("straight"), "first": read("first_half"), "second": read("second_half"),
+        "copied": read("copied"), "iter2_kept": iter2 == iter2_after,
         "w_straight": load_file(str(root / "straight.safetensors")),
         "w_resumed": load_file(str(root / "resumed.safetensors")),
     }
@@ -48,3 +56,19 @@ def test_stop_and_resume_loses_no_step(runs):
     assert first["losses"] + second["losses"] == pytest.approx(runs["straight"]["losses"], rel=1e-6)
     for k, v in runs["w_straight"].items():
         torch.testing.assert_close(runs["w_resumed"][k], v, rtol=1e-6, atol=1e-7), k
+
+
+def test_a_save_folder_without_its_latest_file_resumes_from_its_newest_checkpoint(runs):
+    assert runs["copied"]["resumed_from"] == 2 and runs["copied"]["losses"] == runs["second"]["losses"]
+    assert runs["iter2_kept"]
+
+
+def test_a_save_folder_of_another_model_is_refused(tmp_path):
+    from megatron_solo.checkpoint.metadata import write_metadata
+    from megatron_solo.config import ParallelConfig, model_preset
+    from megatron_solo.training.startup import RunSetupError, check_saved_model
+
+    write_metadata(tmp_path, model_preset("solo-tiny", hidden_size=128), ParallelConfig())
+    check_saved_model(str(tmp_path), model_preset("solo-tiny", hidden_size=128, transformer_impl="local"))
+    with pytest.raises(RunSetupError, match="another model .*hidden_size 128 vs 64"):
+        check_saved_model(str(tmp_path), model_preset("solo-tiny"))

@@ -11,6 +11,7 @@ Layout of a save root::
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from megatron_solo.errors import UserInputError
@@ -41,6 +42,19 @@ def latest_iteration(root: str | os.PathLike) -> int | None:
     if not os.path.isdir(checkpoint_dir(root, iteration)):
         raise CheckpointError(f"{path} names iteration {iteration} but {checkpoint_dir(root, iteration)} is missing")
     return iteration
+
+
+def newest_complete_iteration(root: str | os.PathLike) -> int | None:
+    """The newest finished ``iter_N`` under ``root`` whatever the latest file says; None without one.
+
+    A save writes ``iter_N.partial`` and renames it when complete, so every ``iter_N`` is whole.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    found = [int(m.group(1)) for p in root.iterdir() if (m := re.fullmatch(r"iter_(\d{7})", p.name))
+             and is_checkpoint_dir(p)]
+    return max(found, default=None)
 
 
 def is_checkpoint_dir(path: str | os.PathLike) -> bool:

@@ -15,6 +15,7 @@ from megatron_solo.errors import UserInputError
 from megatron_solo.training.startup import (
     RunSetupError,
     build_checked_loader,
+    check_saved_model,
     describe_layers,
     job_model_config,
     overflow_lines,
@@ -102,7 +103,10 @@ def pretrain(job: JobConfig) -> RunSummary:
                             f"{model_cfg.max_position_embeddings}")
     rank0 = TrainLogger(torch.distributed.get_rank() == 0, None, train.train_steps)  # start-up lines
     summary = RunSummary(iteration=0, total_steps=train.train_steps, is_log_rank=_log_rank())
+    check_saved_model(train.save_dir, model_cfg)
     saved = saved_run(train.save_dir)
+    if saved is not None and saved.note:
+        rank0.info(saved.note)
     if saved is not None and saved.iteration >= train.train_steps:
         summary.iteration, summary.checkpoint, summary.saved, summary.complete = saved.iteration, saved.path, True, True
         return summary

@@ -6,13 +6,21 @@ the data (shards indexed, epoch 0 planned), and the layer implementation and pre
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
-from megatron_solo.checkpoint.layout import latest_iteration, resolve_checkpoint
+from megatron_solo.checkpoint.layout import (
+    LATEST_FILE,
+    checkpoint_dir,
+    latest_iteration,
+    newest_complete_iteration,
+    resolve_checkpoint,
+)
 from megatron_solo.checkpoint.metadata import META_FILE, model_config, read_metadata, read_train_state
 from megatron_solo.config.data import DataConfig
 from megatron_solo.config.job import JobConfig
-from megatron_solo.config.model import SoloModelConfig, model_preset, with_overrides
+from megatron_solo.config.model import RUN_CHOICES, SoloModelConfig, model_preset, with_overrides
 from megatron_solo.config.train import TrainConfig
 from megatron_solo.errors import UserInputError
 
@@ -23,10 +31,11 @@ class RunSetupError(UserInputError):
 
 @dataclass
 class SavedRun:
-    """The newest checkpoint of a save folder: where it is and its train state."""
+    """The newest checkpoint of a save folder: where it is, its train state, and how it was found."""
 
     path: str
     state: dict
+    note: str | None = None  # said when the save folder's latest file did not name it
 
     @property
     def iteration(self) -> int:
@@ -51,11 +60,36 @@ def job_model_config(job: JobConfig) -> SoloModelConfig:
 
 
 def saved_run(save_dir: str | None) -> SavedRun | None:
-    """The newest checkpoint under ``save_dir`` (None without one), read without building a model."""
-    if not save_dir or latest_iteration(save_dir) is None:
+    """The newest checkpoint under ``save_dir`` (None without one), read without building a model.
+
+    A folder whose latest file is missing (a copy that skipped it) resumes from its newest complete
+    ``iter_N``, saying so: a new run there would overwrite checkpoints it did not write.
+    """
+    if not save_dir:
         return None
-    path = resolve_checkpoint(save_dir)[1]
-    return SavedRun(str(path), read_train_state(path))
+    iteration, note = latest_iteration(save_dir), None
+    if iteration is None:
+        iteration = newest_complete_iteration(save_dir)
+        if iteration is None:
+            return None
+        note = (f"note: {save_dir} has no {LATEST_FILE}; resuming from its newest complete checkpoint "
+                f"{Path(checkpoint_dir(save_dir, iteration)).name}")
+    path = checkpoint_dir(save_dir, iteration)
+    return SavedRun(path, read_train_state(path), note)
+
+
+def check_saved_model(save_dir: str | None, model: SoloModelConfig) -> None:
+    """RunSetupError when ``save_dir`` holds the run of another model (its solo_model.json differs)."""
+    if not save_dir or not (Path(save_dir) / META_FILE).is_file():
+        return
+    meta, meta_path = read_metadata(save_dir)
+    saved, mine = dataclasses.asdict(model_config(meta)), dataclasses.asdict(model)
+    differ = sorted(k for k in mine if k not in RUN_CHOICES and saved.get(k) != mine[k])
+    if differ:
+        pairs = ", ".join(f"{k} {saved.get(k)} vs {mine[k]}" for k in differ)
+        raise RunSetupError(f"--save {save_dir} holds the run of another model ({meta_path} differs: {pairs}); "
+                            "choose another --save folder")
+
 
 
 def build_checked_loader(config: DataConfig, train: TrainConfig, patch_size: int, rank: int, world_size: int,
