@@ -1,4 +1,4 @@
-"""Typed configuration dataclasses: model presets, parallelism, optimisation, recipes, data, job, evaluation."""
+"""Typed configuration dataclasses: model presets, parallelism, optimisation, recipes, data, job, evaluation; the tools' options are derived from their fields (cli.py)."""
 
 from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.config.job import JobConfig
