@@ -79,6 +79,8 @@ def test_reexport_replaces_a_previous_export_and_survives_an_interrupted_one(sav
     first = _tree(out)
     assert json.loads((out / EXPORT_META).read_text())["template"] == "plain"
     assert not (out / IN_PROGRESS).exists()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # the weights are as readable as the config beside them
     (out / "stale.txt").write_text("from the previous export")
     # an export killed while building, and one killed while publishing, left their hidden folders
     killed = tmp_path / ".hf.partial-export"
@@ -94,7 +96,9 @@ def test_reexport_replaces_a_previous_export_and_survives_an_interrupted_one(sav
     again = export_checkpoint(ckpt, tmp_path / "hf", model_meta=chat_meta, progress=False)
     assert again == out
     second = _tree(out)
-    assert "stale.txt" not in second and json.loads(second.pop(EXPORT_META))["template"] == "chat"
+    # a file no export wrote (the user's) is kept; the export's own files are replaced
+    assert second.pop("stale.txt") == b"from the previous export"
+    assert json.loads(second.pop(EXPORT_META))["template"] == "chat"
     first.pop(EXPORT_META)
     assert second == first  # same weights, config, tokenizer and processor files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "notes.txt", "solo_model.json"]

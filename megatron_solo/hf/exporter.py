@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -36,6 +37,13 @@ from megatron_solo.platform import init_parallel
 from megatron_solo.vocab import TokenizerMismatchError, load_tokenizer
 
 __all__ = ["EXPORT_META", "FORMATS", "export_checkpoint"]
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open`` under this process's umask (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 class SafetensorsWriter:
@@ -64,6 +72,7 @@ class SafetensorsWriter:
             return
         fname = f"model-{len(self.files) + 1:05d}.safetensors"
         save_file(self.pending, str(self.out_dir / fname), metadata={"format": "pt"})
+        os.chmod(self.out_dir / fname, file_mode())  # safetensors writes 0600; the export's other files follow umask
         self.files.append(fname)
         self.weight_map.update({k: fname for k in self.pending})
         self.total += self.size
@@ -111,6 +120,7 @@ def write_config(out_dir: Path, top: dict, tok) -> None:
         str(out_dir))
 
 
+EXPORT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")  # weight files of any export
 IN_PROGRESS = ".solo_export_in_progress"  # marks a hidden build folder as ours until it is published
 
 
@@ -143,12 +153,33 @@ def _remove_leftover(path: Path, *markers: str) -> None:
 def _publish(tmp: Path, out: Path) -> None:
     """Move a finished export into place, replacing a previous export only after the new one is complete."""
     old = out.with_name(f".{out.name}.old-export")
-    _remove_leftover(old, EXPORT_META)  # left by an interrupted publish of ours
+    _retire(old, out)  # left by an interrupted publish of ours
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
+    _retire(old, out)
+
+
+def _retire(old: Path, out: Path) -> None:
+    """Remove a replaced export, first moving into ``out`` what no export wrote there (a user's notes).
+
+    Without ``out`` (a publish interrupted between its two renames) the replaced export is put back.
+    """
+    if not (old.exists() or old.is_symlink()):
+        return
+    if not _ours(old, EXPORT_META):
+        raise ConversionError(f"{old} exists and was not written by an export; remove or rename it yourself")
+    if not out.exists():
+        os.replace(old, out)
+        return
+    try:
+        recorded = set(json.loads((old / EXPORT_META).read_text()).get("files", []))
+    except (OSError, json.JSONDecodeError):
+        recorded = set()
+    for entry in old.iterdir():
+        if entry.name not in recorded and not (out / entry.name).exists() and not EXPORT_SHARD.fullmatch(entry.name):
+            os.replace(entry, out / entry.name)
+    shutil.rmtree(old)
 
 
 def export_checkpoint(
@@ -185,7 +216,7 @@ def export_checkpoint(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-export")
     _remove_leftover(tmp, IN_PROGRESS, EXPORT_META)  # an interrupted export of ours
-    _remove_leftover(out.with_name(f".{out.name}.old-export"), EXPORT_META)
+    _retire(out.with_name(f".{out.name}.old-export"), out)
     tmp.mkdir()
     (tmp / IN_PROGRESS).touch()
     try:
@@ -194,9 +225,10 @@ def export_checkpoint(
         tok.save_pretrained(tmp)
         if fmt == "fuyu":
             SoloProcessor(tok, patch_size=cfg.patch_size).save_pretrained(tmp)
+        files = sorted({p.name for p in tmp.iterdir()} - {IN_PROGRESS} | {EXPORT_META})  # a later export's to replace
         (tmp / EXPORT_META).write_text(json.dumps(
             {"format": fmt, "checkpoint": str(ckpt.resolve()), "source": meta.get("source"),
-             "template": recorded_template(meta)}, indent=2))
+             "template": recorded_template(meta), "files": files}, indent=2))
         (tmp / IN_PROGRESS).unlink()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # ours, never published; a kill leaves it for the next export
