@@ -50,7 +50,8 @@ import sys
 from pathlib import Path
 
 from megatron_solo.data.shards import load_index, read_members
-from megatron_solo.evaluation.heldout import HeldOutSet, preprocess_config
+from megatron_solo.data.shard_set import preprocess_config
+from megatron_solo.evaluation.heldout import HeldOutSet
 from megatron_solo.vocab import SoloTokenizer
 
 w, tok = Path(sys.argv[1]), SoloTokenizer()
