@@ -11,7 +11,6 @@ import subprocess
 import sys
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -19,8 +18,8 @@ import pytest
 from megatron_solo.config.cli import Command, Section, build, cli, nested, options
 from megatron_solo.config.fielddoc import field_docs
 from megatron_solo.errors import UserInputError
+from tests.harness.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TOOLS = sorted(p.stem for p in (REPO / "tools").glob("*.py"))
 
 # The spellings users have in scripts, each tool's before its options were derived; switches take no value.

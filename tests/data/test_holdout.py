@@ -19,9 +19,10 @@ from megatron_solo.data.preprocess import preprocess
 from megatron_solo.data.shards import index_path, load_index
 from megatron_solo.data.sources import classification_records
 from megatron_solo.errors import UserInputError
-from tests.test_data_common import encode, write_jsonl
+from tests.harness.data_sources import encode, write_jsonl
+from tests.harness.paths import TOOLS
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "preprocess_data.py"
+TOOL = TOOLS / "preprocess_data.py"
 
 
 def _ref_hash(p: int, seed: int) -> int:

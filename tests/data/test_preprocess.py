@@ -11,7 +11,7 @@ from megatron_solo.config.data import PreprocessConfig
 from megatron_solo.data.preprocess import preprocess
 from megatron_solo.data.shards import ShardError, index_path, load_index, read_members, verify_shard
 from megatron_solo.vocab import SoloTokenizer
-from tests.test_data_common import (
+from tests.harness.data_sources import (
     bad_image_files,
     caption_tar,
     classification_folder,
@@ -19,6 +19,7 @@ from tests.test_data_common import (
     real_images,
     write_jsonl,
 )
+from tests.harness.paths import TOOLS
 
 
 @pytest.fixture(scope="module")
@@ -171,10 +172,9 @@ def test_index_mismatch_detected(tmp_path):
 def test_cli_tool(tmp_path):
     import subprocess
     import sys
-    from pathlib import Path
 
     src = write_jsonl(tmp_path / "t.jsonl", [{"text": "hello there"}, {"text": ""}])
-    tool = Path(__file__).resolve().parents[1] / "tools" / "preprocess_data.py"
+    tool = TOOLS / "preprocess_data.py"
     out = subprocess.run([sys.executable, str(tool), "--kind", "text", "--input", str(src), "--output",
                           str(tmp_path / "o"), "--workers", "0", "--quiet"], capture_output=True, text=True,
                          check=True)

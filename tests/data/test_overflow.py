@@ -12,7 +12,7 @@ from megatron_solo.data.overflow import DataLossError, format_overflow_report, l
 from megatron_solo.data.preprocess import preprocess
 from megatron_solo.errors import UserInputError
 from megatron_solo.vocab import image_token_count
-from tests.test_data_common import classification_folder, encode, real_images, write_jsonl
+from tests.harness.data_sources import classification_folder, encode, real_images, write_jsonl
 
 L = 64  # below an 8x8 image block (73 tokens): images preprocessed at max_side 256 cannot all fit
 

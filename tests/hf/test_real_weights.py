@@ -17,11 +17,11 @@ from megatron_solo.hf.source import ConversionError
 from megatron_solo.platform import spawn
 from tests.harness.ckpt_models import decoder_weights, load_safetensors_dir
 from tests.harness.ckpt_workers import megatron_logits
+from tests.harness.paths import REPO
 
 # Conversions run in TP x PP worker processes (gloo); not part of the one-GPU check.
 pytestmark = pytest.mark.multiprocess
 
-REPO = Path(__file__).resolve().parents[1]
 TEXT = "The capital of France is Paris. Photosynthesis turns sunlight, water and carbon dioxide into"
 
 

@@ -24,10 +24,10 @@ from megatron_solo.evaluation.run import evaluate
 from megatron_solo.platform import spawn
 from tests.harness import eval_data
 from tests.harness.eval_workers import evaluate_worker, sharp_hf_mistral
+from tests.harness.paths import REPO
 
 pytestmark = pytest.mark.multiprocess  # import, export and the Megatron runs start gloo worlds
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from megatron_solo.data import image as im
+from tests.harness.paths import TOOLS
 
 
 @pytest.mark.parametrize(
@@ -177,11 +178,10 @@ def test_fast_jpeg_decode_flag_reaches_the_config(tmp_path):
     import json
     import subprocess
     import sys
-    from pathlib import Path
 
     src = tmp_path / "t.jsonl"
     src.write_text(json.dumps({"text": "hello"}) + "\n")
-    tool = Path(__file__).resolve().parents[1] / "tools" / "preprocess_data.py"
+    tool = TOOLS / "preprocess_data.py"
     for flag, expected in (([], False), (["--fast-jpeg-decode"], True)):
         out = tmp_path / f"o{int(expected)}"
         subprocess.run([sys.executable, str(tool), "--kind", "text", "--input", str(src), "--output", str(out),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import training as T
+from tests.harness.paths import REPO
 from tests.harness.slurm_cluster import SlurmCluster, slurm_available
 
 pytestmark = [
@@ -17,7 +18,6 @@ pytestmark = [
     pytest.mark.skipif(not slurm_available(), reason="Slurm not installed (.ci/run installs it)"),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
 SLURM = REPO / "examples" / "slurm"
 SCRIPT = str(SLURM / "cpu_smoke.sbatch")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +22,7 @@ from megatron_solo.evaluation.run import check_config, parse_source
 from megatron_solo.evaluation.scoring import row_sums, strip_eos
 from megatron_solo.evaluation.tasks import caption_candidates
 from megatron_solo.vocab import VPATCH_ID, image_block
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.harness.paths import REPO
 
 
 def test_plan_batches_respects_budget_and_keeps_every_document_once():

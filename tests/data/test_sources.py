@@ -14,9 +14,10 @@ from megatron_solo.config.data import DataConfig, DatasetSource, PreprocessConfi
 from megatron_solo.data import sources
 from megatron_solo.data.preprocess import preprocess
 from megatron_solo.errors import UserInputError
-from tests.test_data_common import caption_tar, encode, real_images, write_jsonl
+from tests.harness.data_sources import caption_tar, encode, real_images, write_jsonl
+from tests.harness.paths import TOOLS
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "preprocess_data.py"
+TOOL = TOOLS / "preprocess_data.py"
 
 
 def _run(tmp_path, name="out", **kw):

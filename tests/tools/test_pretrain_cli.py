@@ -14,9 +14,9 @@ from megatron_solo.config.recipes import SMALL
 from megatron_solo.errors import UserInputError
 from megatron_solo.training.optimizer import build_scheduler, schedule_warning
 from megatron_solo.vocab.ids import SOLO_CHAT_VOCAB_SIZE, SOLO_VOCAB_SIZE
+from tests.harness.paths import REPO
 from tools.pretrain import build_job, parse_args
 
-REPO = Path(__file__).resolve().parents[1]
 TOOL = str(REPO / "tools" / "pretrain.py")
 
 

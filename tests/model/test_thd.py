@@ -2,7 +2,7 @@
 
 megatron-core's thd path (flat [B*S, 1, H] hidden states, RoPE restarted per document from
 cu_seqlens) is exercised with the local spec, whose attention takes thd too, and compared with
-the sbhd path that the transformers reference already checks (tests/test_model.py).
+the sbhd path that the transformers reference already checks (tests/model/test_solo_model.py).
 """
 
 from __future__ import annotations

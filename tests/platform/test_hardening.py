@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from megatron_solo.platform import cpu_emulation, distributed, launch, spawn
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.harness.paths import REPO
 
 # A trainer stand-in: installs the preemption flag, forks a child the way megatron-core's
 # checkpoint writer does (multiprocessing "fork"), which forks one more; both pids are

@@ -17,11 +17,7 @@ from megatron_solo.data.loader import PackedDataLoader
 from megatron_solo.data.preprocess import preprocess
 from megatron_solo.data.shards import ShardError
 from megatron_solo.vocab import SoloTokenizer
-
-try:
-    from tests.test_data_common import classification_folder, write_jsonl
-except ImportError:
-    from test_data_common import classification_folder, write_jsonl
+from tests.harness.data_sources import classification_folder, write_jsonl
 
 L = 512
 KEYS = {"tokens", "labels", "loss_mask", "position_ids", "patches", "cu_seqlens", "num_patches"}
