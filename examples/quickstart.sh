@@ -19,9 +19,22 @@ cd "$(dirname "$0")/.."
 W=${WORK:-work_dirs/quickstart}
 STEPS=${STEPS:-300}
 CAPTION=${CAPTION:-"{}"}
-if [ -n "${WORK:-}" ] && [ -e "$W" ] && [ ! -e "$W/.made-by-quickstart" ] && [ -n "$(ls -A "$W")" ]; then
-  echo "error: $W exists and was not made by this script; set WORK to a new folder" >&2
-  exit 2
+fail() { echo "error: $*" >&2; exit 2; }
+# Every input is checked before anything is removed or written.
+[[ "$STEPS" =~ ^[0-9]+$ ]] && ((STEPS >= 1)) || fail "STEPS=$STEPS: give a whole number of training steps, at least 1"
+for var in DATA CLASS_NAMES; do
+  if [ -n "${!var:-}" ] && [ ! -e "${!var}" ]; then fail "$var=${!var} does not exist"; fi
+done
+if [ -n "${DATA:-}" ]; then
+  case "$(realpath -m -- "$DATA")/" in
+    "$(realpath -m -- "$W")"/*) fail "DATA=$DATA is inside WORK=$W, which each run replaces; keep the data elsewhere" ;;
+  esac
+  if [ -d "$DATA" ] && (($(find "$DATA" -mindepth 1 -maxdepth 1 -type d | wc -l) < 2)); then
+    fail "DATA=$DATA holds fewer than two class folders; classification needs at least two classes"
+  fi
+fi
+if [ -e "$W" ] && [ ! -e "$W/.made-by-quickstart" ] && [ -n "$(ls -A "$W")" ]; then
+  fail "$W exists and was not made by this script; set WORK to a new folder"
 fi
 rm -rf "$W"
 mkdir -p "$W" && touch "$W/.made-by-quickstart"

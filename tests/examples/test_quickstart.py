@@ -42,3 +42,50 @@ def test_quickstart_leaves_a_folder_it_did_not_make(tmp_path):
     proc = _run(WORK=str(tmp_path), STEPS="1")
     assert proc.returncode == 2 and "was not made by this script" in proc.stderr
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _script_copy(tmp_path):
+    """The quick start in a repository of its own (its default WORK lives under that repository)."""
+    repo = tmp_path / "repo"
+    (repo / "examples").mkdir(parents=True)
+    (repo / "examples" / "quickstart.sh").write_text((REPO / "examples" / "quickstart.sh").read_text())
+    return repo
+
+
+def _run_copy(repo, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in {*LAUNCHER, "WORK", "DATA", "STEPS"}}
+    return subprocess.run(["bash", str(repo / "examples" / "quickstart.sh")], env={**base, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_quickstart_checks_its_inputs_before_removing_anything(tmp_path):
+    repo = _script_copy(tmp_path)
+    default = repo / "work_dirs" / "quickstart"
+    default.mkdir(parents=True)
+    (default / "notes.txt").write_text("mine")  # the default WORK, but not made by the quick start
+    proc = _run_copy(repo, STEPS="1")
+    assert proc.returncode == 2 and "was not made by this script" in proc.stderr
+    assert (default / "notes.txt").read_text() == "mine"
+    (default / ".made-by-quickstart").touch()  # one it made: a missing DATA is refused before it is replaced
+    proc = _run_copy(repo, DATA=str(tmp_path / "missing"))
+    assert proc.returncode == 2 and "missing does not exist" in proc.stderr
+    assert (default / "notes.txt").read_text() == "mine"
+    proc = _run_copy(repo, STEPS="0")
+    assert proc.returncode == 2 and "STEPS=0" in proc.stderr and "save_interval" not in proc.stderr
+    assert (default / "notes.txt").read_text() == "mine"
+
+
+def test_quickstart_refuses_data_inside_work_and_a_single_class(tmp_path):
+    repo = _script_copy(tmp_path)
+    work = tmp_path / "w"
+    (work / "mydata" / "cats").mkdir(parents=True)
+    (work / "mydata" / "dogs").mkdir()
+    (work / ".made-by-quickstart").touch()
+    proc = _run_copy(repo, WORK=str(work), DATA=str(work / "mydata"))
+    assert proc.returncode == 2 and "is inside WORK" in proc.stderr
+    assert (work / "mydata" / "cats").is_dir()
+    single = tmp_path / "one_class"
+    (single / "cats").mkdir(parents=True)
+    proc = _run_copy(repo, WORK=str(tmp_path / "w2"), DATA=str(single))
+    assert proc.returncode == 2 and "fewer than two class folders" in proc.stderr
+    assert not (tmp_path / "w2").exists()
