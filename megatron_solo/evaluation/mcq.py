@@ -54,6 +54,9 @@ def answer_index(answer, options: list[str], where: str) -> int:
         letter = text.strip("().: ")
         if len(letter) == 1 and letter.upper() in LETTERS[:len(options)]:
             index = LETTERS.index(letter.upper())
+            if text in options and options.index(text) != index:
+                raise EvaluationError(f"{where}: answer {answer!r} is both the letter of option {index + 1} and the "
+                                      f"text of option {options.index(text) + 1}; give the letter or the index")
         elif text in options:
             index = options.index(text)
         elif text.isdigit():
@@ -76,7 +79,13 @@ def _options(raw, where: str) -> list[str]:
         raw = [raw[k] for k in keys]
     if not isinstance(raw, list) or not 2 <= len(raw) <= len(LETTERS) or not all(isinstance(o, str) for o in raw):
         raise EvaluationError(f"{where}: 'options' must be a list (or letter-keyed object) of 2 to 26 strings")
-    return [o.strip() for o in raw]
+    options = [o.strip() for o in raw]
+    if "" in options:
+        raise EvaluationError(f"{where}: option {LETTERS[options.index('')]} is empty")
+    repeated = sorted({o for o in options if options.count(o) > 1})
+    if repeated:
+        raise EvaluationError(f"{where}: options repeat {repeated[0]!r}; each option must differ")
+    return options
 
 
 def load_questions(path: str | Path, max_items: int | None = None) -> list[Question]:
@@ -85,13 +94,18 @@ def load_questions(path: str | Path, max_items: int | None = None) -> list[Quest
     if not path.is_file():
         raise EvaluationError(f"--mcq {path}: no such file")
     out: list[Question] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    seen: dict[str, int] = {}  # question id -> its line
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise EvaluationError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from None
             if not line.strip():
                 continue
             if max_items is not None and len(out) >= max_items:
                 break
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
@@ -104,7 +118,11 @@ def load_questions(path: str | Path, max_items: int | None = None) -> list[Quest
             if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
                 raise EvaluationError(f"{where}: 'image' must be a path, a list of paths or null")
             resolved = [str(p if Path(p).is_absolute() else path.parent / p) for p in images]
-            out.append(Question(str(row.get("id", lineno)), resolved, row["question"].strip(), options,
+            qid = str(row.get("id", lineno))
+            if qid in seen:
+                raise EvaluationError(f"{where}: question id {qid!r} repeats the one on line {seen[qid]}")
+            seen[qid] = lineno
+            out.append(Question(qid, resolved, row["question"].strip(), options,
                                 answer_index(row["answer"], options, where)))
     if not out:
         raise EvaluationError(f"--mcq {path}: no questions")
@@ -161,13 +179,10 @@ def multiple_choice(backend: Backend, path: str, mode: str, template: str | None
                                  lambda j: continuation_doc(*_with(prompt(pairs[j][0], False),
                                                                    option_ids[pairs[j][0]][pairs[j][1]])),
                                  sort=False, desc="mcq loglik", **batching)
-        best: dict[int, tuple[float, int]] = {}
-        for (i, k), (s, _) in zip(pairs, scores):
-            if i not in best or s > best[i][0]:
-                best[i] = (s, k)
-        for i, item in enumerate(items):
-            item["loglik"] = LETTERS[best[i][1]]
-        result["loglik"] = {"accuracy": _accuracy([best[i][1] for i in range(len(questions))], questions)}
+        chosen = best_options(pairs, [s for s, _ in scores], len(questions))
+        for item, k in zip(items, chosen):
+            item["loglik"] = None if k is None else LETTERS[k]
+        result["loglik"] = {"accuracy": _accuracy(chosen, questions), "ties": sum(k is None for k in chosen)}
     if mode in ("generate", "both"):
         lengths = [len(prompt(i, True)[0]) for i in range(len(questions))]
         out = generate_documents(backend, lengths, lambda i: prompt_doc(*prompt(i, True)), max_new_tokens,
@@ -182,6 +197,17 @@ def multiple_choice(backend: Backend, path: str, mode: str, template: str | None
                               "unparsed": sum(k is None for k in chosen)}
     result["items"] = items
     return timed(result, start, sum(len(q.images) for q in questions))
+
+
+def best_options(pairs: list[tuple[int, int]], scores: list[float], count: int) -> list[int | None]:
+    """Per question, the option of highest score; None where the best score is tied (never scored as right)."""
+    best: dict[int, tuple[float, int | None]] = {}
+    for (i, k), score in zip(pairs, scores):
+        if i not in best or score > best[i][0]:
+            best[i] = (score, k)
+        elif score == best[i][0]:
+            best[i] = (score, None)
+    return [best[i][1] for i in range(count)]
 
 
 def _with(prompt: tuple, continuation: list[int]) -> tuple:

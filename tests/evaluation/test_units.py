@@ -16,7 +16,7 @@ from megatron_solo.errors import run_tool
 from megatron_solo.evaluation.documents import Doc, collate, continuation_doc, plan_batches, prompt_doc
 from megatron_solo.evaluation.errors import EvaluationError
 from megatron_solo.evaluation.heldout import StoredSample, truncate
-from megatron_solo.evaluation.mcq import answer_index, load_questions, parse_letter, prompt_text
+from megatron_solo.evaluation.mcq import answer_index, best_options, load_questions, parse_letter, prompt_text
 from megatron_solo.evaluation.report import format_table, write_report
 from megatron_solo.evaluation.run import check_config, parse_source
 from megatron_solo.evaluation.scoring import row_sums, strip_eos
@@ -111,6 +111,30 @@ def test_load_questions_resolves_images_and_names_bad_lines(tmp_path):
     assert len(load_questions(f, max_items=2)) == 2  # stops before the broken line
 
 
+def test_bad_option_sets_ids_encodings_and_ambiguous_answers_name_the_row(tmp_path):
+    f = tmp_path / "q.jsonl"
+    row = {"question": "Q", "options": ["x", "y"], "answer": 0}
+    cases = [({**row, "options": ["same", "same"]}, "q.jsonl:1: options repeat 'same'"),
+             ({**row, "options": ["x", " "]}, "q.jsonl:1: option B is empty"),
+             ({**row, "options": ["B", "A", "C"], "answer": "A"}, "q.jsonl:1: answer 'A' is both the letter")]
+    for bad, message in cases:
+        f.write_text(json.dumps(bad) + "\n")
+        with pytest.raises(EvaluationError, match=message):
+            load_questions(f)
+    f.write_text(json.dumps({**row, "id": "q7"}) + "\n" + json.dumps({**row, "id": "q7"}) + "\n")
+    with pytest.raises(EvaluationError, match="q.jsonl:2: question id 'q7' repeats the one on line 1"):
+        load_questions(f)
+    f.write_bytes(json.dumps(row).encode() + b"\n" + b'{"question": "caf\xe9"}\n')
+    with pytest.raises(EvaluationError, match="q.jsonl:2: not UTF-8"):
+        load_questions(f)
+
+
+def test_tied_options_are_counted_and_never_right():
+    pairs = [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]
+    scores = [-1.0, -1.0, -3.0, -2.0, -2.5, -4.0, -4.0 + 1e-9]
+    assert best_options(pairs, scores, 3) == [None, 1, 1]
+
+
 def test_sources_configs_and_candidates(tmp_path):
     held = tmp_path / "imagenet" / "heldout"
     held.mkdir(parents=True)
@@ -157,9 +181,9 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "nope: no such checkpoint directory" in err
     assert run_tool(main, ["--hf", str(tmp_path), "--val-data", str(tmp_path)]) == 2
     assert "not an exported model directory" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:  # argparse: both models
-        main(["--hf", "a", "--checkpoint", "b"])
-    assert exit_info.value.code == 2
+    assert run_tool(main, ["--hf", "a", "--checkpoint", "b"]) == 2  # both models
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--checkpoint: not allowed with argument --hf" in err
 
 
 def test_cli_refuses_a_layout_the_checkpoint_cannot_take(tmp_path, capsys):
