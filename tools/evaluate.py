@@ -34,9 +34,7 @@ def parse_args(argv: list[str]) -> EvalConfig:
 
 def main(argv: list[str]) -> int:
     """Parse arguments, evaluate, print the table on the main process."""
-    report = evaluate(parse_args(argv))
-    if report is not None:
-        print(format_table(report), flush=True)
+    evaluate(parse_args(argv), on_report=lambda report: print(format_table(report), flush=True))
     return 0
 
 

@@ -14,8 +14,22 @@ import torch
 import torch.nn.functional as F
 
 from megatron_solo.data.image import unpatchify
+from megatron_solo.data.shard_set import ShardSet
 from megatron_solo.evaluation.errors import EvaluationError
 from megatron_solo.evaluation.heldout import HeldOutSet
+
+
+def check_baseline_classes(train: str) -> None:
+    """EvaluationError unless ``train``'s samples hold at least two classes (read without decoding images)."""
+    shards = ShardSet(train)
+    classes = set()
+    for i in range(len(shards)):
+        sample = shards.read(i)
+        classes.add(tuple(sample.ids[sample.target.astype(bool)].tolist()))
+        if len(classes) > 1:
+            return
+    raise EvaluationError(f"--baseline-train {train}: its {len(shards)} samples hold {len(classes)} class; "
+                          "logistic regression needs at least two")
 
 
 def _images_and_labels(data: HeldOutSet) -> tuple[list[torch.Tensor], list[tuple[int, ...]]]:

@@ -6,14 +6,32 @@ import json
 import os
 from pathlib import Path
 
+from megatron_solo.evaluation.errors import EvaluationError
+
+
+def check_report_path(path: str | os.PathLike) -> None:
+    """EvaluationError unless a report can be written at ``path`` (checked before the evaluation runs)."""
+    path = Path(path)
+    if path.is_dir():
+        raise EvaluationError(f"--out {path}: is a folder; name the report file, e.g. {path / 'report.json'}")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise EvaluationError(f"--out {path}: cannot create it ({parent} is not a writable folder)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise EvaluationError(f"--out {path}: exists and is not writable")
+
 
 def write_report(report: dict, path: str | os.PathLike) -> Path:
     """Write ``report`` as JSON at ``path`` (atomically: a reader never sees half a report)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise EvaluationError(f"--out {path}: cannot write the report ({err.strerror or err})") from None
     return path
 
 

@@ -5,6 +5,7 @@ asked for, one report.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.config.job import TEMPLATES
 from megatron_solo.evaluation.errors import EvaluationError
 from megatron_solo.evaluation.mcq import MODES, multiple_choice
-from megatron_solo.evaluation.report import write_report
+from megatron_solo.evaluation.report import check_report_path, write_report
 from megatron_solo.evaluation.tasks import Settings, captions, classification, validation_loss
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -58,6 +59,15 @@ def check_config(cfg: EvalConfig) -> None:
             raise EvaluationError(f"{flag} {path}: no such file or folder")
     if cfg.hf is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise EvaluationError("--hf runs in one process; start it without torchrun")
+    if cfg.hf is not None and (cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel) != (1, 1):
+        raise EvaluationError("--hf runs the export in one process: --tensor-parallel/--pipeline-parallel are for "
+                              "--checkpoint")
+    if cfg.out:
+        check_report_path(cfg.out)
+    if cfg.baseline_train:
+        from megatron_solo.evaluation.baseline import check_baseline_classes
+
+        check_baseline_classes(cfg.baseline_train)
 
 
 def _backend(cfg: EvalConfig):
@@ -71,9 +81,10 @@ def _backend(cfg: EvalConfig):
     return MegatronBackend(cfg.checkpoint, cfg.parallel, dtype, cfg.max_side)
 
 
-def evaluate(cfg: EvalConfig) -> dict | None:
+def evaluate(cfg: EvalConfig, on_report: Callable[[dict], None] | None = None) -> dict | None:
     """Run every task ``cfg`` asks for; the report on the main process (written to ``cfg.out``), else None.
 
+    ``on_report`` sees the report before it is written (a table printed survives a failed write).
     With a Megatron checkpoint every process of the world must call this; a world it started itself
     (no torch.distributed group before the call) is torn down at the end.
     """
@@ -105,6 +116,8 @@ def evaluate(cfg: EvalConfig) -> dict | None:
             report["captions"] = captions(backend, cfg.caption_images, cfg.caption_max_new_tokens, settings)
         if not backend.is_main:
             return None
+        if on_report is not None:
+            on_report(report)
         if cfg.out:
             write_report(report, cfg.out)
         return report

@@ -230,3 +230,30 @@ def test_pixel_baseline_resamples_other_sizes_to_the_most_common_one():
     assert rows.shape == (2, 3 * 32 * 64)
     assert np.array_equal(rows[0], small.reshape(-1).numpy())  # the common size is left untouched
     np.testing.assert_allclose(rows[1], rows[0], atol=1e-5)  # 2x2 blocks average back to their pixel
+
+
+def test_out_and_layout_and_baseline_classes_are_checked_before_any_model(tmp_path):
+    from PIL import Image
+
+    from megatron_solo.config import ParallelConfig
+    from megatron_solo.config.data import PreprocessConfig
+    from megatron_solo.data.preprocess import preprocess
+
+    (tmp_path / "raw" / "cats").mkdir(parents=True)
+    for k in range(3):
+        Image.new("RGB", (32, 32), (40 * k, 0, 0)).save(tmp_path / "raw" / "cats" / f"{k}.png")
+    shards = tmp_path / "shards"
+    preprocess(PreprocessConfig(kind="classification", inputs=[str(tmp_path / "raw")], output=str(shards),
+                                workers=0), progress=False)
+    base = dict(hf=str(tmp_path), val_data=[str(shards)])
+    with pytest.raises(EvaluationError, match="--out .*is a folder"):
+        check_config(EvalConfig(**base, out=str(tmp_path)))
+    with pytest.raises(EvaluationError, match="--out .*not a writable folder"):
+        check_config(EvalConfig(**base, out=str(tmp_path / "raw" / "cats" / "0.png" / "report.json")))
+    with pytest.raises(EvaluationError, match="--tensor-parallel/--pipeline-parallel are for --checkpoint"):
+        check_config(EvalConfig(**base, parallel=ParallelConfig(tensor_parallel=2)))
+    with pytest.raises(EvaluationError, match="--baseline-train .*3 samples hold 1 class"):
+        check_config(EvalConfig(**base, classify=str(shards), baseline_train=str(shards)))
+    with pytest.raises(EvaluationError, match="cannot write the report"):
+        write_report({"a": 1}, tmp_path / "raw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "shards"]  # no report.tmp left behind
