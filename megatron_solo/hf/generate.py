@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from megatron_solo.config.job import CHAT_TEMPLATE, TEMPLATES, recorded_template
+from megatron_solo.data.image import ImageError
 from megatron_solo.hf.source import ConversionError
 
 EXPORT_META = "solo_export.json"  # written by hf.exporter beside every export
@@ -71,10 +72,21 @@ def generate(
     ``chat``: SOLO's [INST] template (True) or a plain prompt (False); None: the template the model
     was trained with (``solo_export.json``).
     """
+    if max_new_tokens < 1:
+        raise ConversionError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if chat is None:
         chat = export_template(model_dir) == CHAT_TEMPLATE
     model, processor = loaded or load_exported(model_dir)
-    inputs = processor(prompt, images=list(images) or None, chat=chat)
+    try:
+        inputs = processor(prompt, images=list(images) or None, chat=chat)
+    except ImageError as err:
+        raise ConversionError(f"image {err.detail} ({err.reason})") from None
+    positions = int(model.config.text_config.max_position_embeddings)
+    length = int(inputs["input_ids"].shape[1])
+    if length + max_new_tokens > positions:
+        raise ConversionError(f"the prompt is {length} tokens (images included) and {max_new_tokens} new tokens are "
+                              f"asked for, beyond the model's {positions} positions; shorten the prompt or ask for "
+                              "fewer new tokens")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=processor.tokenizer.eos_id, pad_token_id=processor.tokenizer.pad_id)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 
 import tools.generate as generate_tool
 from megatron_solo.hf.generate import export_template, generate
@@ -38,6 +40,8 @@ class _SpyProcessor:
 
 
 class _EchoModel:
+    config = SimpleNamespace(text_config=SimpleNamespace(max_position_embeddings=80))
+
     def generate(self, input_ids, **kwargs):
         return torch.cat([input_ids, torch.tensor([[7, 8]])], dim=1)
 
@@ -75,3 +79,23 @@ def test_tool_template_flag(monkeypatch, capsys, argv, chat):
     monkeypatch.setattr(generate_tool, "generate", fake)
     assert generate_tool.main(["--model", "m", "--prompt", "p", *argv]) == 0
     assert seen["chat"] is chat and capsys.readouterr().out == "answer\n"
+
+
+def test_bad_images_too_long_prompts_and_no_new_tokens_are_one_line_errors(tmp_path):
+    from megatron_solo.hf.processor import SoloProcessor
+    from megatron_solo.vocab import SoloTokenizer
+
+    d = _export_dir(tmp_path, template="plain")
+    real = (_EchoModel(), SoloProcessor(SoloTokenizer()))
+    (tmp_path / "x.jpg").write_bytes(b"%PDF-1.4 not an image")
+    png = tmp_path / "cut.png"
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(png)
+    png.write_bytes(png.read_bytes()[:60])
+    for bad in (tmp_path / "x.jpg", png):
+        with pytest.raises(ConversionError, match=f"image .*{bad.name}.*corrupt_image"):
+            generate(d, "hi", [str(bad)], loaded=real)
+    generate(d, "word " * 10, loaded=real)  # fits: 12 tokens and 64 new ones in 80 positions
+    with pytest.raises(ConversionError, match=r"the prompt is \d+ tokens .* and 64 new .* the model's 80 positions"):
+        generate(d, "word " * 20, loaded=real)
+    with pytest.raises(ConversionError, match="max_new_tokens must be at least 1"):
+        generate(d, "hi", max_new_tokens=0, loaded=real)
