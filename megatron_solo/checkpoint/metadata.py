@@ -113,8 +113,8 @@ def model_config(meta: dict) -> SoloModelConfig:
     return SoloModelConfig(**meta["model"])
 
 
-def check_checkpoint(ckpt: Path, meta: dict, meta_path: Path) -> int:
-    """Validate the checkpoint against its metadata; returns the stored (padded) vocabulary rows."""
+def check_checkpoint(ckpt: Path, meta: dict, meta_path: Path | str) -> int:
+    """Validate the checkpoint against its metadata (from ``meta_path``); returns the stored (padded) vocabulary rows."""
     from megatron.core import dist_checkpointing
 
     cfg = model_config(meta)

@@ -72,8 +72,21 @@ def pretrain(job: JobConfig) -> RunSummary:
     """Train SoloModel as ``job`` says; resumes from ``job.train.save_dir`` when it holds a checkpoint.
 
     Everything that can be checked without the model (a finished run, the tokenizer, the data and the
-    saved data position, the layer implementation) is checked before the model is built.
+    saved data position, the layer implementation) is checked before the model is built. A process
+    world this call starts is torn down when it fails, so the process exits cleanly with its error.
     """
+    from megatron_solo.platform import teardown
+
+    started = not torch.distributed.is_initialized()
+    try:
+        return _pretrain(job)
+    except BaseException:
+        if started:
+            teardown()
+        raise
+
+
+def _pretrain(job: JobConfig) -> RunSummary:
     from megatron.core import parallel_state as ps
 
     from megatron_solo.model.builder import solo_provider

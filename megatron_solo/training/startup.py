@@ -17,7 +17,13 @@ from megatron_solo.checkpoint.layout import (
     newest_complete_iteration,
     resolve_checkpoint,
 )
-from megatron_solo.checkpoint.metadata import META_FILE, model_config, read_metadata, read_train_state
+from megatron_solo.checkpoint.metadata import (
+    META_FILE,
+    check_checkpoint,
+    model_config,
+    read_metadata,
+    read_train_state,
+)
 from megatron_solo.config.data import DataConfig
 from megatron_solo.config.job import JobConfig
 from megatron_solo.config.model import RUN_CHOICES, SoloModelConfig, model_preset, with_overrides
@@ -52,11 +58,16 @@ def job_model_config(job: JobConfig) -> SoloModelConfig:
     """
     if not job.init_from:
         return model_preset(job.model, **job.model_overrides)
-    root, _ = resolve_checkpoint(job.init_from)
-    if not (root / META_FILE).is_file():
-        return model_preset(job.model, **job.model_overrides)
-    meta, meta_path = read_metadata(root)
-    return with_overrides(model_config(meta).with_run_defaults(), job.model_overrides, str(meta_path))
+    root, ckpt = resolve_checkpoint(job.init_from)
+    if (root / META_FILE).is_file():
+        meta, meta_path = read_metadata(root)
+        cfg = with_overrides(model_config(meta).with_run_defaults(), job.model_overrides, str(meta_path))
+        what = f"--init-from {job.init_from} with --model-overrides {job.model_overrides}"
+    else:
+        cfg, what = model_preset(job.model, **job.model_overrides), f"--model {job.model}"
+    # the stored tensors against the model to build: a mismatch names its field, before any model exists
+    check_checkpoint(ckpt, {"model": dataclasses.asdict(cfg)}, what)
+    return cfg
 
 
 def saved_run(save_dir: str | None) -> SavedRun | None:

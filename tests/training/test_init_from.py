@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from megatron_solo.errors import UserInputError
 from megatron_solo.platform import spawn
 from tests.harness import training as T
+from tests.harness.paths import REPO
 
 pytestmark = pytest.mark.multiprocess
 
@@ -26,3 +32,39 @@ def test_init_from_in_bf16_trains_the_loaded_weights(tmp_path):
         # The optimizer's fp32 copies must be taken from the loaded weights: stale copies would put
         # seed 6's initialisation back, off by the whole weight (std 0.02), not by a bf16 rounding.
         torch.testing.assert_close(b[key], a[key], rtol=1e-2, atol=1e-4, msg=key)
+
+
+def test_init_from_is_checked_against_the_model_before_it_is_built(tmp_path):
+    from megatron_solo.config import ParallelConfig
+    from megatron_solo.config.job import JobConfig
+    from megatron_solo.hf.importer import import_hf
+    from megatron_solo.training.startup import job_model_config
+    from megatron_solo.vocab import default_tokenizer_path
+    from tests.harness.ckpt_models import save_hf, small_hf_model
+
+    hf = save_hf(small_hf_model("mistral", layers=2), tmp_path / "hf")
+    import_hf(hf, tmp_path / "mg", ParallelConfig(), tokenizer=default_tokenizer_path(), progress=False)
+    job = JobConfig(model="solo-small", init_from=str(tmp_path / "mg"))
+    cfg = job_model_config(job)  # the checkpoint's model, not solo-small's
+    assert (cfg.hidden_size, cfg.num_layers, cfg.transformer_impl) == (64, 2, "auto")
+    with pytest.raises(UserInputError, match="field model.num_layers = 3 but .* stores 2 layers"):
+        job_model_config(JobConfig(model="solo-small", init_from=str(tmp_path / "mg"),
+                                   model_overrides={"num_layers": 3}))
+    (tmp_path / "mg" / "solo_model.json").unlink()  # no description: the preset, checked against the tensors
+    with pytest.raises(UserInputError, match="--model solo-small: field model.hidden_size/vocab_size = 256/"):
+        job_model_config(job)
+
+
+def test_a_failed_start_tears_its_process_world_down(tmp_path):
+    script = (
+        "import torch\n"
+        "from megatron_solo.config.job import JobConfig\n"
+        "from megatron_solo.training.loop import pretrain\n"
+        "try:\n"
+        f"    pretrain(JobConfig(model='solo-tiny', init_from={str(tmp_path / 'missing')!r}))\n"
+        "except Exception as err:\n"
+        "    print(type(err).__name__, torch.distributed.is_initialized())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.split() == ["CheckpointError", "False"], out.stderr[-2000:]
