@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -20,8 +21,11 @@ class DatasetSource:
 
     @classmethod
     def parse(cls, text: str) -> DatasetSource:
-        """A source from its command-line spelling ``PATH[:WEIGHT]``; UserInputError for a bad weight."""
-        path, _, weight = text.rpartition(":") if ":" in text else (text, "", "1")
+        """A source from its command-line spelling ``PATH[:WEIGHT]``; UserInputError for a bad weight.
+
+        An existing path is a path, even when its name holds a ':' (``runs/2024:05``).
+        """
+        path, _, weight = text.rpartition(":") if ":" in text and not os.path.exists(text) else (text, "", "1")
         try:
             value = float(weight)
         except ValueError:

@@ -225,3 +225,10 @@ def test_data_loss_is_refused_before_the_model_then_reported(shards, tmp_path):
     scalars = _scalars(tb)
     assert scalars["data/dropped_samples"] == [(0, 189.0)]
     assert [s for s, _ in scalars["val/loss"]] == [1, 2] and [s for s, _ in scalars["train/loss"]] == [1, 2]
+
+
+def test_an_existing_folder_with_a_colon_in_its_name_is_a_path(tmp_path):
+    folder = tmp_path / "run:2024"
+    folder.mkdir()
+    j = job("--data", str(folder), f"{folder}:3")
+    assert [(d.path, d.weight) for d in j.data.datasets] == [(str(folder), 1.0), (str(folder), 3.0)]
