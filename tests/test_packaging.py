@@ -99,3 +99,13 @@ def test_the_check_sees_lazy_and_generated_imports():
     imports = third_party_imports()
     assert "sentencepiece.sentencepiece_model_pb2" in imports  # inside a function (vocab/tokenizers.py)
     assert {"protobuf"} in needed_distributions("sentencepiece.sentencepiece_model_pb2")
+
+
+def test_the_image_installs_what_setup_py_states_and_restates_nothing():
+    """The Dockerfile installs the package by its own requirements; a version stated twice drifts apart."""
+    installs = [line for line in (ROOT / "Dockerfile").read_text().splitlines()
+                if "pip install" in line and not line.lstrip().startswith("#")]
+    assert any('-e ".[' in line or "-e ." in line for line in installs), installs
+    restated = sorted(name for name in declared() for line in installs
+                      if re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", line, re.IGNORECASE))
+    assert not restated, f"Dockerfile restates setup.py's requirements: {restated}"
