@@ -66,6 +66,23 @@ def train_and_predict(ckpt_root: str, out_root: str, inputs_file: str, steps: in
     torch.save({"logits": logits, "greedy": seq[:, tokens.shape[1]:]}, Path(out_root) / "predictions.pt")
 
 
+def trained_export(ckpt_root: Path, work: Path, inputs: dict, steps: int, new_tokens: int) -> tuple[Path, dict]:
+    """Train ``ckpt_root`` briefly on ``inputs`` (a processor's output) in a worker, export it to Fuyu.
+
+    Returns (the export's folder, the Megatron model's logits and greedy continuation after training).
+    """
+    from megatron_solo.hf.exporter import export_checkpoint
+    from megatron_solo.hf.processor import fuyu_image_key, fuyu_to_solo_patches
+    from megatron_solo.platform import spawn
+
+    patches = fuyu_to_solo_patches(inputs[fuyu_image_key()])
+    torch.save({"input_ids": inputs["input_ids"], "patches": patches}, work / "inputs.pt")
+    trained = work / "trained"
+    spawn(train_and_predict, 1, str(ckpt_root), str(trained), str(work / "inputs.pt"), steps, new_tokens)
+    pred = torch.load(trained / "predictions.pt")
+    return export_checkpoint(trained, work / "fuyu", progress=False), pred
+
+
 def megatron_logits(ckpt_root: str, tokens_file: str, out_file: str, tp: int, pp: int = 1) -> None:
     """Load at TP x PP (PP 1 here), run ``tokens`` and write the full logits from rank 0."""
     quiet_workers()

@@ -12,12 +12,12 @@ from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.hf.adapters import adapter_for
 from megatron_solo.hf.exporter import export_checkpoint
 from megatron_solo.hf.importer import import_hf
-from megatron_solo.hf.processor import SoloProcessor, fuyu_image_key, fuyu_to_solo_patches
+from megatron_solo.hf.processor import SoloProcessor
 from megatron_solo.hf.source import ConversionError, read_hf_dir
 from megatron_solo.platform import spawn
 from megatron_solo.vocab import VPATCH_ID, default_tokenizer_path, load_tokenizer
 from tests.harness.ckpt_models import decoder_weights, load_safetensors_dir, save_hf, small_hf_model
-from tests.harness.ckpt_workers import megatron_logits, train_and_predict
+from tests.harness.ckpt_workers import megatron_logits, trained_export
 
 pytestmark = pytest.mark.multiprocess
 
@@ -85,12 +85,7 @@ def test_qwen2_trained_as_solo_start_matches_its_fuyu_export(qwen2, tmp_path):
     proc = SoloProcessor(load_tokenizer(mg / "tokenizer"))
     pixels = torch.randint(0, 256, (45, 70, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     inputs = proc("What is shown here?", images=Image.fromarray(pixels.numpy()), chat=True)
-    patches = fuyu_to_solo_patches(inputs[fuyu_image_key()])
-    torch.save({"input_ids": inputs["input_ids"], "patches": patches}, tmp_path / "inputs.pt")
-    trained = tmp_path / "trained"
-    spawn(train_and_predict, 1, str(mg), str(trained), str(tmp_path / "inputs.pt"), 3, 4)
-    pred = torch.load(trained / "predictions.pt")
-    export = export_checkpoint(trained, tmp_path / "fuyu", progress=False)
+    export, pred = trained_export(mg, tmp_path, inputs, 3, 4)
     fuyu = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval()
     with torch.no_grad():
         logits = fuyu(**inputs).logits

@@ -11,11 +11,10 @@ from PIL import Image
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.hf.exporter import export_checkpoint
 from megatron_solo.hf.importer import import_hf
-from megatron_solo.hf.processor import SoloProcessor, fuyu_image_key, fuyu_to_solo_patches
-from megatron_solo.platform import spawn
+from megatron_solo.hf.processor import SoloProcessor, fuyu_image_key
 from megatron_solo.vocab import VPATCH_ID, default_tokenizer_path, load_tokenizer
 from tests.harness.ckpt_models import decoder_weights, load_safetensors_dir, save_hf, small_hf_model
-from tests.harness.ckpt_workers import train_and_predict
+from tests.harness.ckpt_workers import trained_export
 
 # Conversions run in TP x PP worker processes (gloo); not part of the one-GPU check.
 pytestmark = pytest.mark.multiprocess
@@ -100,12 +99,7 @@ def test_fuyu_export_reproduces_solo_logits_and_greedy(mistral, tmp_path):
     proc = SoloProcessor(load_tokenizer(mg / "tokenizer"))
     inputs = proc("What is shown here?", images=_image(0), chat=True)
     assert inputs[fuyu_image_key()].shape == (1, 3 * 2, 3072)  # 70x45 -> 96x64: 2 rows x 3 cols
-    patches = fuyu_to_solo_patches(inputs[fuyu_image_key()])
-    torch.save({"input_ids": inputs["input_ids"], "patches": patches}, tmp_path / "inputs.pt")
-    trained = tmp_path / "trained"
-    spawn(train_and_predict, 1, str(mg), str(trained), str(tmp_path / "inputs.pt"), 3, 5)
-    pred = torch.load(trained / "predictions.pt")
-    export = export_checkpoint(trained, tmp_path / "fuyu", progress=False)
+    export, pred = trained_export(mg, tmp_path, inputs, 3, 5)
     model = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval()
     proc2 = SoloProcessor.from_pretrained(export)
     again = proc2("What is shown here?", images=_image(0), chat=True)
