@@ -19,11 +19,10 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu"))
-from mix import make_pack  # noqa: E402
-
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository, for tests.harness
 from megatron_solo.config import ParallelConfig, TrainConfig, model_preset  # noqa: E402
 from megatron_solo.config.train import OptimConfig  # noqa: E402
+from tests.harness.mix import make_pack  # noqa: E402
 
 SEQ = 1024
 

@@ -17,3 +17,15 @@ def world1():
 
     init_distributed()
     yield
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the ``gpu``-marked checks where they cannot run, saying why (tests/gpu/checks.py)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    from tests.gpu.checks import cuda_missing
+
+    why = cuda_missing()
+    for item in gpu if why else []:
+        item.add_marker(pytest.mark.skip(reason=why))

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,17 +51,45 @@ def test_goals_are_judged_from_the_measured_figures(tmp_path):
     assert report.speed_rows({"speed": {"train_seq8192_te_L8": {"impl": "te", "skipped": "deadline"}}})[1] == {}
 
 
-def test_report_reads_progress_files_of_parts_cut_short(tmp_path, monkeypatch):
+def _record(folder: Path, monkeypatch, check: str, param: str | None, outcome: str | None, **figures) -> None:
+    """A check's record as tests/gpu/checks.py writes it: figures, goal, and the outcome unless cut short."""
+    from tests.gpu.checks import RESULTS_ENV, Figures
+
+    monkeypatch.setenv(RESULTS_ENV, str(folder))
+    node = SimpleNamespace(originalname=check, name=f"{check}[{param}]" if param else check, nodeid=f"x.py::{check}",
+                           callspec=SimpleNamespace(id=param) if param else None, module=SimpleNamespace(__name__="x"))
+    record = Figures(node, lambda *_: None)
+    record.goal("<= 2% of the logit scale")
+    record.record(**figures)
+    if outcome:
+        crash = SimpleNamespace(reprcrash=SimpleNamespace(message="AssertionError: off by 9.00%"))
+        record.finish(SimpleNamespace(when="call", outcome=outcome, failed=outcome == "failed", duration=1.0,
+                                      longrepr=crash if outcome == "failed" else None))
+
+
+def test_report_states_each_checks_recorded_figures_and_outcome(tmp_path, monkeypatch):
     report = _report()
     scratch, out = tmp_path / "scratch", tmp_path / "out"
-    (scratch / "te_work").mkdir(parents=True)
     out.mkdir()
-    (scratch / "te_work" / "parts.json").write_text(json.dumps({"equivalence": {
-        "window_None": {"te_vs_fp32": 0.004, "local_bf16_vs_fp32": 0.004, "pack_vs_documents_alone": 0.001, "ok": True},
-        "window_effect_fp32": 0.3, "window_effect_te": 0.3, "ok": True}}))
+    checks = scratch / "checks"
+    _record(checks, monkeypatch, "test_te_logits_match_the_fp32_reference", "window", "passed", window=64,
+            te_vs_fp32=0.004, local_bf16_vs_fp32=0.005, te_vs_local_bf16=0.003)
+    _record(checks, monkeypatch, "test_te_logits_match_the_fp32_reference", "no_window", "failed", window=None,
+            te_vs_fp32=0.09, local_bf16_vs_fp32=0.005, te_vs_local_bf16=0.09)
+    _record(checks, monkeypatch, "test_fp8_checkpoint_resumes_in_a_fresh_process", None, None, resumed_from=125)
+    (out / "pytest_checks_te.txt").write_text("..F\n= 1 failed, 2 passed in 50.0s =\n")
+    (out / "pytest_checks_fp8.txt").write_text("ss\n= 2 skipped in 3.0s =\n")
     monkeypatch.setattr(sys, "argv", ["report.py", "--scratch", str(scratch), "--out", str(out)])
     report.main()
     md = (out / "results.md").read_text()
-    assert "| TE vs fp32 local reference, window_None | pass | TE 0.40%" in md
+    assert ("| TE vs fp32 local reference, window | pass | TE 0.40%, local bf16 0.50% of the logit scale (window 64) "
+            "| <= 2% of the logit scale |") in md
+    assert "| TE vs fp32 local reference, no_window | FAIL | TE 9.00%, local bf16 0.50% of the logit scale " \
+           "(window None); AssertionError: off by 9.00% |" in md
+    # killed before its losses came: it says so, with what it had recorded
+    assert "| FP8 checkpoint resumed at step 125 | cut short | resumed_from 125 |" in md
+    assert "| tests/gpu: TE equivalence and round trip | FAIL | 1 failed, 2 passed in 50.0s |" in md
+    assert "| tests/gpu: FP8 | skipped | 2 skipped in 3.0s |" in md
     assert "| suite, TE importable | not run |" in md
-    assert json.loads((out / "gpu_results.json").read_text())["te_checks"]["equivalence"]["ok"] is True
+    saved = json.loads((out / "gpu_results.json").read_text())["checks"]
+    assert {r["outcome"] for r in saved.values() if "outcome" in r} == {"passed", "failed"}

@@ -1,13 +1,12 @@
-"""One-GPU checks and timing for SOLO on megatron-core (run by benchmarks/gpu/run.sh, part 5).
+"""The one-GPU speed table for SOLO on megatron-core (run by benchmarks/gpu/run.sh).
 
-1. Packed-document attention on the GPU paths (flash varlen, FlexAttention) against the
-   CPU masked reference, forward and backward (``--skip-attention`` to leave it out).
-2. Training-step timing of a solo-7b-width model with the distributed optimizer, packed
-   sequences of 8192 (and 32768) tokens, a realistic image/text mix, side by side for each
-   ``--impls`` entry: ``local`` (local spec, bf16, our packed attention), ``te`` (Transformer
-   Engine spec, bf16, thd attention), ``te-fp8`` (TE, FP8 hybrid) and ``peer`` (the plain
-   transformers loop, peer.py): tokens/s, MFU against 989 TFLOP/s dense bf16 (FP8 too, so the
-   figures compare), peak memory. Each timing runs in a fresh process.
+Training-step timing of a solo-7b-width model with the distributed optimizer, packed sequences
+of 8192 (and 32768) tokens, a realistic image/text mix (tests/harness/mix.py), side by side for
+each ``--impls`` entry: ``local`` (local spec, bf16, our packed attention), ``te`` (Transformer
+Engine spec, bf16, thd attention), ``te-fp8`` (TE, FP8 hybrid) and ``peer`` (the plain
+transformers loop, peer.py): tokens/s, MFU against 989 TFLOP/s dense bf16 (FP8 too, so the
+figures compare), peak memory. Each timing runs in a fresh process. The correctness checks
+are pytest tests in tests/gpu/.
 
 ``--smoke`` (alias ``--cpu-smoke``) runs the same code on the CPU with tiny shapes; the TE entries
 are recorded as skipped there.
@@ -25,12 +24,12 @@ import traceback
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mix import attention_keys, make_pack, micro_batch  # noqa: E402
-
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]  # peer.py, and the repository for tests.harness
 from megatron_solo.config import ParallelConfig, TrainConfig, model_preset  # noqa: E402
 from megatron_solo.config.train import OptimConfig  # noqa: E402
 from megatron_solo.platform import current_device, init_distributed, init_parallel  # noqa: E402
+from tests.harness.mix import attention_keys, make_pack, micro_batch  # noqa: E402
 
 PEAK_TFLOPS = 989.0
 
@@ -39,51 +38,6 @@ def sync() -> None:
     """Wait for the GPU (no-op on CPU)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def check_attention(smoke: bool) -> dict:
-    """GPU packed attention vs the CPU boolean-mask reference (fp32), bf16 tolerance."""
-    from megatron.core.packed_seq_params import PackedSeqParams
-
-    from megatron_solo.model.packed_attention import PackedDocumentAttention, varlen_supported
-
-    seq, batch, heads, groups, dim = (256, 2, 4, 2, 32) if smoke else (4096, 2, 32, 8, 128)
-    g = torch.Generator().manual_seed(0)
-    cuts = sorted(torch.randint(1, seq * batch, (12,), generator=g).tolist())
-    cu = torch.tensor(sorted({0, *cuts, seq, seq * batch}), dtype=torch.int32)
-    q = torch.randn(seq, batch, heads, dim, generator=g)
-    k = torch.randn(seq, batch, groups, dim, generator=g)
-    v = torch.randn(seq, batch, groups, dim, generator=g)
-    grad = torch.randn(seq, batch, heads * dim, generator=g)
-
-    class Cfg:
-        context_parallel_size = 1
-        attention_dropout = 0.0
-        kv_channels = dim
-
-    def run(backend, device, dtype, window):
-        mod = PackedDocumentAttention(Cfg, 1, None, "self", backend=backend, window=window)
-        ins = [t.detach().to(device, dtype).requires_grad_() for t in (q, k, v)]
-        params = PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu.to(device), cu_seqlens_kv=cu.to(device),
-                                 max_seqlen_q=int((cu[1:] - cu[:-1]).max()), max_seqlen_kv=int((cu[1:] - cu[:-1]).max()))
-        out = mod(*ins, None, packed_seq_params=params)
-        out.backward(grad.to(device, dtype))
-        return out.float().cpu(), [t.grad.float().cpu() for t in ins]
-
-    results = {}
-    backends = ["flex"] + (["varlen"] if varlen_supported() else [])
-    if smoke:
-        backends = ["sdpa_mask"]
-    for window in (None, 512 if not smoke else 32):
-        ref_out, ref_grads = run("sdpa_mask", "cpu", torch.float32, window)
-        for backend in backends:
-            out, grads = run(backend, current_device(), torch.bfloat16, window)
-            scale = ref_out.abs().max().item()
-            err = (out - ref_out).abs().max().item() / scale
-            gerr = max(((a - b).norm() / b.norm()).item() for a, b in zip(grads, ref_grads))
-            results[f"{backend}_window{window}"] = {"max_rel_out_err": err, "rel_grad_err": gerr,
-                                                    "ok": err < 3e-2 and gerr < 3e-2}
-    return results
 
 
 def model_flops(cfg, seq_tokens: int, keys: int, n_patches: int) -> float:
@@ -244,7 +198,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after two warm-up steps)")
     ap.add_argument("--deadline", type=float, default=300.0, help="start no timing run after this many seconds")
     ap.add_argument("--microbatches", type=int, default=8, help="micro-batches per optimizer step")
-    ap.add_argument("--skip-attention", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.makedirs(args.scratch, exist_ok=True)
@@ -261,8 +214,6 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1, default=str)
 
-    if not args.skip_attention:
-        guarded(results, "attention", check_attention, args.smoke)
     for seq in [256] if args.smoke else args.seqs:
         for impl in args.impls:
             for layers in [2] if args.smoke else args.layers:

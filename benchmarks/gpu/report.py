@@ -1,8 +1,10 @@
 """Gather the parts of benchmarks/gpu/run.sh into one JSON and a markdown table for benchmarks/RESULTS.md.
 
-Reads what each part left in the scratch folder (also a part cut short by its time limit: its
-progress files) and writes ``gpu_results.json`` and ``results.md`` to ``--out``. Every figure in
-the table comes from those files; a part that did not run says so.
+Reads what the parts left: the pytest logs in ``--out``, each GPU check's record in the scratch
+folder's ``checks/`` (``SOLO_GPU_RESULTS``: its measured figures, goal and outcome, rewritten as
+the test goes, so a check cut short by its time limit keeps what it measured), the environment
+and the speed table's JSON; writes ``gpu_results.json`` and ``results.md`` to ``--out``. Every
+figure in the table comes from those files; a part that did not run says so.
 """
 
 from __future__ import annotations
@@ -14,17 +16,54 @@ import time
 from pathlib import Path
 
 GOALS = {"te_mfu": 0.50, "fp8_speedup": 1.3}
+# The pytest logs run.sh leaves in $OUT, and what each ran.
+PYTEST_LOGS = {
+    "pytest_checks_te": "tests/gpu: TE equivalence and round trip",
+    "pytest_te": "suite, TE importable",
+    "pytest_checks_fp8": "tests/gpu: FP8",
+    "pytest_local": "suite, SOLO_TRANSFORMER_IMPL=local",
+    "pytest_checks_attention": "tests/gpu: packed attention",
+}
+# check (test function in tests/gpu) -> (title, figure): templates over its recorded figures and
+# "param" (the test's parameter id); the order is the table's.
+CHECK_ROWS = {
+    "test_te_logits_match_the_fp32_reference": (
+        "TE vs fp32 local reference, {param}",
+        "TE {te_vs_fp32:.2%}, local bf16 {local_bf16_vs_fp32:.2%} of the logit scale (window {window})"),
+    "test_a_pack_gives_what_its_documents_give_alone": (
+        "TE: a pack vs its documents alone, {param}", "{pack_vs_documents_alone:.2%} of the logit scale"),
+    "test_te_honours_the_sliding_window": (
+        "sliding window honoured by TE",
+        "window {window} changes logits by {window_effect_fp32:.2%} (reference), {window_effect_te:.2%} (TE); "
+        "TE's error {worst_te_error:.2%}"),
+    "test_te_spec_loads_the_import_and_learns": (
+        "HF -> import -> TE training",
+        "loads the import: {te_loads_import}; loss {first_loss:.3f} -> {last_loss:.3f} in {steps} steps"),
+    "test_local_spec_resumes_the_te_checkpoint": (
+        "TE checkpoint resumed under the local spec",
+        "optimizer resumed: {resumed_optimizer}, at step {resumed_iteration}; logits local vs TE "
+        "{local_vs_te_logits:.2%}; next {steps_compared} losses differ by {loss_rel_diff:.2%}"),
+    "test_export_gives_the_megatron_logits": (
+        "export -> stock transformers ({model_class})", "{export_vs_megatron_fp32:.2e} of the logit scale (fp32)"),
+    "test_fp8_final_loss_within_2pct_of_bf16": (
+        "FP8 ({fp8_leg}) vs bf16, {steps} steps",
+        "final loss {fp8_end:.4f} vs {bf16_end:.4f} ({rel_diff:.2%}; from {bf16_start:.3f})"),
+    "test_fp8_checkpoint_resumes_in_a_fresh_process": (
+        "FP8 checkpoint resumed at step {resumed_from}",
+        "next {resumed_steps} losses differ by at most {max_rel_diff:.2e} (relative)"),
+    "test_packed_attention_matches_the_masked_reference": (
+        "packed attention, {backend}, window {window}",
+        "output {max_rel_out_err:.2%}, gradients {rel_grad_err:.2%} off the fp32 reference ({tokens} tokens)"),
+}
+OUTCOMES = {"passed": "pass", "failed": "FAIL", "error": "ERROR", "skipped": "skipped"}
 
 
-def read_json(*paths: Path) -> dict:
-    """The first of ``paths`` that holds JSON, else {}."""
-    for path in paths:
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError:
-                continue
-    return {}
+def read_json(path: Path) -> dict:
+    """The JSON object in ``path``, else {} (absent, or cut off mid-write)."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
 
 
 def pytest_summary(path: Path) -> dict:
@@ -32,7 +71,7 @@ def pytest_summary(path: Path) -> dict:
     if not path.is_file():
         return {"ran": False}
     text = path.read_text(errors="replace")
-    lines = [ln for ln in text.splitlines() if re.search(r"\b(passed|failed|error)\b", ln) and " in " in ln]
+    lines = [ln for ln in text.splitlines() if re.search(r"\b(passed|failed|errors?|skipped)\b", ln) and " in " in ln]
     out: dict = {"ran": True, "summary": lines[-1].strip("= ") if lines else "no summary (cut short?)"}
     for count, word in re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected)", lines[-1] if lines else ""):
         out[word.rstrip("s") if word.startswith("error") else word] = int(count)
@@ -50,57 +89,57 @@ def fmt(x, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def ok(flag) -> str:
-    """pass / FAIL / not run."""
-    return "not run" if flag is None else ("pass" if flag else "FAIL")
+def suite_result(summary: dict) -> str:
+    """not run / FAIL (a failure or error) / pass (something passed) / skipped (nothing ran)."""
+    if not summary.get("ran"):
+        return "not run"
+    if summary.get("failed", 0) + summary.get("error", 0) or ("passed" not in summary and "skipped" not in summary):
+        return "FAIL"
+    return "pass" if summary.get("passed", 0) else "skipped"
+
+
+
+def read_checks(folder: Path) -> dict:
+    """file stem -> record of every check that left one in ``folder`` (tests/gpu/checks.py's Figures)."""
+    out = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = read_json(path)
+        if record.get("check"):
+            out[path.stem] = record
+    return out
+
+
+def _fill(template: str, values: dict) -> str | None:
+    try:
+        return template.format_map(values)
+    except (KeyError, ValueError, TypeError):  # a figure the check did not get to record
+        return None
+
+
+def check_row(record: dict) -> str:
+    """The markdown row of one check's record: title, outcome, measured figures, goal."""
+    figures = record.get("figures", {})
+    values = {**figures, "param": record.get("param")}
+    title, figure = CHECK_ROWS.get(record["check"], ("{check}", ""))
+    title = _fill(title, {**values, "check": record["check"]}) or record["check"]
+    text = _fill(figure, values) if figure else None
+    if text is None:  # no template, or figures missing: say what there is
+        text = "; ".join(f"{k} {v}" for k, v in figures.items() if isinstance(v, (int, float, str, bool)))
+    if record.get("error"):
+        text = f"{text}; {record['error'][:200]}" if text else record["error"][:200]
+    result = OUTCOMES.get(record.get("outcome"), "cut short")
+    return f"| {title} | {result} | {text or '-'} | {record.get('goal') or '-'} |"
 
 
 def correctness_rows(res: dict) -> list[str]:
-    """Markdown rows of the correctness checks."""
+    """Markdown rows of the correctness checks: each pytest run, then each check's figures."""
     rows = []
-    for name, key in (("suite, TE importable", "pytest_te"), ("suite, SOLO_TRANSFORMER_IMPL=local", "pytest_local")):
-        p = res.get(key, {})
-        flag = None if not p.get("ran") else (p.get("failed", 0) + p.get("error", 0) == 0 and p.get("passed", 0) > 0)
-        rows.append(f"| {name} | {ok(flag)} | {p.get('summary', '-')} | all pass |")
-    eq = res.get("te_checks", {}).get("equivalence", {})
-    for key, value in eq.items():
-        if key.startswith("window_") and isinstance(value, dict):
-            rows.append(f"| TE vs fp32 local reference, {key} | {ok(value.get('ok'))} | "
-                        f"TE {pct(value.get('te_vs_fp32'))}, local bf16 {pct(value.get('local_bf16_vs_fp32'))} "
-                        f"of the logit scale; pack vs documents alone {pct(value.get('pack_vs_documents_alone'))} | <= 2% |")
-    if "window_effect_fp32" in eq:
-        rows.append(f"| sliding window honoured by TE | {ok(eq.get('ok'))} | window changes logits by "
-                    f"{pct(eq['window_effect_fp32'])} (reference), {pct(eq.get('window_effect_te'))} (TE) | "
-                    f"> 3x the TE error |")
-    if "error" in eq:
-        rows.append(f"| TE vs local | FAIL | {eq['error'][:200]} | |")
-    rt = res.get("te_checks", {}).get("roundtrip", {})
-    if rt and "error" not in rt:
-        rows.append(f"| HF -> import -> 20 TE steps -> resume under local spec | {ok(rt.get('ok_training'))} | "
-                    f"TE loads the import: {rt.get('te_loads_import')}; optimizer resumed: {rt.get('resumed_optimizer')}; "
-                    f"logits local vs TE "
-                    f"{pct(rt.get('local_vs_te_logits_at_20'))}; next 5 losses differ by "
-                    f"{pct(rt.get('loss_rel_diff_21_25'))} | <= 2% |")
-    elif rt:
-        rows.append(f"| HF -> TE training -> local resume | FAIL | {rt['error'][:200]} | |")
-    ex = res.get("te_checks", {}).get("export", {})
-    if ex:
-        rows.append(f"| export -> stock transformers ({ex.get('model_class', '-')}) | {ok(ex.get('ok'))} | "
-                    f"{fmt(ex.get('export_vs_megatron_fp32'), '.2e')} of the logit scale (fp32) | <= 1e-4 |")
-    fp8 = res.get("fp8", {})
-    curve, resume = fp8.get("curve"), fp8.get("resume")
-    if curve:
-        rows.append(f"| FP8 ({fp8.get('fp8_leg')}) vs bf16, {fp8.get('steps')} steps | {ok(curve.get('ok'))} | "
-                    f"final loss {fmt(curve['fp8_end'], '.4f')} vs {fmt(curve['bf16_end'], '.4f')} "
-                    f"({pct(curve['rel_diff'])}; from {fmt(curve['bf16_start'], '.3f')}) | <= 2% |")
-    if resume:
-        rows.append(f"| FP8 checkpoint resumed at step {resume['from']} | {ok(resume.get('ok'))} | "
-                    f"next {len(resume['resumed'])} losses differ by at most {fmt(resume['max_rel_diff'], '.2e')} "
-                    f"(relative) | <= 1e-3 |")
-    for key in ("curves_error", "resume_error"):
-        if key in fp8:
-            rows.append(f"| FP8 {key.split('_')[0]} | FAIL | {fp8[key][-200:]} | |")
-    return rows
+    for key, name in PYTEST_LOGS.items():
+        p = res.get("pytest", {}).get(key, {})
+        rows.append(f"| {name} | {suite_result(p)} | {p.get('summary', '-')} | all pass |")
+    order = {name: i for i, name in enumerate(CHECK_ROWS)}
+    records = sorted(res.get("checks", {}).items(), key=lambda kv: (order.get(kv[1]["check"], len(order)), kv[0]))
+    return rows + [check_row(record) for _, record in records]
 
 
 def speed_rows(res: dict) -> tuple[list[str], dict]:
@@ -160,10 +199,8 @@ def main() -> None:
     res = {
         "date": time.strftime("%Y-%m-%d"), "smoke": args.smoke,
         "environment": read_json(s / "environment.json"),
-        "pytest_te": pytest_summary(out / "pytest_te.txt"),
-        "pytest_local": pytest_summary(out / "pytest_local.txt"),
-        "te_checks": read_json(s / "te.json", s / "te_work" / "parts.json"),
-        "fp8": read_json(s / "fp8.json", s / "fp8_work" / "curves.json"),
+        "pytest": {key: pytest_summary(out / f"{key}.txt") for key in PYTEST_LOGS},
+        "checks": read_checks(s / "checks"),
         "speed": read_json(s / "speed.json"),
         "timeline": (s / "timeline.txt").read_text().splitlines() if (s / "timeline.txt").is_file() else [],
     }

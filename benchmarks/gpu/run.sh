@@ -7,16 +7,19 @@
 # --te DIR     install Transformer Engine from the wheel(s) in DIR first, for a machine without network
 #              (a wheel split into part0* pieces is joined first); wheels in .whl/ go to /tmp/site
 # --budget S   end everything within S seconds (default 560)
-# --cpu-smoke  the same steps on the CPU with tiny shapes and a short test list (checks this script)
+# --cpu-smoke  the same steps on the CPU with tiny shapes and a short test list (checks this script);
+#              the tests/gpu checks run with SOLO_GPU_CHECKS=cpu-smoke
 #
 # Parts, most telling first, each under its own time limit cut to what the budget has left:
-#   2+3 te_checks.py     TE vs local on imported weights, pack vs alone, window; HF -> TE -> local -> HF
-#   1   pytest           the multi-process-free suite with TE importable (auto = TE spec for bf16)
-#   4   fp8_checks.py    FP8 vs bf16 loss curves, FP8 checkpoint resume
-#   5   gpu_checks.py    speed at solo-7b width: local bf16, TE bf16, TE FP8, transformers peer
-#   1'  pytest           the model/training/checkpoint tests again with SOLO_TRANSFORMER_IMPL=local
-# Writes to $OUT (default ./gpu_out): log.txt, pytest_te.txt, pytest_local.txt, gpu_results.json,
-# results.md.
+#   pytest_checks_te         tests/gpu/test_te_equivalence.py, test_te_roundtrip.py: TE vs local on imported
+#                            weights, pack vs alone, window; HF -> TE -> local -> HF
+#   pytest_te                the multi-process-free suite with TE importable (auto = TE spec for bf16)
+#   pytest_checks_fp8        tests/gpu/test_fp8.py: FP8 vs bf16 loss curves, FP8 checkpoint resume
+#   speed                    gpu_checks.py: speed at solo-7b width: local bf16, TE bf16, TE FP8, transformers peer
+#   pytest_local             the model/training/checkpoint tests again with SOLO_TRANSFORMER_IMPL=local
+#   pytest_checks_attention  tests/gpu/test_packed_attention.py: the local spec's GPU attention paths
+# The tests/gpu checks record their figures in $SCRATCH/checks (SOLO_GPU_RESULTS) as they go.
+# Writes to $OUT (default ./gpu_out): log.txt, PART.txt of each pytest part, gpu_results.json, results.md.
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 TE_DIR=""; BUDGET=560; SMOKE=0
@@ -47,11 +50,11 @@ part() {
 }
 
 if ((SMOKE)); then
-  export PYTHONPATH=$PWD
-  TESTS=(tests/test_model_specs.py tests/test_model_thd.py)
-  LOCAL_TESTS=(tests/test_model_specs.py)
+  export PYTHONPATH=$PWD SOLO_GPU_CHECKS=cpu-smoke
+  TESTS=(tests/model/test_specs.py tests/model/test_thd.py)
+  LOCAL_TESTS=(tests/model/test_specs.py)
   SMOKE_FLAG=(--cpu-smoke)
-  LIMITS=(300 200 200 200 200)
+  LIMITS=(300 200 200 200 200 100)
 else
   if [[ -n "$TE_DIR" ]]; then
     (cd "$TE_DIR" && { ! ls part0* >/dev/null 2>&1 || { cat part0* > transformer_engine_cu13-2.11.0-py3-none-manylinux_2_28_x86_64.whl && rm part0*; }; } \
@@ -65,10 +68,11 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 setup.py build_ext --inplace > "$SCRATCH/build.log" 2>&1 || { echo "csrc build failed:"; tail -20 "$SCRATCH/build.log"; }
   TESTS=(tests)
-  LOCAL_TESTS=(tests/test_model.py tests/test_model_thd.py tests/test_model_specs.py tests/test_training_loop.py
-               tests/test_checkpoint_errors.py tests/test_checkpoint_real.py)
+  LOCAL_TESTS=(tests/model/test_solo_model.py tests/model/test_thd.py tests/model/test_specs.py tests/training/test_loop.py
+               tests/hf/test_convert_errors.py tests/hf/test_real_weights.py)
   SMOKE_FLAG=()
-  LIMITS=(100 100 80 190 45)  # + ~30 s set-up: 545 s, the budget less the report's reserve
+  # + ~30 s set-up: 545 s, the budget less the report's reserve; the attention check takes what is left
+  LIMITS=(100 100 80 190 45 60)
 fi
 python3 - "$SCRATCH/environment.json" <<'EOF'
 import json, sys, torch
@@ -90,17 +94,23 @@ print(env)
 json.dump(env, open(sys.argv[1], "w"))
 EOF
 
-PYTEST=(python3 -m pytest -q -m "not multiprocess" -p no:warnings -p no:cacheprovider -rfE)
-part te_checks "${LIMITS[0]}" python3 benchmarks/gpu/te_checks.py "${SMOKE_FLAG[@]}" --out "$SCRATCH/te.json" --work "$SCRATCH/te_work"
-part pytest_te "${LIMITS[1]}" bash -c "$(printf '%q ' "${PYTEST[@]}" "${TESTS[@]}") > $OUT/pytest_te.txt 2>&1"
-tail -n 15 "$OUT/pytest_te.txt" 2>/dev/null
-part fp8_checks "${LIMITS[2]}" python3 benchmarks/gpu/fp8_checks.py "${SMOKE_FLAG[@]}" --out "$SCRATCH/fp8.json" --work "$SCRATCH/fp8_work"
+export SOLO_GPU_RESULTS=$SCRATCH/checks
+# tests NAME SECONDS ARGS...: pytest ARGS as part NAME, its log in $OUT/NAME.txt (tail shown)
+tests() {
+  local name=$1 limit=$2; shift 2
+  part "$name" "$limit" bash -c "$(printf '%q ' python3 -m pytest -q -p no:warnings -p no:cacheprovider -rfEs "$@") \
+    > $OUT/$name.txt 2>&1"
+  tail -n 15 "$OUT/$name.txt" 2>/dev/null
+}
+SUITE=(-m "not multiprocess and not gpu")  # the checks in tests/gpu run in their own parts
+tests pytest_checks_te "${LIMITS[0]}" tests/gpu/test_te_equivalence.py tests/gpu/test_te_roundtrip.py
+tests pytest_te "${LIMITS[1]}" "${SUITE[@]}" "${TESTS[@]}"
+tests pytest_checks_fp8 "${LIMITS[2]}" tests/gpu/test_fp8.py
 SPEED_LIMIT=${LIMITS[3]}
-part speed "$SPEED_LIMIT" python3 benchmarks/gpu/gpu_checks.py "${SMOKE_FLAG[@]}" --skip-attention \
+part speed "$SPEED_LIMIT" python3 benchmarks/gpu/gpu_checks.py "${SMOKE_FLAG[@]}" \
   --out "$SCRATCH/speed.json" --scratch "$SCRATCH/speed_runs" --deadline $((SPEED_LIMIT - 45)) \
   $( ((SMOKE)) && echo "--microbatches 2" )
-part pytest_local "${LIMITS[4]}" env SOLO_TRANSFORMER_IMPL=local bash -c \
-  "$(printf '%q ' "${PYTEST[@]}" "${LOCAL_TESTS[@]}") > $OUT/pytest_local.txt 2>&1"
-tail -n 15 "$OUT/pytest_local.txt" 2>/dev/null
+SOLO_TRANSFORMER_IMPL=local tests pytest_local "${LIMITS[4]}" "${SUITE[@]}" "${LOCAL_TESTS[@]}"
+tests pytest_checks_attention "${LIMITS[5]}" tests/gpu/test_packed_attention.py
 python3 benchmarks/gpu/report.py --scratch "$SCRATCH" --out "$OUT" $( ((SMOKE)) && echo "--smoke" )
 echo "== done at ${SECONDS}s"

@@ -9,7 +9,8 @@ import torch
 
 
 def small_hf_model(kind: str = "mistral", vocab: int = 32000, hidden: int = 64, layers: int = 4,
-                   heads: int = 4, kv_heads: int = 2, ffn: int = 96, tied: bool = False, seed: int = 0):
+                   heads: int = 4, kv_heads: int = 2, ffn: int = 96, tied: bool = False, seed: int = 0,
+                   max_positions: int = 512):
     """A random MistralForCausalLM / LlamaForCausalLM / Qwen2ForCausalLM (fp32)."""
     from transformers import (
         LlamaConfig,
@@ -22,7 +23,7 @@ def small_hf_model(kind: str = "mistral", vocab: int = 32000, hidden: int = 64, 
 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                  num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+                  num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
                   tie_word_embeddings=tied, rms_norm_eps=1e-5)
     if kind == "mistral":
         model = MistralForCausalLM(MistralConfig(sliding_window=None, **common))

@@ -1,4 +1,5 @@
-"""A realistic SOLO image/text mix as packed sequences, for GPU timing (no data files needed)."""
+"""A realistic SOLO image/text mix as packed sequences (no data files needed): the GPU checks in
+tests/gpu/ and the timings in benchmarks/ train and compare on it."""
 
 from __future__ import annotations
 
