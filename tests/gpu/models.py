@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from tests.harness.mix import learnable_pack, make_pack, micro_batch
+
+if TYPE_CHECKING:
+    from megatron_solo.config import SoloModelConfig, TrainConfig
+
+Trainer = tuple[list[torch.nn.Module], object, object]  # (model chunks, optimizer, scheduler)
 
 
 def import_small_mistral(root: Path, smoke: bool) -> str:
@@ -45,7 +50,7 @@ def copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
         raise AssertionError(f"weights do not map: missing {leftover}, unexpected {unexpected}")
 
 
-def logits(model, b: dict, cfg) -> torch.Tensor:
+def logits(model: torch.nn.Module, b: dict, cfg: SoloModelConfig) -> torch.Tensor:
     """[B, S, vocab] logits of a collated micro-batch, documents kept apart."""
     from megatron_solo.platform import current_device
     from megatron_solo.training.forward_step import packed_seq_params, to_device
@@ -57,7 +62,7 @@ def logits(model, b: dict, cfg) -> torch.Tensor:
     return out[..., : cfg.vocab_size].float().cpu()
 
 
-def documents_alone(model, b: dict, cfg) -> torch.Tensor:
+def documents_alone(model: torch.nn.Module, b: dict, cfg: SoloModelConfig) -> torch.Tensor:
     """Logits of the first pack of ``b`` computed one document at a time, concatenated."""
     from megatron_solo.vocab import VPATCH_ID
 
@@ -76,7 +81,7 @@ def documents_alone(model, b: dict, cfg) -> torch.Tensor:
     return torch.cat(outs, dim=1)
 
 
-def probe(import_dir: str):
+def probe(import_dir: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(tokens [1, S], SOLO patches, HF processor inputs) of one image + prompt."""
     from PIL import Image
 
@@ -89,7 +94,7 @@ def probe(import_dir: str):
     return inputs["input_ids"], fuyu_to_solo_patches(inputs[fuyu_image_key()]), inputs
 
 
-def probe_logits(model, import_dir: str, cfg) -> torch.Tensor:
+def probe_logits(model: torch.nn.Module, import_dir: str, cfg: SoloModelConfig) -> torch.Tensor:
     """Logits of :func:`probe`'s image + prompt (one document, positions 0..S-1)."""
     from megatron_solo.platform import current_device
 
@@ -109,7 +114,7 @@ def run_root(import_dir: str, root: Path) -> str:
     return str(root)
 
 
-def build_trainer(model_cfg, train, seed: int, packed_format: str | None = None):
+def build_trainer(model_cfg: SoloModelConfig, train: TrainConfig, seed: int, packed_format: str | None = None) -> Trainer:
     """(chunks, optimizer, scheduler): DDP and megatron-core's distributed optimizer, bf16, one rank."""
     from megatron_solo.config import ParallelConfig
     from megatron_solo.model.builder import solo_provider
@@ -133,7 +138,7 @@ def step_data(seed: int, seq: int, micro: int) -> list[dict]:
     return batches(seed, seq, 2, batch=micro, learnable=True)
 
 
-def train(trainer, steps: range, seq: int, micro: int, data_seed: int) -> list[float]:
+def train(trainer: Trainer, steps: range, seq: int, micro: int, data_seed: int) -> list[float]:
     """Losses of ``steps`` training steps, step ``i`` on ``step_data(data_seed + i)``."""
     from megatron_solo.training.forward_step import solo_forward_step
     from megatron_solo.training.step import train_step
@@ -155,7 +160,7 @@ FP8_SHAPES = {
 FP8_DATA_SEED = 10_000
 
 
-def fp8_trainer(fp8: str | None, recipe: str, smoke: bool):
+def fp8_trainer(fp8: str | None, recipe: str, smoke: bool) -> Trainer:
     """The FP8 check's small SOLO (TE spec; local bf16 on the smoke run) with its optimizer and schedule."""
     from megatron_solo.config import TrainConfig, model_preset
     from megatron_solo.config.train import OptimConfig
@@ -169,7 +174,7 @@ def fp8_trainer(fp8: str | None, recipe: str, smoke: bool):
     return build_trainer(cfg, train_cfg, seed=11)
 
 
-def fp8_train(trainer, steps: range, smoke: bool) -> list[float]:
+def fp8_train(trainer: Trainer, steps: range, smoke: bool) -> list[float]:
     """Losses of the FP8 check's ``steps`` (the same data in every run)."""
     s = FP8_SHAPES["smoke" if smoke else "gpu"]
     return train(trainer, steps, s["seq"], s["micro"], FP8_DATA_SEED)
@@ -185,7 +190,3 @@ def fp8_resume(checkpoint: str, recipe: str, smoke: bool, steps: int, out: str) 
     losses = fp8_train(trainer, range(state.iteration, min(state.iteration + steps, total)), smoke)
     Path(out).write_text(json.dumps({"from": state.iteration, "losses": losses}))
 
-
-def with_window(cfg, window: int | None, impl: str):
-    """``cfg`` with Mistral's sliding window ``window`` and layer implementation ``impl``."""
-    return dataclasses.replace(cfg, sliding_window=window, transformer_impl=impl)

@@ -42,9 +42,10 @@ def fp8_machine(transformer_engine: str) -> None:
         return
     from megatron_solo.model.specs import FP8_RECIPES, gpu_capability
 
-    needed, have = FP8_RECIPES.get(RECIPE), gpu_capability()
-    if needed and (have is None or have < needed):
-        pytest.skip(f"fp8_recipe={RECIPE!r} needs compute capability {needed[0]}.{needed[1]}, this GPU has {have}")
+    needed, have = FP8_RECIPES.get(RECIPE), gpu_capability() or (0, 0)
+    if needed and have < needed:
+        pytest.skip(f"fp8_recipe={RECIPE!r} needs compute capability {needed[0]}.{needed[1]}, "
+                    f"this GPU has {have[0]}.{have[1]}")
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,12 @@ On the smoke run the local spec in the thd layout stands in for TE.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tests.gpu.checks import BF16_TOL, rel_err, smoke
-from tests.gpu.models import batches, copy_weights, documents_alone, logits, with_window
+from tests.gpu.models import batches, copy_weights, documents_alone, logits
 
 pytestmark = pytest.mark.gpu
 
@@ -37,11 +39,11 @@ def outputs(imported_mistral: str, transformer_engine: str, world1):
 
     def run(window: int | None) -> dict:
         if window not in cache:
+            shape = lambda impl: dataclasses.replace(cfg, sliding_window=window, transformer_impl=impl)  # noqa: E731
             models = {
-                "fp32": build_solo_model(with_window(cfg, window, "local"), ParallelConfig()),
-                "local": build_solo_model(with_window(cfg, window, "local"), ParallelConfig(), bf16=True),
-                "te": build_solo_model(with_window(cfg, window, transformer_engine), ParallelConfig(), bf16=True,
-                                       packed_format="thd"),
+                "fp32": build_solo_model(shape("local"), ParallelConfig()),
+                "local": build_solo_model(shape("local"), ParallelConfig(), bf16=True),
+                "te": build_solo_model(shape(transformer_engine), ParallelConfig(), bf16=True, packed_format="thd"),
             }
             for model in models.values():
                 copy_weights(chunks[0], model)
