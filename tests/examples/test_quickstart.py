@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 
 import pytest
 
-from tests.harness.paths import REPO
-
-LAUNCHER = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_STEP_NUM_TASKS")
+from tests.harness.paths import REPO, user_env
 
 pytestmark = pytest.mark.multiprocess
 
 
 def _run(**env: str) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if k not in LAUNCHER}
+    base = user_env()
     return subprocess.run(["bash", str(REPO / "examples" / "quickstart.sh")], env={**base, **env},
                           capture_output=True, text=True, timeout=900)
 
@@ -53,7 +50,7 @@ def _script_copy(tmp_path):
 
 
 def _run_copy(repo, **env: str) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if k not in {*LAUNCHER, "WORK", "DATA", "STEPS"}}
+    base = user_env(drop=("WORK", "DATA", "STEPS"))
     return subprocess.run(["bash", str(repo / "examples" / "quickstart.sh")], env={**base, **env},
                           capture_output=True, text=True, timeout=60)
 

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
-from tests.harness.paths import REPO
-
-LAUNCHERS = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_STEP_NUM_TASKS")
+from tests.harness.paths import REPO, user_env
 
 
 def run_cli(name: str, *args, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
     """``python tools/<name> args`` without launcher variables and with warnings shown (what a user sees)."""
-    base = {k: v for k, v in os.environ.items() if k not in LAUNCHERS and k != "PYTHONWARNINGS"}
-    base.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    base = user_env(drop=("PYTHONWARNINGS",), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], env={**base, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from safetensors.torch import load_file
 from megatron_solo.errors import UserInputError
 from megatron_solo.platform import spawn
 from tests.harness import training as T
-from tests.harness.paths import REPO
+from tests.harness.paths import REPO, user_env
 
 pytestmark = pytest.mark.multiprocess
 
@@ -63,8 +62,8 @@ def test_a_failed_start_tears_its_process_world_down(tmp_path):
         "try:\n"
         f"    pretrain(JobConfig(model='solo-tiny', init_from={str(tmp_path / 'missing')!r}))\n"
         "except Exception as err:\n"
-        "    print(type(err).__name__, torch.distributed.is_initialized())\n"
+        "    print(type(err).__name__, torch.distributed.is_initialized(), err)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert out.stdout.split() == ["CheckpointError", "False"], out.stderr[-2000:]
+                         cwd=str(REPO), env=user_env(PYTHONPATH=str(REPO)))
+    assert out.stdout.split()[:2] == ["CheckpointError", "False"], (out.stdout, out.stderr[-2000:])
