@@ -26,7 +26,7 @@ from megatron_solo.checkpoint.metadata import (
 )
 from megatron_solo.config.data import DataConfig
 from megatron_solo.config.job import JobConfig
-from megatron_solo.config.model import RUN_CHOICES, SoloModelConfig, model_preset, with_overrides
+from megatron_solo.config.model import SoloModelConfig, model_preset, with_overrides
 from megatron_solo.config.train import TrainConfig
 from megatron_solo.errors import UserInputError
 
@@ -94,13 +94,13 @@ def check_saved_model(save_dir: str | None, model: SoloModelConfig) -> None:
     if not save_dir or not (Path(save_dir) / META_FILE).is_file():
         return
     meta, meta_path = read_metadata(save_dir)
-    saved, mine = dataclasses.asdict(model_config(meta)), dataclasses.asdict(model)
-    differ = sorted(k for k in mine if k not in RUN_CHOICES and saved.get(k) != mine[k])
+    # how a run computes the model may change between runs; what the model is may not
+    saved, mine = (dataclasses.asdict(c.with_run_defaults()) for c in (model_config(meta), model))
+    differ = sorted(k for k in mine if saved[k] != mine[k])
     if differ:
-        pairs = ", ".join(f"{k} {saved.get(k)} vs {mine[k]}" for k in differ)
+        pairs = ", ".join(f"{k} {saved[k]} vs {mine[k]}" for k in differ)
         raise RunSetupError(f"--save {save_dir} holds the run of another model ({meta_path} differs: {pairs}); "
                             "choose another --save folder")
-
 
 
 def build_checked_loader(config: DataConfig, train: TrainConfig, patch_size: int, rank: int, world_size: int,
