@@ -236,7 +236,6 @@ def check_layers(src: HFSource, cfg: SoloModelConfig, rules: dict[str, Rule]) ->
                 )
 
 
-
 def renamed_decoder(decoder: DecoderAdapter, sd: dict[str, torch.Tensor], cfg: SoloModelConfig, prefix: str,
                     untied_output: bool) -> Iterator[tuple[str, torch.Tensor]]:
     """``decoder.to_hf`` with ``model.`` replaced by ``prefix``; a tied head is written out when ``untied_output``."""
