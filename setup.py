@@ -33,6 +33,7 @@ setup(
         "protobuf",
         "webdataset>=0.2",
         "tensorboard",
+        "matplotlib",  # loss_curve.png
         # 4.57.6 and 5.24.0 verified (export, processor, generate); older 4.x Fuyu needs other inputs
         "transformers>=4.57",
         "safetensors",
@@ -42,6 +43,8 @@ setup(
     ],
     extras_require={
         "te": ["transformer-engine[pytorch]"],
+        # Weights & Biases experiment tracking (pretrain --wandb-project)
+        "wandb": ["wandb"],
         # Mistral's tokenizer.model, the tokenizer used when none is given (vocab.default_tokenizer_path)
         "mistral": ["mistral-common"],
         # the logistic-regression pixel baseline (evaluate --baseline-train) and the digits demo data

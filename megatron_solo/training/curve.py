@@ -1,16 +1,20 @@
-"""A loss-curve picture (training and validation) beside the tensorboard logs, drawn with PIL.
+"""loss_curve.png beside the tensorboard logs: log-scale loss, training and validation, spikes and skips marked.
 
-Read back from the tensorboard event files, so a resumed run's curve covers every attempt.
+Read back from the tensorboard event files, so a resumed run's curve covers every attempt. Spikes and
+skipped steps are read from their running counts (``train/spikes``, ``train/skipped_steps``): a step is
+marked where its count rose.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CURVE_FILE = "loss_curve.png"
-_SIZE, _MARGIN = (800, 500), 60
-_COLOURS = {"train/loss": (31, 119, 180), "val/loss": (214, 39, 40)}
+TRAIN_LOSS, VAL_LOSS = "train/loss", "val/loss"
+SPIKES, SKIPPED = "train/spikes", "train/skipped_steps"  # running counts, one value per logged step
 
 
 def read_scalars(tensorboard_dir: str | os.PathLike, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
@@ -23,40 +27,71 @@ def read_scalars(tensorboard_dir: str | os.PathLike, tags: tuple[str, ...]) -> d
     return {t: sorted({e.step: e.value for e in acc.Scalars(t)}.items()) for t in tags if t in have}
 
 
+def rises(counts: list[tuple[int, float]]) -> list[int]:
+    """The steps at which a running count went up (the first logged value counts from zero)."""
+    steps, before = [], 0.0
+    for step, value in counts:
+        if value > before:
+            steps.append(step)
+        before = value
+    return steps
+
+
+@dataclass
+class CurveData:
+    """What the picture shows: the two loss series and the marked steps."""
+
+    train: list[tuple[int, float]] = field(default_factory=list)
+    val: list[tuple[int, float]] = field(default_factory=list)
+    spikes: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, tensorboard_dir: str | os.PathLike) -> CurveData:
+        """The curve's data from the event files of ``tensorboard_dir``."""
+        s = read_scalars(tensorboard_dir, (TRAIN_LOSS, VAL_LOSS, SPIKES, SKIPPED))
+        return cls(s.get(TRAIN_LOSS, []), s.get(VAL_LOSS, []), rises(s.get(SPIKES, [])), rises(s.get(SKIPPED, [])))
+
+
+def _plottable(series: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
+    """Steps and values a log axis can show (a NaN, Inf or non-positive loss is left out)."""
+    kept = [(s, v) for s, v in series if math.isfinite(v) and v > 0]
+    return [s for s, _ in kept], [v for _, v in kept]
+
+
+def loss_figure(data: CurveData):
+    """The matplotlib Figure of ``data`` (no pyplot: no global state, no display needed)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 5.5), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    steps, values = _plottable(data.train)
+    ax.plot(steps, values, color="tab:blue", linewidth=1.2, label="train", gid="train")
+    vsteps, vvalues = _plottable(data.val)
+    ax.plot(vsteps, vvalues, color="tab:red", marker="o", markersize=4, linewidth=1.5, label="validation", gid="val")
+    by_step = dict(zip(steps, values))
+    spikes = [s for s in data.spikes if s in by_step]
+    ax.scatter(spikes, [by_step[s] for s in spikes], marker="^", s=60, color="tab:orange", zorder=3,
+               label=f"loss spike ({len(data.spikes)})", gid="spikes")
+    for i, step in enumerate(data.skipped):
+        ax.axvline(step, color="tab:gray", linestyle="--", linewidth=1, gid="skipped",
+                   label=f"skipped step ({len(data.skipped)})" if i == 0 else None)
+    last = [f"train {values[-1]:.4g}"] if values else []
+    last += [f"validation {vvalues[-1]:.4g}"] if vvalues else []
+    ax.set_title("loss" + (f" (last: {', '.join(last)})" if last else ""))
+    ax.legend(loc="upper right")
+    return fig
+
+
 def write_loss_curve(tensorboard_dir: str | os.PathLike) -> Path | None:
-    """Draw train/loss and val/loss against the step into TENSORBOARD_DIR/loss_curve.png; None without data."""
-    from PIL import Image, ImageDraw
-
-    series = {k: v for k, v in read_scalars(tensorboard_dir, tuple(_COLOURS)).items() if v}
-    if not series:
+    """Draw the loss curve into TENSORBOARD_DIR/loss_curve.png; None when no loss was logged there."""
+    data = CurveData.read(tensorboard_dir)
+    if not data.train and not data.val:
         return None
-    points = [p for s in series.values() for p in s]
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1e-6)
-    w, h = _SIZE
-    img = Image.new("RGB", _SIZE, "white")
-    draw = ImageDraw.Draw(img)
-
-    def xy(step: int, value: float) -> tuple[float, float]:
-        return (_MARGIN + (step - x0) / (x1 - x0) * (w - 2 * _MARGIN),
-                h - _MARGIN - (value - y0) / (y1 - y0) * (h - 2 * _MARGIN))
-
-    draw.rectangle([_MARGIN, _MARGIN, w - _MARGIN, h - _MARGIN], outline="black")
-    for frac in (0.0, 0.5, 1.0):
-        value = y0 + frac * (y1 - y0)
-        draw.text((4, xy(x0, value)[1] - 6), f"{value:.3g}", fill="black")
-        step = x0 + frac * (x1 - x0)
-        draw.text((xy(step, y0)[0] - 10, h - _MARGIN + 6), f"{step:.0f}", fill="black")
-    draw.text((w // 2 - 20, h - 20), "step", fill="black")
-    for row, (tag, data) in enumerate(series.items()):
-        colour = _COLOURS[tag]
-        coords = [xy(s, v) for s, v in data]
-        if len(coords) > 1:
-            draw.line(coords, fill=colour, width=2)
-        for x, y in coords if len(coords) < 40 else coords[-1:]:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        draw.text((w - _MARGIN - 150, _MARGIN + 8 + 16 * row), f"{tag} (last {data[-1][1]:.4g})", fill=colour)
     path = Path(tensorboard_dir) / CURVE_FILE
-    img.save(path)
+    loss_figure(data).savefig(path)
     return path
