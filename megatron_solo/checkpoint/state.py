@@ -86,14 +86,13 @@ def _prime_optimizer_state(optimizer) -> None:
 
 
 def _load_optimizer_state(optimizer, state) -> None:
-    """Load the distributed optimizer's fully reshardable state.
+    """Load the optimizer state (the distributed optimizer's fully reshardable format or a plain one).
 
-    megatron-core 0.16.1 copies every per-parameter state entry when it scatters this
-    format, including torch Adam's scalar ``step``, which the format keeps elsewhere
-    (KeyError 'step'). The parameter state is therefore loaded in a second call, with
-    ``step`` held aside; ``load_state_dict`` has already restored it. It also hands
-    every parameter the SAME ``step`` tensor, which torch Adam increments in place once
-    per parameter, so each parameter gets its own copy.
+    megatron-core 0.16.1 copies every per-parameter state entry when it scatters the fully reshardable
+    format, including torch Adam's scalar ``step``, which the format keeps elsewhere (KeyError 'step').
+    The parameter state is therefore loaded in a second call, with ``step`` held aside;
+    ``load_state_dict`` has already restored it. :func:`_settle_step` then puts ``step`` where the
+    optimizer in use keeps it.
     """
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
@@ -107,15 +106,45 @@ def _load_optimizer_state(optimizer, state) -> None:
         if isinstance(opt, DistributedOptimizer) and st.get("param_state_sharding_type") == "fully_reshardable":
             deferred = st.pop("param_state")
         opt.load_state_dict(st)
-        if deferred is None:
-            for s in opt.optimizer.state.values():
-                if torch.is_tensor(s.get("step")):
-                    s["step"] = s["step"].clone()
-        else:
-            steps = {p: s.pop("step") for p, s in opt.optimizer.state.items() if "step" in s}
+        inner = opt.optimizer
+        if deferred is not None:
+            held = {p: s.pop("step") for p, s in inner.state.items() if "step" in s}
             opt.load_parameter_state_from_fully_reshardable(deferred)
-            for p, step in steps.items():
-                opt.optimizer.state[p]["step"] = step.clone()
+            for p, step in held.items():
+                inner.state[p]["step"] = step
+        _settle_step(inner)
+
+
+def _settle_step(inner: torch.optim.Optimizer) -> None:
+    """Make the loaded Adam ``step`` the type, and put it in the place, that ``inner`` keeps it in.
+
+    A checkpoint holds ``step`` as the optimizer that wrote it kept it, and megatron-core picks that
+    optimizer by what is installed. torch's Adam/AdamW (no TE, no Apex) want a float32 tensor per
+    parameter, one each (it is incremented in place); the distributed optimizer saves it as a float per
+    param group. TE's and Apex's FusedAdam keep one Python int per param group and pass it to an
+    integer kernel argument (megatron-core saves ``int(step)`` for them), so a float from a checkpoint
+    written without TE would fail there, and a per-parameter one would restart the count at 1.
+    """
+    per_param = isinstance(inner, (torch.optim.Adam, torch.optim.AdamW))
+    groups = [g for g in inner.param_groups if g["params"]]
+    in_params = [inner.state[p]["step"] for g in groups for p in g["params"] if "step" in inner.state.get(p, {})]
+    in_groups = [g["step"] for g in groups if "step" in g]
+    found = in_params + in_groups if per_param else in_groups + in_params
+    if not found:
+        return  # an optimizer without a step (SGD), or one never stepped
+    step = float(found[0])
+    for group in groups:
+        fused = group.get("capturable") or group.get("fused")
+        for p in group["params"]:
+            state = inner.state.get(p)
+            if not state:
+                continue
+            if per_param:
+                state["step"] = torch.tensor(step, dtype=torch.float32, device=p.device if fused else "cpu")
+            else:
+                state.pop("step", None)
+        if not per_param:
+            group["step"] = int(step)
 
 
 def _layout() -> tuple[int, int, int, int, int, int]:
