@@ -1,0 +1,106 @@
+"""The step loop of a run: train one step, count the data, validate, log, checkpoint, stop when asked."""
+
+from __future__ import annotations
+
+import time
+
+from megatron_solo.training.run import Run, log_rank
+
+
+class StepLoop:
+    """Runs the steps of a built and resumed :class:`Run` until ``train_steps`` or a stop."""
+
+    def __init__(self, run: Run) -> None:
+        from megatron_solo.training.data_loss import DataLossTally
+        from megatron_solo.training.progress import TrainLogger
+
+        self.run_ = run
+        self.train = run.job.train
+        self.logger = TrainLogger(log_rank(), self.train.tensorboard_dir, self.train.train_steps)
+        self.dropped = DataLossTally(run.loader.dataset)
+        self.dropped.update(run.loader.consumed_packs)
+        self.logger.data(run.state.iteration, self.dropped.samples, self.dropped.tokens)
+        self.batches = iter(run.loader)
+        self.steps_here = 0
+        self.saved_at = run.saved.iteration if run.saved is not None else None
+        self.flag = None
+
+    def run(self) -> None:
+        """Step until the run is complete or stopped; the summary says which, and whether it is saved."""
+        from megatron_solo.training.preemption import PreemptionFlag
+
+        run = self.run_
+        run.summary.iteration = run.state.iteration
+        self.flag = PreemptionFlag()
+        try:
+            while run.state.iteration < self.train.train_steps and self._step():
+                pass
+        finally:
+            self.flag.restore()
+            self.logger.close()
+        run.summary.saved = self.saved_at == run.state.iteration
+
+    def _step(self) -> bool:
+        """One optimizer step and what follows it; False when the run stops early."""
+        run, state = self.run_, self.run_.state
+        result, seconds = self._train_step()
+        if self.dropped.update(run.loader.consumed_packs):
+            self.logger.data(state.iteration + 1, self.dropped.samples, self.dropped.tokens)
+        state.iteration += 1
+        self.steps_here += 1
+        state.consumed_samples += self.train.global_batch_size
+        if result.loss is not None:
+            run.summary.losses.append(result.loss)
+        signalled = self.flag.agreed()
+        last = state.iteration == self.train.train_steps
+        val_loss = None if signalled else self._validate(last)
+        self.logger.step(
+            state.iteration,
+            {"loss": result.loss, "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": result.grad_norm},
+            tokens=self.train.global_batch_size * self.train.seq_length, seconds=seconds, val_loss=val_loss,
+            dropped_samples=self.dropped.samples,
+        )
+        exit_after = run.job.exit_after_steps
+        stop = signalled or (exit_after is not None and self.steps_here >= exit_after)
+        if self.train.save_dir and (state.iteration % self.train.save_interval == 0 or last or stop):
+            self._save()
+        if stop and not last:
+            run.summary.preempted = True
+            return False
+        return True
+
+    def _train_step(self):
+        """(StepResult, seconds) of one forward-backward over the step's micro-batches and the update."""
+        from megatron_solo.training.forward_step import solo_forward_step
+        from megatron_solo.training.step import train_step
+
+        run = self.run_
+        start = time.perf_counter()
+        micro = [next(self.batches) for _ in range(run.num_microbatches)]
+        iters = [iter(micro) for _ in run.chunks]
+        result = train_step(
+            solo_forward_step, iters, run.chunks, run.optimizer, run.scheduler,
+            num_microbatches=run.num_microbatches, seq_length=self.train.seq_length,
+            micro_batch_size=self.train.micro_batch_size,
+        )
+        return result, time.perf_counter() - start
+
+    def _validate(self, last: bool) -> float | None:
+        """The validation loss when this step validates (every eval_interval steps and the last)."""
+        run = self.run_
+        if run.validator is None or not (run.state.iteration % self.train.eval_interval == 0 or last):
+            return None
+        val_loss = run.validator.loss(run.chunks)
+        if val_loss is not None:
+            run.summary.val_losses.append((run.state.iteration, val_loss))
+        return val_loss
+
+    def _save(self) -> None:
+        """Checkpoint this step with the loader's data position."""
+        from megatron_solo.checkpoint.state import save_checkpoint
+
+        run = self.run_
+        run.state.extra["data"] = run.loader.state_dict()
+        run.summary.checkpoint = save_checkpoint(self.train.save_dir, run.state, run.chunks, run.optimizer,
+                                                 run.scheduler)
+        self.saved_at = run.state.iteration
