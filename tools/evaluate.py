@@ -5,6 +5,8 @@ Examples:
   torchrun --nproc-per-node 2 tools/evaluate.py --checkpoint ckpt/stage1 --tensor-parallel 2 \\
       --val-data shards/imagenet/heldout:imagenet shards/text/heldout:text --classify shards/imagenet/heldout \\
       --mcq mmstar.jsonl --caption-images cat.jpg --out report.json
+  python tools/evaluate.py --hf solo-hf --benchmark mme=MME.tsv pope=POPE.parquet mmbench=MMBench_DEV_EN.tsv \
+      --benchmark-mode both --out bench.json
   python tools/evaluate.py --hf solo-hf --val-data shards/imagenet/heldout --out report_hf.json
 """
 
@@ -17,13 +19,16 @@ from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.config.job import TEMPLATES
 from megatron_solo.config.tools import TRAINING_LAYOUT
 from megatron_solo.errors import run_tool
+from megatron_solo.evaluation.benchmarks import BENCHMARKS
 from megatron_solo.evaluation.mcq import MODES
 from megatron_solo.evaluation.report import format_table
 from megatron_solo.evaluation.run import DTYPES, evaluate
 
 COMMAND = Command(__doc__, Section(
     EvalConfig, skip=TRAINING_LAYOUT, one_of=("checkpoint", "hf"),
-    choices={"dtype": sorted(DTYPES), "mcq_mode": MODES, "template": TEMPLATES},
+    choices={"dtype": sorted(DTYPES), "mcq_mode": MODES, "benchmark_mode": MODES, "template": TEMPLATES},
+    help={"benchmark": "benchmark files as VLMEvalKit (TSV) or lmms-eval (parquet, saved datasets folder) "
+                       f"distribute them, or JSONL: NAME=PATH, NAME one of {', '.join(BENCHMARKS)}"},
 ))
 
 

@@ -29,6 +29,11 @@ class EvalConfig:
     mcq: str | None = field(default=None, metadata=cli(metavar="FILE.jsonl"))
     mcq_mode: str = "both"  # loglik, generate or both
     template: str | None = None  # MCQ prompt template, plain or chat; default: the model's solo_model.json "template", else plain
+    # benchmark files as VLMEvalKit (TSV) or lmms-eval (parquet, saved datasets folder) distribute them, or our
+    # JSONL, each NAME=PATH (the names: evaluation/benchmarks.py's BENCHMARKS)
+    benchmark: list[str] = field(default_factory=list, metadata=cli(metavar="NAME=PATH"))
+    benchmark_mode: str = "generate"  # benchmark answers by loglik, generate (the harnesses' way) or both
+    benchmark_max_new_tokens: int = 16  # benchmark answer length in the generate mode
     caption_images: list[str] = field(default_factory=list, metadata=cli(metavar="IMG"))  # images to caption greedily
     max_samples: int | None = None  # at most this many samples per source and task
     max_side: int | None = None  # longest image side for MCQ / caption images (default: the model's, 1024)

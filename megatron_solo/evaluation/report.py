@@ -1,4 +1,8 @@
-"""The evaluation report: one JSON file (metrics, per-item predictions, captions) and a printed table."""
+"""The evaluation report: one JSON file (metrics, per-item predictions, captions) and a printed table.
+
+The table is one row group per task (:data:`.registry.TASKS`), in the registry's order; benchmarks in the
+paper's layout (benchmark, metric, score; per-category rows below), judge-only ones labelled.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 from pathlib import Path
 
 from megatron_solo.evaluation.errors import EvaluationError
+from megatron_solo.evaluation.registry import TASKS
 
 
 def check_report_path(path: str | os.PathLike) -> None:
@@ -35,30 +40,8 @@ def write_report(report: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def _rate(task: dict) -> str:
-    return f"{task['images_per_s']:.2f}" if task.get("images") else "-"
-
-
 def _rows(report: dict) -> list[tuple[str, str, str, str, str]]:
-    rows = []
-    for name, v in report.get("val_loss", {}).items():
-        rows.append((f"val loss {name}", "loss", f"{v['loss']:.4f}", f"{v['documents']} docs, {v['tokens']} tokens",
-                     _rate(v)))
-    c = report.get("classification")
-    if c:
-        rows.append(("classification", "top-1 / top-5", f"{c['top1']:.4f} / {c['top5']:.4f}",
-                     f"{c['samples']} images, {c['classes']} classes", _rate(c)))
-    m = report.get("mcq")
-    if m:
-        for mode in ("loglik", "generate"):
-            if mode in m:
-                extra = f", {m[mode]['unparsed']} unparsed" if mode == "generate" else ""
-                rows.append((f"mcq {mode} ({m['template']})", "accuracy", f"{m[mode]['accuracy']:.4f}",
-                             f"{m['questions']} questions{extra}", _rate(m)))
-    cap = report.get("captions")
-    if cap:
-        rows.append(("captions", "", "", f"{len(cap['items'])} images", _rate(cap)))
-    return rows
+    return [row for name, task in TASKS.items() if report.get(name) for row in task.rows(report[name])]
 
 
 def format_table(report: dict) -> str:

@@ -13,48 +13,38 @@ import torch
 from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.config.job import TEMPLATES
 from megatron_solo.evaluation.errors import EvaluationError
-from megatron_solo.evaluation.mcq import MODES, multiple_choice
+from megatron_solo.evaluation.mcq import MODES
+from megatron_solo.evaluation.registry import parse_source, requested, task_flags
 from megatron_solo.evaluation.report import check_report_path, write_report
-from megatron_solo.evaluation.tasks import Settings, captions, classification, validation_loss
+from megatron_solo.evaluation.tasks import Settings
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def parse_source(item: str) -> tuple[str, str]:
-    """(path, name) of ``PATH`` or ``PATH:NAME``; the name defaults to the folder's (``X/heldout`` for heldout)."""
-    path, sep, name = item.rpartition(":")
-    if not sep or not path or "/" in name or Path(item).exists():
-        path, name = item, ""
-    if not name:
-        p = Path(path.rstrip("/"))
-        name = f"{p.parent.name}/{p.name}" if p.name == "heldout" and p.parent.name else p.name
-    return path, name
+__all__ = ["DTYPES", "check_config", "evaluate", "parse_source"]
 
 
 def check_config(cfg: EvalConfig) -> None:
     """Refuse impossible requests before any model is loaded (one-line user errors)."""
     if (cfg.checkpoint is None) == (cfg.hf is None):
         raise EvaluationError("give exactly one of --checkpoint (Megatron) and --hf (exported model)")
-    if not (cfg.val_data or cfg.classify or cfg.mcq or cfg.caption_images):
-        raise EvaluationError("nothing to evaluate: give --val-data, --classify, --mcq or --caption-images")
+    tasks = requested(cfg)
+    if not tasks:
+        raise EvaluationError(f"nothing to evaluate: give {task_flags()}")
     if cfg.dtype not in DTYPES:
         raise EvaluationError(f"--dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
-    if cfg.mcq_mode not in MODES:
-        raise EvaluationError(f"--mcq-mode must be one of {', '.join(MODES)}, got {cfg.mcq_mode!r}")
+    for flag, value in (("--mcq-mode", cfg.mcq_mode), ("--benchmark-mode", cfg.benchmark_mode)):
+        if value not in MODES:
+            raise EvaluationError(f"{flag} must be one of {', '.join(MODES)}, got {value!r}")
     if cfg.template is not None and cfg.template not in TEMPLATES:
         raise EvaluationError(f"--template must be one of {', '.join(TEMPLATES)}, got {cfg.template!r}")
     for name, value in (("max_samples", cfg.max_samples), ("batch_tokens", cfg.batch_tokens),
                         ("max_batch", cfg.max_batch), ("mcq_max_new_tokens", cfg.mcq_max_new_tokens),
+                        ("benchmark_max_new_tokens", cfg.benchmark_max_new_tokens),
                         ("caption_max_new_tokens", cfg.caption_max_new_tokens)):
         if value is not None and value < 1:
             raise EvaluationError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    paths = [("--val-data", parse_source(v)[0]) for v in cfg.val_data]
-    paths += [("--classify", cfg.classify), ("--class-names", cfg.class_names), ("--mcq", cfg.mcq),
-              ("--baseline-train", cfg.baseline_train)]
     if cfg.baseline_train and not cfg.classify:
         raise EvaluationError("--baseline-train compares with --classify: give both")
-    paths += [("--caption-images", p) for p in cfg.caption_images]
-    for flag, path in paths:
+    for flag, path in (p for t in tasks for p in t.paths(cfg)):
         if path is not None and not Path(path).exists():
             raise EvaluationError(f"{flag} {path}: no such file or folder")
     if cfg.hf is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -94,26 +84,8 @@ def evaluate(cfg: EvalConfig, on_report: Callable[[dict], None] | None = None) -
         backend = _backend(cfg)
         settings = Settings(cfg.max_samples, cfg.batch_tokens, cfg.max_batch, cfg.progress)
         report: dict = {"model": backend.description}
-        if cfg.val_data:
-            report["val_loss"] = {}
-            for item in cfg.val_data:
-                path, name = parse_source(item)
-                if name in report["val_loss"]:
-                    raise EvaluationError(f"--val-data: two sources are named {name!r}; name them PATH:NAME")
-                report["val_loss"][name] = validation_loss(backend, path, name, settings)
-        if cfg.classify:
-            report["classification"] = classification(backend, cfg.classify, cfg.class_names, cfg.caption_template,
-                                                      settings)
-            if cfg.baseline_train:
-                from megatron_solo.evaluation.baseline import logistic_regression_baseline
-
-                report["classification"]["logreg_baseline"] = logistic_regression_baseline(
-                    cfg.baseline_train, cfg.classify, backend.processor.patch_size, cfg.max_samples)
-        if cfg.mcq:
-            report["mcq"] = multiple_choice(backend, cfg.mcq, cfg.mcq_mode, cfg.template, cfg.mcq_max_new_tokens,
-                                            settings)
-        if cfg.caption_images:
-            report["captions"] = captions(backend, cfg.caption_images, cfg.caption_max_new_tokens, settings)
+        for task in requested(cfg):
+            report[task.name] = task.run(backend, cfg, settings)
         if not backend.is_main:
             return None
         if on_report is not None:
