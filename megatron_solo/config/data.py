@@ -92,9 +92,12 @@ class PreprocessConfig:
     """How tools/preprocess_data.py turns one raw source into shards."""
 
     kind: str  # a registered sample kind (megatron_solo.data.kinds: classification, caption, ...)
-    inputs: list[str] = field(metadata=cli("--input", metavar="PATH"))  # folders / tars / JSON(L) files of the source
+    # folders / tars / JSON(L) / parquet / Arrow files or saved `datasets` folders of the source
+    inputs: list[str] = field(metadata=cli("--input", metavar="PATH"))
     output: str  # folder for the shards, their indexes and stats.json
     image_root: str | None = None  # base folder of relative image paths (default: the input's folder)
+    image_column: str | None = None  # the rows' image column (default: "image"; bytes, a path or {bytes, path})
+    text_column: str | None = None  # the rows' caption / text column (default: "caption", else "text")
     class_names: str | None = None  # classification: label -> class name map (JSON or text lines)
     caption_template: str = "{}"  # classification: the caption made from the class name, e.g. "a photo of a {}."
     tokenizer: str | None = None  # SentencePiece model; default: mistral-common's Mistral model
@@ -119,6 +122,13 @@ class PreprocessConfig:
     # records are labelled (megatron_solo.data.holdout): the same split on every run, resume and worker count
     holdout: float = 0
     holdout_seed: int = 1234  # seed of the held-out split's hashes
+    # fail when more than this share of one input's records is skipped (a file whose every record is
+    # skipped fails at any setting); the error names the file and its commonest skip reason
+    max_skip_share: float = 0.5
+    # part I of N (0 <= I < N) of a job run as N processes, e.g. a Slurm array (default there:
+    # SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT); part I builds the shards k with k % N == I
+    part: str | None = field(default=None, metadata=cli("--part", metavar="I/N"))
+    merge: bool = False  # check that every part finished and write the whole dataset's stats.json; builds nothing
     progress: bool = field(default=True, metadata=cli("--quiet"))  # --quiet: no progress bar
 
     def __post_init__(self) -> None:
@@ -128,12 +138,16 @@ class PreprocessConfig:
             raise UserInputError(f"holdout must be a count >= 1, a fraction in (0, 1) or 0, got {self.holdout}")
         if self.holdout >= 1 and self.holdout != int(self.holdout):
             raise UserInputError(f"holdout {self.holdout:g}: a count must be a whole number (or a fraction below 1)")
+        if not 0 <= self.max_skip_share <= 1:
+            raise UserInputError(f"max_skip_share must be within [0, 1], got {self.max_skip_share}")
 
     def to_dict(self) -> dict:
         """Plain dict (written beside the shards so a resumed run can check it is the same job).
 
-        ``progress`` is how this run reports, not what it makes: left out.
+        ``progress``, ``part`` and ``merge`` are how this run reports and which share of the job it does, not what
+        the job makes: left out, so every part records the same job.
         """
         out = asdict(self)
-        del out["progress"]
+        for key in ("progress", "part", "merge"):
+            del out[key]
         return out

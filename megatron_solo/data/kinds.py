@@ -12,6 +12,7 @@ from pathlib import Path
 
 from megatron_solo.data import samples as sm
 from megatron_solo.data import sources as src
+from megatron_solo.data.input_types import check_input
 from megatron_solo.vocab import Tokenizer
 
 
@@ -25,13 +26,20 @@ class BuildContext:
     caption_template: str = "{}"
 
 
+_ROWS = frozenset({"jsonl", "json", "parquet", "arrow", "hf_folder"})  # inputs read as rows (sources._rows)
+
+
 @dataclass(frozen=True)
 class SampleKind:
-    """A source kind: ``read(inputs, image_root)`` yields records, ``build(record, key, ctx)`` makes a Sample."""
+    """A source kind: ``read(inputs, image_root, columns)`` yields records, ``build(record, key, ctx)`` a Sample.
+
+    ``inputs``: the input types (``input_types.input_type``) its reader takes.
+    """
 
     name: str
-    read: Callable[[list[str], str | None], Iterator[dict]]
+    read: Callable[[list[str], str | None, src.Columns | None], Iterator[dict]]
     build: Callable[[dict, str, BuildContext], sm.Sample]
+    inputs: frozenset[str] = _ROWS
 
 
 def _classification(record: dict, key: str, ctx: BuildContext) -> sm.Sample:
@@ -65,8 +73,8 @@ def _conversation(record: dict, key: str, ctx: BuildContext) -> sm.Sample:
 
 
 KINDS: dict[str, SampleKind] = {k.name: k for k in (
-    SampleKind("classification", src.classification_records, _classification),
-    SampleKind("caption", src.caption_records, _caption),
+    SampleKind("classification", src.classification_records, _classification, _ROWS | {"folder", "csv"}),
+    SampleKind("caption", src.caption_records, _caption, _ROWS | {"tar"}),
     SampleKind("interleaved", src.interleaved_records, _interleaved),
     SampleKind("text", src.text_records, _text),
     SampleKind("conversation", src.conversation_records, _conversation),
@@ -85,13 +93,26 @@ def get_kind(name: str) -> SampleKind:
     return KINDS[name]
 
 
-def iter_records(kind: str, inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
-    """Records of a source of ``kind`` (see sources.py); missing inputs raise naming the file."""
+def iter_records(kind: str, inputs: list[str], image_root: str | None = None,
+                 columns: src.Columns | None = None) -> Iterator[dict]:
+    """Records of a source of ``kind`` (see sources.py), each with the ``input`` it came from.
+
+    Missing inputs, and inputs the kind's reader does not take, raise naming the file before any is read.
+    """
     entry = get_kind(kind)
     for item in inputs:
         if not Path(item).exists():
             raise FileNotFoundError(f"input {item} does not exist")
-    return entry.read(inputs, image_root)
+        check_input(kind, item, entry.inputs)
+    return _tagged(entry, inputs, image_root, columns)
+
+
+def _tagged(entry: SampleKind, inputs: list[str], image_root: str | None, columns: src.Columns | None
+            ) -> Iterator[dict]:
+    for item in inputs:  # one input at a time: every record knows its file (the skip-share check's unit)
+        for record in entry.read([item], image_root, columns):
+            record["input"] = item
+            yield record
 
 
 def build_sample(record: dict, key: str, ctx: BuildContext) -> sm.Sample:

@@ -7,11 +7,15 @@ out of a tar. Kinds and accepted inputs:
 - classification: a folder of class sub-folders, or a label file (TSV/CSV "path,label" or JSONL
   {"image", "label"}); optional class-name map (JSON object label->name, JSON list, or a text file
   with one name per line, the line number being the label).
-- caption: img2dataset-style webdataset tars (K.jpg/png/webp + K.txt), or JSONL {"image", "caption"|"text"}.
+- caption: img2dataset-style webdataset tars (K.jpg/png/webp + K.txt), or rows {"image", "caption"|"text"}.
 - interleaved: JSONL, MMC4 style {"text_list", "image_info": [{"image_name", "matched_text_index"}]} or
   OBELICS style {"texts": [str|null], "images": [path|null]}.
 - text: JSONL {"text"} (optionally .gz).
-- conversation: LLaVA JSON (a list) or JSONL: {"image": path | [paths], "conversations": [...]}.
+- conversation: LLaVA JSON (a list) or JSONL: {"image": path | [paths], "conversations": [...]}; The
+  Cauldron's {"images": [...], "texts": [{"user", "assistant"}]} too.
+Rows may also come from parquet, Arrow or a saved ``datasets`` folder (``tables.py``), where an image is
+bytes, a path or the ``datasets`` Image struct {"bytes", "path"}; ``Columns`` renames a source's image and
+text columns to the ones read here. ``input_types.py`` says what an input is, by content.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import json
 import os
 import tarfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_solo.data.input_types import input_type, is_gzip
+from megatron_solo.data.tables import table_rows
 from megatron_solo.errors import UserInputError
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"}
@@ -34,10 +41,26 @@ class SourceError(UserInputError):
     """A whole raw input that cannot be read (not UTF-8, not valid JSON, wrong shape); names the file."""
 
 
+@dataclass(frozen=True)
+class Columns:
+    """A source's own names for the image and the text column (None: "image", and "caption"/"text")."""
+
+    image: str | None = None
+    text: str | None = None
+
+    def apply(self, row: dict) -> dict:
+        """The row with the named columns under the names the readers use."""
+        if self.image and self.image != "image" and "skip" not in row:
+            row = {**row, "image": row.get(self.image)}
+        if self.text and "skip" not in row:
+            row = {**row, "caption": row.get(self.text), "text": row.get(self.text)}
+        return row
+
+
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, raw bytes) of a text file, gzip-aware; decoding is per line so one bad line costs one row."""
     try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        with gzip.open(path, "rb") if is_gzip(path) else open(path, "rb") as f:
             yield from enumerate(f, 1)
     except (EOFError, gzip.BadGzipFile) as err:
         raise SourceError(f"{path}: damaged compressed file ({err})") from err
@@ -81,9 +104,16 @@ def _read_text(path: Path) -> str:
         raise SourceError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); re-encode it as UTF-8") from err
 
 
-def _rows(path: Path) -> Iterator[tuple[str, dict]]:
-    """(where, row) of a JSON list (where = file[i]) or a JSONL file (where = file:line)."""
-    if path.suffix == ".json":
+def _rows(path: Path, columns: Columns | None = None) -> Iterator[tuple[str, dict]]:
+    """(where, row) of a JSON list (where = file[i]), a JSONL file (file:line) or a table (file:row_group G:row R)."""
+    if columns is not None:
+        for where, row in _rows(path):
+            yield where, columns.apply(row)
+        return
+    found = input_type(path)
+    if found in ("parquet", "arrow", "hf_folder"):
+        yield from table_rows(path, found)
+    elif found == "json":
         try:
             data = json.loads(_read_text(path))
         except json.JSONDecodeError as err:
@@ -100,6 +130,20 @@ def _rows(path: Path) -> Iterator[tuple[str, dict]]:
 def _resolve(path: str, root: Path) -> str:
     p = Path(path)
     return str(p if p.is_absolute() else root / p)
+
+
+def image_ref(value, root: Path) -> str | bytes | None:
+    """An image cell as the image loader takes it: encoded bytes, or a path resolved against ``root``.
+
+    A cell is a path, bytes, or the ``datasets`` Image struct {"bytes", "path"} (bytes win when both are set).
+    """
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value) or None
+    if isinstance(value, str) and value:
+        return _resolve(value, root)
+    return None
 
 
 def load_class_names(path: str | os.PathLike | None) -> dict[str, str] | None:
@@ -122,12 +166,13 @@ def load_class_names(path: str | os.PathLike | None) -> dict[str, str] | None:
     return {str(i): line.strip() for i, line in enumerate(text.splitlines())}
 
 
-def _rows_with_root(inputs: list[str], image_root: str | None) -> Iterator[tuple[str, Path, dict]]:
-    """(where, folder its image paths are relative to, row) for every JSON(L) row; skip markers included."""
+def _rows_with_root(inputs: list[str], image_root: str | None, columns: Columns | None = None
+                    ) -> Iterator[tuple[str, Path, dict]]:
+    """(where, folder its image paths are relative to, row) for every row; skip markers included."""
     for item in inputs:
         path = Path(item)
-        root = Path(image_root) if image_root else path.parent
-        for where, row in _rows(path):
+        root = Path(image_root) if image_root else (path if path.is_dir() else path.parent)
+        for where, row in _rows(path, columns):
             yield where, root, row
 
 
@@ -186,26 +231,34 @@ def _label_file_records(path: Path, root: Path) -> Iterator[dict]:
                "id": Path(row[0]).stem, "origin": where}
 
 
-def classification_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
-    """Image + label records from class folders or label files."""
+def _classification_rows(path: Path, root: Path, columns: Columns | None) -> Iterator[dict]:
+    """Records of JSONL / table rows {"image", "label"}."""
+    for where, row in _rows(path, columns):
+        if "skip" in row:
+            yield row
+        elif row.get("image") is None or row.get("label") is None:
+            missing = [k for k in ("image", "label") if row.get(k) is None]
+            yield {"skip": "missing_field", "error": f"{where}: no {' and no '.join(map(repr, missing))} field"}
+        else:
+            name = row["image"].get("path") if isinstance(row["image"], dict) else row["image"]
+            yield {"kind": "classification", "image": image_ref(row["image"], root), "label": str(row["label"]),
+                   "id": Path(name).stem if isinstance(name, str) else "", "origin": where}
+
+
+def classification_records(inputs: list[str], image_root: str | None = None,
+                           columns: Columns | None = None) -> Iterator[dict]:
+    """Image + label records from class folders, label files or rows {"image", "label"}."""
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        found = input_type(path)
+        if found == "folder":
             yield from _class_folder_records(path)
             continue
-        root = Path(image_root) if image_root else path.parent
-        if path.suffix in (".jsonl", ".gz"):
-            for where, row in _jsonl(path):
-                if "skip" in row:
-                    yield row
-                elif "image" not in row or "label" not in row:
-                    missing = [k for k in ("image", "label") if k not in row]
-                    yield {"skip": "missing_field", "error": f"{where}: no {' and no '.join(map(repr, missing))} field"}
-                else:
-                    yield {"kind": "classification", "image": _resolve(row["image"], root),
-                           "label": str(row["label"]), "id": Path(row["image"]).stem, "origin": where}
-            continue
-        yield from _label_file_records(path, root)
+        root = Path(image_root) if image_root else (path if path.is_dir() else path.parent)
+        if found == "csv":
+            yield from _label_file_records(path, root)
+        else:
+            yield from _classification_rows(path, root, columns)
 
 
 def _tar_groups(path: Path) -> Iterator[dict]:
@@ -235,44 +288,51 @@ def _tar_groups(path: Path) -> Iterator[dict]:
         yield {"key": key, "members": current}
 
 
-def caption_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
-    """Image-caption records from img2dataset tars or JSONL with image paths."""
+def _tar_captions(path: Path) -> Iterator[dict]:
+    """Caption records of an img2dataset tar (K.jpg + K.txt or K.json {"caption"})."""
+    for group in _tar_groups(path):
+        if "skip" in group:
+            yield group
+            continue
+        members = group["members"]
+        image = next((members[e] for e in members if e.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
+        caption = members.get("txt", b"").decode("utf-8", "replace")
+        if not caption and "json" in members:
+            try:
+                caption = json.loads(members["json"]).get("caption") or ""
+            except (json.JSONDecodeError, AttributeError):
+                caption = ""
+        if image is None:
+            yield {"skip": "missing_image", "error": f"{path}: sample {group['key']} has no image"}
+            continue
+        yield {"kind": "caption", "image": image, "caption": caption, "id": group["key"],
+               "origin": f"{path}:{group['key']}"}
+
+
+def caption_records(inputs: list[str], image_root: str | None = None,
+                    columns: Columns | None = None) -> Iterator[dict]:
+    """Image-caption records from img2dataset tars or rows {"image", "caption"|"text"} (JSON(L), tables)."""
     for item in inputs:
         path = Path(item)
-        if path.suffix == ".tar":
-            for group in _tar_groups(path):
-                if "skip" in group:
-                    yield group
-                    continue
-                members = group["members"]
-                image = next((members[e] for e in members if e.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
-                caption = members.get("txt", b"").decode("utf-8", "replace")
-                if not caption and "json" in members:
-                    try:
-                        caption = json.loads(members["json"]).get("caption") or ""
-                    except (json.JSONDecodeError, AttributeError):
-                        caption = ""
-                if image is None:
-                    yield {"skip": "missing_image", "error": f"{path}: sample {group['key']} has no image"}
-                    continue
-                yield {"kind": "caption", "image": image, "caption": caption, "id": group["key"],
-                       "origin": f"{path}:{group['key']}"}
+        if input_type(path) == "tar":
+            yield from _tar_captions(path)
             continue
-        root = Path(image_root) if image_root else path.parent
-        for where, row in _rows(path):
+        for where, root, row in _rows_with_root([item], image_root, columns):
+            image = None if "skip" in row else image_ref(row.get("image"), root)
             if "skip" in row:
                 yield row
-            elif "image" not in row:
-                yield {"skip": "missing_image", "error": f"{where}: row without 'image'"}
+            elif image is None:
+                yield {"skip": "missing_image", "error": f"{where}: row without an image"}
             else:
-                yield {"kind": "caption", "image": _resolve(row["image"], root),
-                       "caption": row.get("caption", row.get("text", "")) or "", "id": str(row.get("id", "")),
+                caption = row.get("caption") if row.get("caption") is not None else row.get("text")
+                yield {"kind": "caption", "image": image, "caption": caption or "", "id": str(row.get("id", "")),
                        "origin": where}
 
 
-def interleaved_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
-    """Interleaved documents as ordered lists of ("text", str) / ("image", path)."""
-    for where, root, row in _rows_with_root(inputs, image_root):
+def interleaved_records(inputs: list[str], image_root: str | None = None,
+                        columns: Columns | None = None) -> Iterator[dict]:
+    """Interleaved documents as ordered lists of ("text", str) / ("image", path or bytes)."""
+    for where, root, row in _rows_with_root(inputs, image_root, columns):
         if "skip" in row:
             yield row
             continue
@@ -288,21 +348,24 @@ def interleaved_records(inputs: list[str], image_root: str | None = None) -> Ite
                "origin": where}
 
 
-def _interleaved_items(row: dict, root: Path) -> list[tuple[str, str]] | None:
+def _interleaved_items(row: dict, root: Path) -> list[tuple[str, object]] | None:
     """Reading-order ("text"|"image", value) items of an MMC4 or OBELICS row; None for another schema."""
     items: list[tuple[str, str]] = []
     if "text_list" in row:  # MMC4: each image placed before the sentence it was matched to
         by_text: dict[int, list[str]] = {}
         for info in row.get("image_info") or []:
             by_text.setdefault(int(info.get("matched_text_index", 0)), []).append(
-                _resolve(info["image_name"], root))
+                image_ref(info["image_name"], root))
         for i, text in enumerate(row["text_list"]):
             items += [("image", p) for p in by_text.get(i, [])]
             items.append(("text", text or ""))
     elif "texts" in row and "images" in row:  # OBELICS: aligned lists, one of each is null
         for text, image in zip(row["texts"], row["images"]):
             if image:
-                items.append(("image", _resolve(image, root)))
+                ref = image_ref(image, root)
+                if ref is None:
+                    raise ValueError(f"image cell {str(image)[:60]!r} is neither bytes nor a path")
+                items.append(("image", ref))
             elif text:
                 items.append(("text", text))
     else:
@@ -310,10 +373,11 @@ def _interleaved_items(row: dict, root: Path) -> list[tuple[str, str]] | None:
     return items
 
 
-def text_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
-    """Plain-text documents from JSONL {"text"}."""
+def text_records(inputs: list[str], image_root: str | None = None,
+                 columns: Columns | None = None) -> Iterator[dict]:
+    """Plain-text documents from rows {"text"} (JSONL, tables)."""
     for item in inputs:
-        for where, row in _jsonl(Path(item)):
+        for where, row in _rows(Path(item), columns):
             if "skip" in row:
                 yield row
             elif "text" not in row:
@@ -323,14 +387,31 @@ def text_records(inputs: list[str], image_root: str | None = None) -> Iterator[d
                 yield {"kind": "text", "text": row["text"] or "", "id": str(row.get("id", "")), "origin": where}
 
 
-def conversation_records(inputs: list[str], image_root: str | None = None) -> Iterator[dict]:
-    """LLaVA-style conversations with their image paths."""
-    for where, root, row in _rows_with_root(inputs, image_root):
+def _turns(row: dict) -> list:
+    """A row's turns: LLaVA / ShareGPT "conversations", OpenAI "messages", or The Cauldron's user/assistant pairs."""
+    turns = row.get("conversations") or row.get("messages")
+    if turns is None and isinstance(row.get("texts"), list):
+        turns = []
+        for pair in row["texts"]:
+            if not isinstance(pair, dict):
+                return [{"role": "?", "content": str(pair)[:80]}]  # a bad_turn skip when the sample is built
+            turns += [{"role": "user", "content": pair.get("user")},
+                      {"role": "assistant", "content": pair.get("assistant")}]
+    return turns or []
+
+
+def conversation_records(inputs: list[str], image_root: str | None = None,
+                         columns: Columns | None = None) -> Iterator[dict]:
+    """Conversations with their images (paths or bytes), LLaVA, OpenAI or The Cauldron style."""
+    for where, root, row in _rows_with_root(inputs, image_root, columns):
         if "skip" in row:
             yield row
             continue
         images = row.get("image") or row.get("images") or []
-        images = [images] if isinstance(images, str) else list(images)
-        turns = row.get("conversations") or row.get("messages") or []
-        yield {"kind": "conversation", "images": [_resolve(p, root) for p in images], "turns": turns,
-               "id": str(row.get("id", "")), "origin": where}
+        images = images if isinstance(images, list) else [images]
+        refs = [image_ref(p, root) for p in images]
+        if any(r is None for r in refs):
+            yield {"skip": "missing_image", "error": f"{where}: an image cell is empty"}
+            continue
+        yield {"kind": "conversation", "images": refs, "turns": _turns(row), "id": str(row.get("id", "")),
+               "origin": where}

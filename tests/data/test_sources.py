@@ -13,6 +13,7 @@ from PIL import Image
 from megatron_solo.config.data import DataConfig, DatasetSource, PreprocessConfig
 from megatron_solo.data import sources
 from megatron_solo.data.preprocess import preprocess
+from megatron_solo.data.skip_share import TooManySkips
 from megatron_solo.errors import UserInputError
 from tests.harness.data_sources import caption_tar, encode, real_images, write_jsonl
 from tests.harness.paths import TOOLS
@@ -21,7 +22,16 @@ TOOL = TOOLS / "preprocess_data.py"
 
 
 def _run(tmp_path, name="out", **kw):
+    kw.setdefault("max_skip_share", 1.0)  # small sources with bad rows on purpose
     return preprocess(PreprocessConfig(output=str(tmp_path / name), workers=0, **kw), progress=False)
+
+
+def _run_all_skipped(tmp_path, name="out", **kw) -> dict:
+    """A run over inputs whose every record is skipped: it fails naming the file; its counts, for the checks."""
+    with pytest.raises(TooManySkips, match="every one of its") as err:
+        _run(tmp_path, name, **kw)
+    assert any(str(i) in str(err.value) for i in kw["inputs"])
+    return err.value.stats
 
 
 def _latin1_jsonl(path: Path, gz: bool = False) -> Path:
@@ -101,12 +111,12 @@ def test_image_skips_name_the_file(tmp_path, monkeypatch):
     (folder / "tall.png").write_bytes(encode(Image.new("RGB", (1, 100), (200, 10, 10))))
     doc = {"texts": ["A tall one.", None, None], "images": [None, "imgs/tall.png", "imgs/truncated.jpg"]}
     write_jsonl(tmp_path / "doc.jsonl", [doc])
-    stats = _run(tmp_path, "t", kind="caption", inputs=[str(src)])
+    stats = _run_all_skipped(tmp_path, "t", kind="caption", inputs=[str(src)])
     assert stats["skipped"] == {"corrupt_image": 1}
     (example,) = stats["skip_examples"]
     assert str(folder / "truncated.jpg") in example and f"{src}:1" in example
     assert example.count("corrupt_image") == 1
-    stats = _run(tmp_path, "d", kind="interleaved", inputs=[str(tmp_path / "doc.jsonl")])
+    stats = _run_all_skipped(tmp_path, "d", kind="interleaved", inputs=[str(tmp_path / "doc.jsonl")])
     assert stats["skipped"] == {"aspect_ratio": 1}  # the first bad image of the document is named
     assert str(folder / "tall.png") in stats["skip_examples"][0]
 
@@ -114,9 +124,9 @@ def test_image_skips_name_the_file(tmp_path, monkeypatch):
     tar = caption_tar(tmp_path / "web.tar", n=2)  # images as bytes from a tar: the tar and key are named
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 451x300 is now a decompression bomb
     src = write_jsonl(tmp_path / "big.jsonl", [{"image": "imgs/big.png", "caption": "too many pixels"}])
-    stats = _run(tmp_path, "b", kind="caption", inputs=[str(src)])
+    stats = _run_all_skipped(tmp_path, "b", kind="caption", inputs=[str(src)])
     assert stats["skipped"] == {"too_large": 1} and str(folder / "big.png") in stats["skip_examples"][0]
-    stats = _run(tmp_path, "w", kind="caption", inputs=[str(tar)])
+    stats = _run_all_skipped(tmp_path, "w", kind="caption", inputs=[str(tar)])
     assert stats["skipped"] == {"too_large": 2}
     assert all(f"{tar}:00000000" in e for e in stats["skip_examples"])
 
@@ -127,7 +137,7 @@ def test_jsonl_row_without_text_is_a_missing_field(tmp_path):
     assert stats["samples"] == 1 and stats["skipped"] == {"empty_text": 1, "missing_field": 1}
     assert any(f"{src}:2" in e and "'text'" in e for e in stats["skip_examples"])
     labels = write_jsonl(tmp_path / "l.jsonl", [{"image": "x.png"}])
-    stats = _run(tmp_path, "l", kind="classification", inputs=[str(labels)])
+    stats = _run_all_skipped(tmp_path, "l", kind="classification", inputs=[str(labels)])
     assert stats["skipped"] == {"missing_field": 1} and f"{labels}:1" in stats["skip_examples"][0]
 
 
