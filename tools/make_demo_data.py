@@ -13,6 +13,7 @@ from megatron_solo.data.demo_sources import (
     write_digits_classification,
     write_imagenet_classification,
 )
+from megatron_solo.data.scenes import blank_images, write_scenes
 from megatron_solo.errors import UserInputError, run_tool
 
 COMMAND = Command(__doc__, Section(DemoDataOptions))
@@ -27,6 +28,10 @@ def main(argv: list[str]) -> None:
     folder, names = write_imagenet_classification(o.out)
     text = write_description_text(o.out, o.text_limit)
     print(f"digits: {digits} ({digit_names})\nimages: {folder}\nclass names: {names}\ntext: {text}")
+    if o.scenes:
+        print("\n".join(f"scenes {k}: {v}" for k, v in write_scenes(o.out, o.scenes, blank=o.blank_images).items()))
+    if o.blank_images:
+        print(f"blanked: {blank_images(digits) + blank_images(folder)} images")
 
 
 if __name__ == "__main__":
