@@ -4,7 +4,8 @@ A folder of shards (or a list of shard files) is read here alone, by the packed 
 evaluation's held-out sets alike: the indexes concatenated (sample lengths, image-block intervals), one
 stored sample read back (its members from its byte range, its ids and target flags by ``samples.expand``,
 its length checked against the index), a stored image decoded into normalized patches, and the
-``preprocess_config.json`` the preprocessing wrote beside the shards (its patch size is checked here).
+``preprocess_config.json`` the preprocessing wrote beside the shards (its patch size is checked here). A
+folder written as parts (``parts.py``) is one dataset once every part finished, and refused before.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image
 
 from megatron_solo.data.holdout import HELDOUT_DIR
 from megatron_solo.data.image import patchify_into
+from megatron_solo.data.parts import missing_parts
 from megatron_solo.data.samples import expand
 from megatron_solo.data.shards import TOKEN_DTYPE, ShardError, load_index, read_members
 from megatron_solo.vocab import VisionIds
@@ -98,6 +100,11 @@ def _shard_paths(path: str | list[str]) -> list[Path]:
         return [Path(p) for p in path]
     p = Path(path)
     if p.is_dir():
+        written = p.parent if p.name == HELDOUT_DIR else p  # the folder the parts' markers are in
+        count, missing = missing_parts(written)
+        if missing:
+            raise ShardError(f"{p}: written as {count} parts and part(s) {', '.join(map(str, missing))} have not "
+                             "finished; rerun them before training on it")
         found = sorted(p.glob("*.tar"))
         if not found:
             raise ShardError(f"{p}: no .tar shards in this folder")

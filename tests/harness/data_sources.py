@@ -85,3 +85,30 @@ def caption_tar(path: Path, n: int = 6, truncate: bool = False) -> Path:
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
     return path
+
+
+def image_bytes() -> list[bytes]:
+    """The real photos as JPEG bytes (RGB), in real_images() order."""
+    return [encode(img.convert("RGB"), "JPEG", quality=90) for img in real_images().values()]
+
+
+CORRUPT_JPEG = b"\xff\xd8\xff\xe0" + b"\x00not a jpeg" * 30
+
+
+def write_parquet(path: Path, rows: list[dict], row_group_size: int) -> Path:
+    """Rows as a parquet file cut into row groups of ``row_group_size`` rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+    return path
+
+
+def caption_rows() -> list[dict]:
+    """Six caption rows with image bytes (the datasets Image struct); row 3 a corrupt image, row 4 a null text."""
+    blobs = image_bytes()
+    rows = [{"image": {"bytes": blobs[i % len(blobs)], "path": f"{i}.jpg"}, "caption": f"photo number {i}"}
+            for i in range(6)]
+    rows[3]["image"] = {"bytes": CORRUPT_JPEG, "path": "3.jpg"}
+    rows[4]["caption"] = None
+    return rows
