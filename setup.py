@@ -49,6 +49,8 @@ setup(
         "mistral": ["mistral-common"],
         # the logistic-regression pixel baseline (evaluate --baseline-train) and the digits demo data
         "sklearn": ["scikit-learn"],
-        "test": ["pytest", "ruff", "mistral-common", "scikit-image", "scikit-learn"],
+        # benchmark files as parquet / Arrow / saved datasets folders (evaluate --benchmark)
+        "bench": ["pyarrow"],
+        "test": ["pytest", "ruff", "mistral-common", "scikit-image", "scikit-learn", "pyarrow"],
     },
 )

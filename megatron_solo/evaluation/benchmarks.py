@@ -124,7 +124,7 @@ def _result(bench: Benchmark, item: BenchItem, picked, text: str | None = None) 
     """One question's outcome: ``picked`` an option index (choice), yes/no (or None), or the generated text."""
     base = {"id": item.id, "category": item.category, "l2": item.l2, "group": bench.group(item)}
     if bench.kind == "choice":
-        truth = answer_index(item.answer, item.options, item.where)
+        truth = _choice_question(item).answer
         return {**base, "correct": picked == truth, "answer": LETTERS[truth],
                 "pred": None if picked is None else LETTERS[picked]}
     if bench.kind == "yes_no":
