@@ -257,12 +257,12 @@ def _finish(cfg: PreprocessConfig, folders: list[Path], split: dict | None) -> d
     return stats
 
 
-def _with_heldout(stats: dict, folders: list[Path], prefix: str | None = None, part: Part | None = None) -> dict:
+def _with_heldout(stats: dict, folders: list[Path]) -> dict:
     """Per-input counts over both folders (a held-out record is a record of its input too)."""
     by_input: dict = {}
     add_inputs(by_input, stats["inputs"])
     if len(folders) > 1:
-        add_inputs(by_input, aggregate_stats(folders[1], prefix, part)["inputs"])
+        add_inputs(by_input, aggregate_stats(folders[1])["inputs"])
     return by_input
 
 
@@ -295,8 +295,9 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, environ: Mapping[st
         stats = _finish(cfg, folders, split)
         stats["resumed_shards"] = done_before
         return stats
+    # the skip-share check waits for the whole job (_finish): a part holds a slice of each input, which may by
+    # chance be all bad
     stats = aggregate_stats(cfg.output, cfg.prefix, part)
-    check_skip_share(_with_heldout(stats, folders, cfg.prefix, part), cfg.max_skip_share)
     stats.update(part=str(part), resumed_shards=done_before, holdout=split)
     write_marker(part, cfg.output, stats)
     return _after_part(cfg, folders, part, stats)
