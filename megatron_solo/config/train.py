@@ -8,6 +8,14 @@ from megatron_solo.config.cli import cli
 from megatron_solo.errors import UserInputError
 
 
+def step_range(text: str) -> tuple[int, int]:
+    """``A:B`` (two step numbers) as (A, B); a ``cli(parse=...)`` reader."""
+    first, sep, last = text.partition(":")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        raise UserInputError(f"expected A:B (two step numbers), got {text!r}")
+    return int(first), int(last)
+
+
 @dataclass
 class OptimConfig:
     """AdamW with warm-up and decay; SOLO's pre-training values are the defaults."""
@@ -43,6 +51,14 @@ class TrainConfig:
     # eval_iters global batches of the eval data, the same packs each time.
     eval_interval: int = 100  # validate every this many steps and at the last step
     eval_iters: int = 10  # global batches of the eval data per validation
+    # a torch.profiler trace of steps A to B (counted from 1, both included) on the ranks of
+    # --profile-ranks into TENSORBOARD_DIR/profile (tensorboard's profiler plugin, chrome://tracing); on a GPU
+    # also a CUDA memory snapshot of those steps (pytorch.org/memory_viz)
+    profile_steps: tuple[int, int] | None = field(default=None, metadata=cli(metavar="A:B", parse=step_range))
+    # global ranks that record --profile-steps (default: rank 0)
+    profile_ranks: list[int] = field(default_factory=lambda: [0])
+    wandb_project: str | None = None  # also log the scalars to this Weights & Biases project (needs wandb)
+    wandb_run_name: str | None = None  # the W&B run's name (default: one W&B picks)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
@@ -54,6 +70,19 @@ class TrainConfig:
             raise UserInputError(f"train_steps must not be negative, got {self.train_steps}")
         if self.optim.warmup_steps < 0:
             raise UserInputError(f"warmup_steps must not be negative, got {self.optim.warmup_steps}")
+        self._check_profile()
+
+    def _check_profile(self) -> None:
+        """The profiled steps are a range of steps, written where tensorboard's files are."""
+        if self.profile_steps is None:
+            return
+        first, last = self.profile_steps
+        if not 1 <= first <= last:
+            raise UserInputError(f"profile_steps {first}:{last}: expected A:B with 1 <= A <= B")
+        if not self.tensorboard_dir:
+            raise UserInputError("profile_steps writes its trace into the tensorboard folder: give tensorboard_dir")
+        if any(r < 0 for r in self.profile_ranks):
+            raise UserInputError(f"profile_ranks must not be negative, got {self.profile_ranks}")
 
     def num_microbatches(self, data_parallel: int) -> int:
         """Micro-batches per step on one data-parallel rank; UserInputError if the batch does not divide."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+from megatron_solo.training.curve import read_scalars
 from megatron_solo.training.data_loss import DataLossTally
-from megatron_solo.training.progress import TrainLogger
+from megatron_solo.training.progress import RANK_TIME_TAGS, TrainLogger
+from megatron_solo.training.rank_times import RankTimes
 
 
 def test_rate_line_names_val_loss_and_drops_only_when_there(capsys, tmp_path):
@@ -25,6 +29,20 @@ def test_rate_line_names_val_loss_and_drops_only_when_there(capsys, tmp_path):
     read = lambda tag: [(e.step, e.value) for e in events.Scalars(tag)]  # noqa: E731
     assert read("val/loss") == [(4, 2.75)] and read("train/loss") == [(3, 2.5), (4, 2.4000000953674316)]
     assert read("data/dropped_samples") == [(4, 7.0)] and read("data/dropped_tokens") == [(4, 700.0)]
+
+
+def test_the_rate_line_names_the_data_parallel_ranks_step_times(capsys, tmp_path):
+    log = TrainLogger(True, str(tmp_path), total_steps=10)
+    log.step(5, {"loss": 2.0}, tokens=1000, seconds=0.5, ranks=RankTimes(0.31, 0.33, 1.5, 3, 4))
+    log.step(6, {"loss": 1.9}, tokens=1000, seconds=0.5, ranks=RankTimes(0.3, 0.3, 0.3, 0, 1))  # one rank
+    log.close()
+    five, six, _ = capsys.readouterr().out.splitlines()
+    assert five.endswith("| 0.50 s/step | ranks min/median/max 0.31/0.33/1.50 s (slowest: dp rank 3)")
+    assert six.endswith("| 0.50 s/step")
+    times = read_scalars(tmp_path, tuple(RANK_TIME_TAGS.values()))
+    assert times == {"train/rank_step_time_min": [(5, pytest.approx(0.31)), (6, pytest.approx(0.3))],
+                     "train/rank_step_time_median": [(5, pytest.approx(0.33)), (6, pytest.approx(0.3))],
+                     "train/rank_step_time_max": [(5, 1.5), (6, pytest.approx(0.3))]}
 
 
 def test_only_the_logging_rank_prints(capsys):
