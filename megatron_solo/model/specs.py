@@ -4,10 +4,14 @@ Transformer Engine (TE) on GPUs, megatron-core's local layers otherwise. ``trans
 can be forced to one of them with the environment variable ``SOLO_TRANSFORMER_IMPL`` (read here and
 nowhere else), so one machine with TE can run the same code under both specs.
 
-TE's attention takes packed documents only in the thd layout, and only in 16-bit (its cuDNN and
-flash kernels; the unfused fallback has no thd), so an fp32 run takes the local spec under "auto"
-and is refused under "te". FP8 needs the TE spec and a GPU with FP8 tensor cores;
-:func:`check_fp8` refuses everything else with one clear line.
+TE's attention takes packed documents only in the thd layout. In fp32 it would run them on its
+unfused fallback (TE 2.11 ``backends.py``: its cuDNN and flash kernels are 16-bit only), which does
+train in thd but pads every document to the longest one and builds the full score matrices: slower
+and more memory-hungry than the local spec's masked attention. So an fp32 run takes the local spec
+under "auto" and is refused under "te". FP8 needs the TE spec and a GPU that TE itself says runs the
+recipe; :func:`check_fp8` and :func:`check_fp8_shapes` refuse everything else with one clear line.
+A TE that is installed but fails to import is never silent: the start-up line and the refusal of
+"te" say why (:func:`transformer_engine_status`).
 """
 
 from __future__ import annotations
@@ -24,10 +28,19 @@ FP8_FORMATS = ("hybrid", "e4m3")
 TRANSFORMER_IMPLS = ("auto", "te", "local")  # SoloModelConfig.transformer_impl's values
 FP8_AMAX_ALGOS = ("max", "most_recent")
 # megatron-core 0.16.1's Fp8Recipe names we can configure (its "custom" needs a quantizer factory
-# module, which SoloModelConfig does not carry), with the compute capability TE 2.9-2.11 needs:
-# per-tensor scaling from Ada (8.9), 1x128/128x128 block scaling from Hopper (9.0), MXFP8 from
-# Blackwell (10.0).
-FP8_RECIPES = {"delayed": (8, 9), "tensorwise": (8, 9), "blockwise": (9, 0), "mxfp8": (10, 0)}
+# module, which SoloModelConfig does not carry), each with the function of transformer_engine.pytorch
+# (TE 2.9-2.11) that says whether this GPU, CUDA and cuBLAS run it, and why not: TE knows what a
+# table here would miss (MXFP8 refused on sm120+, block scaling needing CUDA >= 12.9).
+FP8_RECIPES = {"delayed": "is_fp8_available", "tensorwise": "is_fp8_available",
+               "blockwise": "is_fp8_block_scaling_available", "mxfp8": "is_mxfp8_available"}
+# Divisibility TE's FP8 GEMMs need, per recipe: (rows of a GEMM operand on one rank, every GEMM width).
+# Hopper FP8 GEMMs are TN only, so each of the three GEMMs of a linear layer has one of tokens, input
+# and output width as its inner dimension k, and cuBLAS needs k % 16 ("Caller must pad"); TE's own
+# forward assert (rows % 8) is weaker. MXFP8 scales blocks of 32 along both.
+FP8_ALIGN = {"delayed": (16, 16), "tensorwise": (16, 16), "blockwise": (16, 16), "mxfp8": (32, 32)}
+# FP8 block scaling quantizes a sequence-parallel input before its all-gather in 1x128 blocks:
+# tokens per rank and the hidden width must be multiples of 128 (TE 2.11 Float8BlockQuantizer.is_quantizable).
+BLOCKWISE_SP_ALIGN = 128
 
 
 class LayerImplError(UserInputError):
@@ -35,17 +48,31 @@ class LayerImplError(UserInputError):
 
 
 @functools.cache
-def transformer_engine_usable() -> bool:
-    """True when Transformer Engine is installed and CUDA is present (TE is imported only then)."""
+def transformer_engine_status() -> tuple[bool, str]:
+    """(usable, why not): TE is imported only when installed and CUDA is present; a failed import says why."""
     import torch
 
-    if not torch.cuda.is_available() or importlib.util.find_spec("transformer_engine") is None:
-        return False
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU"
+    if importlib.util.find_spec("transformer_engine") is None:
+        return False, "Transformer Engine is not installed"
     try:
         import transformer_engine.pytorch  # noqa: F401
-    except Exception:  # a broken TE install must not stop a local-spec run
-        return False
-    return True
+    except Exception as err:  # a broken TE install must not stop a local-spec run, but is named
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        return False, f"Transformer Engine is installed but failed to import: {type(err).__name__}: {first}"
+    return True, ""
+
+
+def transformer_engine_usable() -> bool:
+    """True when Transformer Engine is installed, imports, and CUDA is present."""
+    return transformer_engine_status()[0]
+
+
+def transformer_engine_broken() -> str | None:
+    """Why an installed TE failed to import on this CUDA machine (None when it imported, is absent, or no GPU)."""
+    usable, why = transformer_engine_status()
+    return why if not usable and why.startswith("Transformer Engine is installed") else None
 
 
 def resolve_impl(model: SoloModelConfig, *, bf16: bool = True) -> str:
@@ -63,24 +90,23 @@ def resolve_impl(model: SoloModelConfig, *, bf16: bool = True) -> str:
             return "te" if bf16 and transformer_engine_usable() else "local"
     if requested not in ("te", "local"):
         raise LayerImplError(f"transformer_impl must be 'auto', 'te' or 'local', got {requested!r}")
-    if requested == "te" and not transformer_engine_usable():
-        raise LayerImplError(
-            "transformer_impl='te' needs Transformer Engine and a CUDA GPU, and this machine lacks "
-            "one of them; use transformer_impl='local' (or 'auto')"
-        )
+    usable, why = transformer_engine_status()
+    if requested == "te" and not usable:
+        raise LayerImplError(f"transformer_impl='te' needs Transformer Engine on a CUDA GPU, and here: {why}; "
+                             "use transformer_impl='local' (or 'auto')")
     if requested == "te" and not bf16:
-        raise LayerImplError("transformer_impl='te' needs bf16: Transformer Engine has no fp32 attention "
-                             "over packed documents; train in bf16 or use transformer_impl='local'")
+        raise LayerImplError("transformer_impl='te' runs in bf16 only: in fp32 TE's attention over packed documents "
+                             "falls back to its unfused kernel (every document padded to the longest); train in "
+                             "bf16 or use transformer_impl='local'")
     return requested
 
 
-def gpu_capability() -> tuple[int, int] | None:
-    """Compute capability (major, minor) of the current GPU, None without CUDA."""
-    import torch
+def fp8_recipe_support(recipe: str) -> tuple[bool, str]:
+    """(supported, TE's reason if not) for ``recipe`` on this GPU, asked of Transformer Engine itself."""
+    import transformer_engine.pytorch as te
 
-    if not torch.cuda.is_available():
-        return None
-    return tuple(torch.cuda.get_device_capability())
+    ok, reason = getattr(te, FP8_RECIPES[recipe])(return_reason=True)
+    return bool(ok), str(reason)
 
 
 def check_fp8(model: SoloModelConfig, *, bf16: bool = True) -> None:
@@ -98,20 +124,18 @@ def check_fp8(model: SoloModelConfig, *, bf16: bool = True) -> None:
     if model.fp8_amax_history_len < 1:
         raise LayerImplError(f"fp8_amax_history_len must be >= 1, got {model.fp8_amax_history_len}")
     if not bf16:
-        raise LayerImplError("fp8 needs bf16 training: its Transformer Engine layers have no fp32 attention over packed documents")
-    if not transformer_engine_usable():
-        raise LayerImplError("fp8 needs Transformer Engine on a CUDA GPU, and this machine has no usable TE")
+        raise LayerImplError("fp8 needs bf16 training: FP8 runs on the Transformer Engine layers, which run in bf16 "
+                             "only (see transformer_impl='te')")
+    usable, why = transformer_engine_status()
+    if not usable:
+        raise LayerImplError(f"fp8 needs Transformer Engine on a CUDA GPU, and here: {why}")
     if resolve_impl(model, bf16=bf16) != "te":
         raise LayerImplError("fp8 needs the Transformer Engine layers, but the local spec is selected "
                              f"(transformer_impl={model.transformer_impl!r}, {IMPL_ENV}={os.environ.get(IMPL_ENV)!r})")
-    capability = gpu_capability()
-    needed = FP8_RECIPES[model.fp8_recipe]
-    if capability is None or capability < needed:
-        have = "no GPU" if capability is None else "compute capability {}.{}".format(*capability)
-        raise LayerImplError(
-            f"fp8_recipe={model.fp8_recipe!r} needs compute capability {needed[0]}.{needed[1]} or newer, "
-            f"this GPU has {have}"
-        )
+    supported, reason = fp8_recipe_support(model.fp8_recipe)
+    if not supported:
+        raise LayerImplError(f"fp8_recipe={model.fp8_recipe!r} does not run here; Transformer Engine says: "
+                             f"{reason or 'unsupported'}")
 
 
 def fp8_gemm_shapes(model: SoloModelConfig, tensor_parallel: int) -> dict[str, tuple[int, int]]:
@@ -125,33 +149,43 @@ def fp8_gemm_shapes(model: SoloModelConfig, tensor_parallel: int) -> dict[str, t
     }
 
 
-def check_fp8_shapes(model: SoloModelConfig, tokens: int, tensor_parallel: int = 1) -> None:
+def check_fp8_shapes(model: SoloModelConfig, tokens: int, tensor_parallel: int = 1, *,
+                     sequence_parallel: bool = False) -> None:
     """Raise LayerImplError when FP8 is set and a GEMM of this run has a shape TE's FP8 kernels refuse.
 
-    ``tokens``: rows of the layer GEMMs, the tokens of one micro-batch on one rank (divided by the
-    tensor-parallel size under sequence parallelism). TE's FP8 GEMMs need rows in multiples of 8 and
-    inner widths in multiples of 16; MXFP8 scales blocks of 32 along both. Checked here, at start-up,
-    because TE finds out only at the first forward pass, deep inside a kernel call.
+    ``tokens``: the tokens of one micro-batch on one rank (divided by the tensor-parallel size under
+    sequence parallelism, so a multiple of 16 there keeps the gathered GEMM rows one too). Checked here,
+    at start-up, because TE and cuBLAS find out only inside a kernel call, the backward one at that.
     """
     if not model.fp8:
         return
-    rows, cols = (32, 32) if model.fp8_recipe == "mxfp8" else (8, 16)
+    rows, cols = FP8_ALIGN[model.fp8_recipe]
     if tokens % rows:
         raise LayerImplError(f"fp8 ({model.fp8_recipe}) needs the tokens of a micro-batch on one rank to be a "
                              f"multiple of {rows}; this run has {tokens} (change seq_length or micro_batch_size)")
     for name, (out, inp) in fp8_gemm_shapes(model, tensor_parallel).items():
-        if out % rows or inp % cols:
-            raise LayerImplError(f"fp8 ({model.fp8_recipe}) needs {name} widths in multiples of {rows} (output) and "
-                                 f"{cols} (input); at tensor_parallel={tensor_parallel} it is {out} x {inp}")
+        if out % cols or inp % cols:
+            raise LayerImplError(f"fp8 ({model.fp8_recipe}) needs {name} widths (output x input) in multiples of "
+                                 f"{cols}; at tensor_parallel={tensor_parallel} it is {out} x {inp}")
+    block = BLOCKWISE_SP_ALIGN
+    if model.fp8_recipe == "blockwise" and sequence_parallel and (tokens % block or model.hidden_size % block):
+        raise LayerImplError(f"fp8 (blockwise) with sequence parallelism needs the tokens per rank and hidden_size "
+                             f"in multiples of {block}; this run has {tokens} tokens per rank, hidden_size "
+                             f"{model.hidden_size}")
 
 
 def describe_precision(model: SoloModelConfig, bf16: bool) -> str:
-    """Start-up line naming the layer spec and precision, e.g. "TE spec, bf16 + FP8 hybrid (delayed)"."""
+    """Start-up line naming the layer spec and precision, e.g. "TE spec, bf16 + FP8 hybrid (delayed)".
+
+    An installed TE that failed to import is named with its error, whichever spec runs.
+    """
     impl = resolve_impl(model, bf16=bf16)
     precision = "bf16" if bf16 else "fp32"
     if model.fp8:
         precision += f" + FP8 {model.fp8} ({model.fp8_recipe})"
-    return f"{'TE' if impl == 'te' else 'local'} spec, {precision}"
+    line = f"{'TE' if impl == 'te' else 'local'} spec, {precision}"
+    broken = transformer_engine_broken()
+    return f"{line}; {broken}" if broken else line
 
 
 def layer_spec(model: SoloModelConfig, impl: str, core_attention=None):

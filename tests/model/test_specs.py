@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import sys
+import types
+
 import pytest
 import torch
 
@@ -14,16 +18,46 @@ from tests.harness import solo_batches as SB
 
 @pytest.fixture
 def machine(monkeypatch):
-    """Set what the machine offers: machine(te=True, capability=(9, 0)); no TE, no GPU by default."""
+    """Set what the machine offers: machine(te=True, fp8={TE function: (ok, reason)}); no TE, no GPU by default.
+
+    With ``te`` a stand-in ``transformer_engine.pytorch`` (TE cannot be imported without CUDA) answers
+    TE 2.11's recipe-support functions, each "supported" unless ``fp8`` gives its answer.
+    """
     monkeypatch.delenv(specs.IMPL_ENV, raising=False)
 
-    def set_(te: bool = False, capability: tuple[int, int] | None = None):
-        monkeypatch.setattr(specs, "transformer_engine_usable", lambda: te)
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: capability is not None)
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    def set_(te: bool = False, fp8: dict[str, tuple[bool, str]] | None = None):
+        monkeypatch.setattr(specs, "transformer_engine_status", lambda: (True, "") if te else (False, "no CUDA GPU"))
+        if not te:
+            return
+        module = types.ModuleType("transformer_engine.pytorch")
+        for name in set(specs.FP8_RECIPES.values()):
+            answer = (fp8 or {}).get(name, (True, ""))
+            setattr(module, name, lambda return_reason=False, _a=answer: _a if return_reason else _a[0])
+        package = types.ModuleType("transformer_engine")
+        package.pytorch = module
+        monkeypatch.setitem(sys.modules, "transformer_engine", package)
+        monkeypatch.setitem(sys.modules, "transformer_engine.pytorch", module)
 
     set_()
     return set_
+
+
+@pytest.fixture
+def broken_te(tmp_path, monkeypatch):
+    """An installed transformer_engine whose torch module fails to import (as one built for another CUDA); CUDA faked."""
+    package = tmp_path / "transformer_engine"
+    (package / "pytorch").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "pytorch" / "__init__.py").write_text(
+        'raise ImportError("libcudnn_graph.so.9: cannot open shared object file: No such file or directory")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(specs.IMPL_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    specs.transformer_engine_status.cache_clear()
+    yield
+    specs.transformer_engine_status.cache_clear()
+    for name in [n for n in sys.modules if n == "transformer_engine" or n.startswith("transformer_engine.")]:
+        del sys.modules[name]
 
 
 def _cfg(**overrides):
@@ -32,17 +66,17 @@ def _cfg(**overrides):
 
 def test_auto_picks_te_only_where_usable(machine):
     assert resolve_impl(_cfg()) == "local"
-    machine(te=True, capability=(9, 0))
+    machine(te=True)
     assert resolve_impl(_cfg()) == "te"
     assert resolve_impl(_cfg(transformer_impl="local")) == "local"
-    # TE has no fp32 attention over packed documents: fp32 runs take the local spec, or are refused
+    # TE would run fp32 packed attention on its unfused fallback: fp32 runs take the local spec, or are refused
     assert resolve_impl(_cfg(), bf16=False) == "local"
-    with pytest.raises(LayerImplError, match="'te' needs bf16"):
+    with pytest.raises(LayerImplError, match="'te' runs in bf16 only: in fp32 .* unfused"):
         resolve_impl(_cfg(transformer_impl="te"), bf16=False)
 
 
 def test_te_requested_without_te_is_a_one_line_user_error(machine, capsys):
-    with pytest.raises(LayerImplError, match="needs Transformer Engine and a CUDA GPU") as err:
+    with pytest.raises(LayerImplError, match="needs Transformer Engine on a CUDA GPU, and here: no CUDA GPU") as err:
         resolve_impl(_cfg(transformer_impl="te"))
     assert isinstance(err.value, UserInputError) and "\n" not in str(err.value)
     assert run_tool(lambda argv: resolve_impl(_cfg(transformer_impl="te"))) == 2
@@ -52,8 +86,25 @@ def test_te_requested_without_te_is_a_one_line_user_error(machine, capsys):
         resolve_impl(_cfg(transformer_impl="apex"))
 
 
+def test_installed_te_that_fails_to_import_is_named_at_start_up_and_when_asked_for(broken_te, capsys):
+    why = "Transformer Engine is installed but failed to import: ImportError: libcudnn_graph.so.9: cannot open"
+    assert describe_precision(_cfg(), bf16=True).startswith(f"local spec, bf16; {why}")
+    with pytest.raises(LayerImplError, match=f"transformer_impl='te' needs .*, and here: {why}") as err:
+        resolve_impl(_cfg(transformer_impl="te"))
+    assert "\n" not in str(err.value)
+    assert run_tool(lambda argv: resolve_impl(_cfg(transformer_impl="te"))) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    with pytest.raises(LayerImplError, match=f"fp8 needs .*, and here: {why}"):
+        check_fp8(_cfg(fp8="hybrid"))
+
+
+def test_absent_te_adds_nothing_to_the_start_up_line(machine):
+    assert describe_precision(_cfg(), bf16=True) == "local spec, bf16"
+    assert specs.transformer_engine_broken() is None
+
+
 def test_environment_forces_auto_to_one_spec(machine, monkeypatch):
-    machine(te=True, capability=(9, 0))
+    machine(te=True)
     monkeypatch.setenv(specs.IMPL_ENV, "local")
     assert resolve_impl(_cfg()) == "local"
     assert resolve_impl(_cfg(transformer_impl="te")) == "te"  # an explicit choice wins
@@ -83,15 +134,15 @@ def test_no_fp8_needs_nothing(machine):
     ],
 )
 def test_fp8_values_are_validated(machine, overrides, message):
-    machine(te=True, capability=(9, 0))
+    machine(te=True)
     with pytest.raises(LayerImplError, match=message):
         check_fp8(_cfg(**overrides))
 
 
 def test_fp8_without_te_or_with_the_local_spec_is_refused(machine):
-    with pytest.raises(LayerImplError, match="no usable TE"):
+    with pytest.raises(LayerImplError, match="needs Transformer Engine on a CUDA GPU, and here: no CUDA GPU"):
         check_fp8(_cfg(fp8="hybrid"))
-    machine(te=True, capability=(9, 0))
+    machine(te=True)
     with pytest.raises(LayerImplError, match="local spec is selected"):
         check_fp8(_cfg(fp8="hybrid", transformer_impl="local"))
     with pytest.raises(LayerImplError, match="fp8 needs bf16"):
@@ -99,34 +150,31 @@ def test_fp8_without_te_or_with_the_local_spec_is_refused(machine):
     check_fp8(_cfg(fp8="hybrid"), bf16=True)
 
 
-@pytest.mark.parametrize(
-    "recipe, capability, ok",
-    [
-        ("delayed", (8, 0), False),  # A100: no FP8 tensor cores
-        ("delayed", (8, 9), True),  # Ada
-        ("tensorwise", (8, 6), False),
-        ("tensorwise", (9, 0), True),  # Hopper
-        ("blockwise", (8, 9), False),
-        ("blockwise", (9, 0), True),
-        ("mxfp8", (9, 0), False),  # MXFP8 is Blackwell-only
-        ("mxfp8", (10, 0), True),
-    ],
-)
-def test_fp8_recipe_needs_its_compute_capability(machine, recipe, capability, ok):
-    machine(te=True, capability=capability)
-    cfg = _cfg(fp8="hybrid", fp8_recipe=recipe)
-    if ok:
-        check_fp8(cfg)
-    else:
-        with pytest.raises(LayerImplError, match=f"needs compute capability .* this GPU has compute capability "
-                                                 f"{capability[0]}.{capability[1]}"):
+# What TE 2.11 answers where a recipe cannot run (its quantization.py), by the function asked.
+TE_REFUSALS = {
+    "is_fp8_available": "Device compute capability 8.9 or higher required for FP8 execution.",
+    "is_fp8_block_scaling_available": "FP8 block scaled GEMM requires compute capability 9.0 or higher and CUDA >= 12.9.",
+    "is_mxfp8_available": "MXFP8 (for all gemm layouts) is not supported on 12.0+ architectures yet.",
+}
+
+
+@pytest.mark.parametrize("refused", sorted(TE_REFUSALS))
+def test_fp8_recipe_support_is_what_te_says(machine, refused):
+    machine(te=True, fp8={refused: (False, TE_REFUSALS[refused])})
+    for recipe, asked in specs.FP8_RECIPES.items():
+        cfg = _cfg(fp8="hybrid", fp8_recipe=recipe)
+        if asked != refused:
+            check_fp8(cfg)
+            continue
+        said = f"fp8_recipe={recipe!r} does not run here; Transformer Engine says: {TE_REFUSALS[refused]}"
+        with pytest.raises(LayerImplError, match=re.escape(said)):
             check_fp8(cfg)
 
 
 def test_describe_precision(machine):
     assert describe_precision(_cfg(), bf16=False) == "local spec, fp32"
     assert describe_precision(_cfg(), bf16=True) == "local spec, bf16"
-    machine(te=True, capability=(9, 0))
+    machine(te=True)
     assert describe_precision(_cfg(), bf16=False) == "local spec, fp32"
     assert describe_precision(_cfg(fp8="hybrid"), bf16=True) == "TE spec, bf16 + FP8 hybrid (delayed)"
     assert describe_precision(_cfg(fp8="e4m3", fp8_recipe="tensorwise"), bf16=True) == \
@@ -149,9 +197,9 @@ def test_transformer_config_gets_megatrons_fp8_recipe_enum():
 def test_builder_checks_fp8_and_refuses_te_with_sbhd(machine):
     from megatron_solo.model.builder import build_solo_model
 
-    with pytest.raises(LayerImplError, match="no usable TE"):
+    with pytest.raises(LayerImplError, match="fp8 needs Transformer Engine"):
         build_solo_model(_cfg(fp8="hybrid"), ParallelConfig(), bf16=True)
-    machine(te=True, capability=(9, 0))
+    machine(te=True)
     with pytest.raises(ValueError, match="only in the thd layout"):
         build_solo_model(_cfg(transformer_impl="te"), ParallelConfig(), bf16=True, packed_format="sbhd")
     with pytest.raises(LayerImplError, match="fp8 needs bf16"):
@@ -166,12 +214,40 @@ def test_fp8_shapes_are_checked_before_any_kernel_sees_them():
     assert fp8_gemm_shapes(big, 2)["linear_qkv"] == (3072, 4096)  # (32 + 2 x 8) heads x 128 / TP 2
     check_fp8_shapes(big, 4096, 8)
     check_fp8_shapes(model_preset("solo-7b"), 4097, 3)  # no fp8: nothing to check
-    with pytest.raises(LayerImplError, match="multiple of 8; this run has 4100"):
-        check_fp8_shapes(big, 4100)
+    # Hopper's FP8 GEMMs are TN only: the weight gradient's inner dimension is the tokens, which cuBLAS
+    # wants in multiples of 16 (TE's forward assert accepts 8)
+    for recipe in ("delayed", "tensorwise", "blockwise"):
+        with pytest.raises(LayerImplError, match="multiple of 16; this run has 4104"):
+            check_fp8_shapes(model_preset("solo-7b", fp8="hybrid", fp8_recipe=recipe), 4104)
     mx = model_preset("solo-7b", fp8="hybrid", fp8_recipe="mxfp8")
-    with pytest.raises(LayerImplError, match="multiple of 32; this run has 4104"):
-        check_fp8_shapes(mx, 4104)
+    with pytest.raises(LayerImplError, match="multiple of 32; this run has 4112"):
+        check_fp8_shapes(mx, 4112)
     tiny = model_preset("solo-tiny", fp8="hybrid")  # width 64: 8 columns per rank at TP 8
     check_fp8_shapes(tiny, 256, 4)
-    with pytest.raises(LayerImplError, match="linear_proj widths .* at tensor_parallel=8 it is 64 x 8"):
+    with pytest.raises(LayerImplError, match=r"linear_proj widths \(output x input\) in multiples of 16; at "
+                                             r"tensor_parallel=8 it is 64 x 8"):
         check_fp8_shapes(tiny, 256, 8)
+
+
+def test_fp8_gemm_output_width_is_the_data_gradients_inner_dimension():
+    from megatron_solo.config import model_preset
+    from megatron_solo.model.specs import check_fp8_shapes
+
+    # 4 heads of 24, one KV group: q, k, v rows (4 + 2) x 24 = 144, 72 per rank at TP 2 (inputs all 16-aligned)
+    odd = model_preset("solo-tiny", fp8="hybrid", hidden_size=96, num_attention_heads=4, num_query_groups=1,
+                       ffn_hidden_size=256)
+    check_fp8_shapes(odd, 256, 1)
+    with pytest.raises(LayerImplError, match="linear_qkv widths .* at tensor_parallel=2 it is 72 x 96"):
+        check_fp8_shapes(odd, 256, 2)
+
+
+def test_fp8_block_scaling_under_sequence_parallel_needs_128_token_blocks_per_rank():
+    from megatron_solo.config import model_preset
+    from megatron_solo.model.specs import check_fp8_shapes
+
+    block = model_preset("solo-7b", fp8="hybrid", fp8_recipe="blockwise")
+    check_fp8_shapes(block, 4112, 2)  # 16-aligned: fine without sequence parallelism
+    check_fp8_shapes(block, 4096, 2, sequence_parallel=True)
+    with pytest.raises(LayerImplError, match="blockwise.*multiples of 128; this run has 4112 tokens per rank"):
+        check_fp8_shapes(block, 4112, 2, sequence_parallel=True)
+    check_fp8_shapes(model_preset("solo-7b", fp8="hybrid"), 4112, 2, sequence_parallel=True)  # delayed: no blocks
