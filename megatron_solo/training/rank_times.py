@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import torch
+
+from megatron_solo.platform import current_device, uses_cuda
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class RankTimes:
 
 
 class OwnTimeClock:
-    """Marks the end of a rank's own part of the step: wrap the grad-reduction function with :meth:`wrap`."""
+    """A rank's own part of the step: from :meth:`start` to the first :meth:`mark` (``train_step``'s ``before_grad_sync``)."""
 
     def __init__(self) -> None:
         self.started: float | None = None
@@ -37,14 +40,10 @@ class OwnTimeClock:
         """The step begins (before its micro-batches are read)."""
         self.started, self.reached = time.perf_counter(), None
 
-    def wrap(self, finalize: Callable[..., Any]) -> Callable[..., Any]:
-        """``finalize`` (megatron-core's ``finalize_model_grads``), marking the time it is entered."""
-        def marked(*args: Any, **kwargs: Any) -> Any:
-            if self.reached is None:  # several chunks may call it: the first entry ends the own part
-                self.reached = _synchronized_now()
-            return finalize(*args, **kwargs)
-
-        return marked
+    def mark(self) -> None:
+        """The rank enters the gradient reduction: its own part of the step ends (later calls keep the first)."""
+        if self.reached is None:
+            self.reached = _synchronized_now()
 
     def seconds(self) -> float:
         """The own part of the step that started last (the whole step so far, when no reduction ran)."""
@@ -56,11 +55,7 @@ class OwnTimeClock:
 
 def _synchronized_now() -> float:
     """perf_counter once the device has finished the work queued so far."""
-    from megatron_solo.platform import uses_cuda
-
     if uses_cuda():
-        import torch
-
         torch.cuda.synchronize()
     return time.perf_counter()
 
@@ -70,10 +65,6 @@ def gather_rank_times(seconds: float, group: Any = None) -> RankTimes:
 
     A collective: every rank of the group calls it. One float per rank crosses the wire.
     """
-    import torch
-
-    from megatron_solo.platform import current_device
-
     if group is None:
         from megatron.core import parallel_state as ps
 

@@ -28,8 +28,12 @@ def train_step(
     num_microbatches: int,
     seq_length: int,
     micro_batch_size: int,
+    before_grad_sync: Callable[[], None] | None = None,
 ) -> StepResult:
-    """Run forward/backward over ``num_microbatches`` micro-batches and one optimizer update."""
+    """Run forward/backward over ``num_microbatches`` micro-batches and one optimizer update.
+
+    ``before_grad_sync`` is called as the gradient reduction across data-parallel ranks begins.
+    """
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -37,7 +41,7 @@ def train_step(
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     config = chunks[0].config
-    config.finalize_model_grads_func = finalize_model_grads
+    config.finalize_model_grads_func = _after(before_grad_sync, finalize_model_grads)
     config.grad_scale_func = optimizer.scale_loss
     config.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
     forward_backward = get_forward_backward_func()
@@ -55,6 +59,18 @@ def train_step(
         scheduler.step(increment=1)
     loss, num_tokens = global_mean_loss(loss_totals(outputs))
     return StepResult(loss=loss, num_tokens=num_tokens, grad_norm=grad_norm, skipped=not ok)
+
+
+def _after(first: Callable[[], None] | None, finalize: Callable) -> Callable:
+    """``finalize`` (the schedule's grad-reduction hook), calling ``first`` as it is entered."""
+    if first is None:
+        return finalize
+
+    def finalize_after(*args, **kwargs):
+        first()
+        return finalize(*args, **kwargs)
+
+    return finalize_after
 
 
 def loss_totals(outputs: list[dict]) -> torch.Tensor | None:
