@@ -1,0 +1,73 @@
+"""--profile-steps A:B: a torch.profiler trace of those steps, and on a GPU a CUDA memory snapshot of them.
+
+The trace goes to TENSORBOARD_DIR/profile as ``rank<R>.<time>.pt.trace.json``: tensorboard's profiler
+plugin shows it as the run "profile", chrome://tracing and Perfetto open the file itself. Python stacks
+are recorded, so the events name our modules (megatron_solo/model/...). The memory snapshot,
+``rank<R>_memory_steps_<A>-<B>.pickle`` beside it, opens in pytorch.org/memory_viz.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROFILE_SUBDIR = "profile"
+MEMORY_HISTORY_ENTRIES = 100_000  # allocation events kept for the snapshot (torch's own suggestion)
+
+
+class StepProfiler:
+    """Records steps ``first..last`` (counted from 1, both included) on this rank when it is one of ``ranks``."""
+
+    def __init__(self, steps: tuple[int, int] | None, ranks: list[int], tensorboard_dir: str | None,
+                 rank: int) -> None:
+        self.steps = steps if steps is not None and rank in ranks else None
+        self.rank = rank
+        self.folder = Path(tensorboard_dir or ".") / PROFILE_SUBDIR
+        self.profiler = None
+        self.memory = False
+        self.written: list[Path] = []  # what the finished window wrote
+
+    def before_step(self, step: int) -> None:
+        """Start recording when ``step`` (the step about to run) opens the window."""
+        if self.steps is None or self.profiler is not None or not self.steps[0] <= step <= self.steps[1]:
+            return
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        from megatron_solo.platform import uses_cuda
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if uses_cuda() else [])
+        self.memory = uses_cuda()
+        if self.memory:
+            torch.cuda.memory._record_memory_history(max_entries=MEMORY_HISTORY_ENTRIES)
+        self.profiler = profile(activities=activities, record_shapes=True, with_stack=True)
+        self.profiler.start()
+        self._first = step
+
+    def after_step(self, step: int) -> None:
+        """Stop and write when ``step`` (the step just run) closes the window."""
+        if self.profiler is not None and step >= self.steps[1]:
+            self._finish(step)
+
+    def close(self) -> None:
+        """Write what was recorded when the run ends (or stops) inside the window."""
+        if self.profiler is not None:
+            self._finish(None)
+
+    def _finish(self, last: int | None) -> None:
+        import time
+
+        import torch
+
+        self.profiler.stop()
+        span = f"{self._first}-{last if last is not None else 'stop'}"
+        trace = self.folder / f"rank{self.rank}.{time.time_ns() // 1_000_000}.pt.trace.json"
+        self.profiler.export_chrome_trace(str(trace))
+        self.written.append(trace)
+        self.profiler = None
+        if self.memory:
+            snapshot = self.folder / f"rank{self.rank}_memory_steps_{span}.pickle"
+            torch.cuda.memory._dump_snapshot(str(snapshot))
+            torch.cuda.memory._record_memory_history(enabled=None)
+            self.written.append(snapshot)
+        self.steps = None  # one window per run

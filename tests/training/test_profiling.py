@@ -1,0 +1,62 @@
+"""--profile-steps A:B: a chrome trace of exactly those steps, on the ranks asked, named by Python frames."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from megatron_solo.config.train import TrainConfig, step_range
+from megatron_solo.errors import UserInputError
+from megatron_solo.training.profiling import PROFILE_SUBDIR, StepProfiler
+
+
+def _marked_work(step: int) -> None:
+    with torch.profiler.record_function(f"work of step {step}"):
+        torch.ones(64, 64) @ torch.ones(64, 64)
+
+
+def _run(profiler: StepProfiler, steps: range) -> None:
+    for step in steps:
+        profiler.before_step(step)
+        _marked_work(step)
+        profiler.after_step(step)
+    profiler.close()
+
+
+def _names(trace) -> set[str]:
+    return {e.get("name", "") for e in json.loads(trace.read_text())["traceEvents"]}
+
+
+def test_the_trace_holds_the_window_and_nothing_else(tmp_path):
+    profiler = StepProfiler((2, 3), [0], str(tmp_path), rank=0)
+    _run(profiler, range(1, 6))
+    (trace,) = profiler.written
+    assert trace.parent == tmp_path / PROFILE_SUBDIR and trace.name.startswith("rank0.")
+    assert trace.name.endswith(".pt.trace.json")
+    names = _names(trace)
+    assert {"work of step 2", "work of step 3"} <= names
+    assert not {"work of step 1", "work of step 4", "work of step 5"} & names
+    assert any("test_profiling.py" in n and "_marked_work" in n for n in names)  # Python frames recorded
+
+
+def test_other_ranks_record_nothing_and_a_run_stopped_inside_the_window_still_writes(tmp_path):
+    elsewhere = StepProfiler((1, 2), [0, 2], str(tmp_path), rank=1)
+    _run(elsewhere, range(1, 3))
+    assert elsewhere.written == [] and not (tmp_path / PROFILE_SUBDIR).exists()
+    stopped = StepProfiler((2, 9), [0, 2], str(tmp_path), rank=2)
+    _run(stopped, range(1, 4))  # the run ends at step 3, inside the window
+    (trace,) = stopped.written
+    assert {"work of step 2", "work of step 3"} <= _names(trace)
+
+
+def test_the_window_is_checked_where_it_is_given(tmp_path):
+    assert step_range("5:8") == (5, 8)
+    for bad in ("5", "a:b", "5-8", ":3"):
+        with pytest.raises(UserInputError, match="expected A:B"):
+            step_range(bad)
+    with pytest.raises(UserInputError, match="1 <= A <= B"):
+        TrainConfig(profile_steps=(4, 2), tensorboard_dir=str(tmp_path))
+    with pytest.raises(UserInputError, match="give tensorboard_dir"):
+        TrainConfig(profile_steps=(1, 2))
