@@ -30,18 +30,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class SlurmCluster:
-    """slurmctld + slurmd on this machine; ``env`` is what clients need (SLURM_CONF)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.host = host = socket.gethostname().split(".")[0]
-        node = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
-        node = re.sub(r"\s*UpTime=\S+", "", node)
-        for d in ("state", "spool", "log"):
-            (self.root / d).mkdir(parents=True, exist_ok=True)
-        conf = f"""ClusterName=solotest
-SlurmctldHost={host}
+def common_conf(root: Path, controller: str) -> str:
+    """The slurm.conf lines every test cluster shares: no auth, no cgroups, state under ``root``."""
+    return f"""ClusterName=solotest
+SlurmctldHost={controller}
 AuthType=auth/none
 CredType=cred/none
 ProctrackType=proctrack/linuxproc
@@ -53,20 +45,33 @@ MpiDefault=none
 ReturnToService=2
 SlurmUser=root
 SlurmdUser=root
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
-CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
-StateSaveLocation={self.root}/state
-SlurmdSpoolDir={self.root}/spool
-SlurmctldPidFile={self.root}/slurmctld.pid
-SlurmdPidFile={self.root}/slurmd.pid
-SlurmctldLogFile={self.root}/log/slurmctld.log
-SlurmdLogFile={self.root}/log/slurmd.log
+StateSaveLocation={root}/state
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmctldLogFile={root}/log/slurmctld.log
 MinJobAge=4
 KillWait=60
 JobRequeue=1
 AuthInfo=cred_expire=5
 SchedulerParameters=sched_interval=2
+"""
+
+
+class SlurmCluster:
+    """slurmctld + slurmd on this machine; ``env`` is what clients need (SLURM_CONF)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.host = host = socket.gethostname().split(".")[0]
+        node = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+        node = re.sub(r"\s*UpTime=\S+", "", node)
+        for d in ("state", "spool", "log"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        conf = f"""{common_conf(self.root, host)}SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
+SlurmdSpoolDir={self.root}/spool
+SlurmdPidFile={self.root}/slurmd.pid
+SlurmdLogFile={self.root}/log/slurmd.log
 {node} NodeAddr=127.0.0.1
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
@@ -78,23 +83,26 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self.env["SLURM_CONF"] = str(self.conf)
         self.procs: list[subprocess.Popen] = []
 
+    def daemon_commands(self) -> list[list[str]]:
+        """The daemons to start, the controller first."""
+        return [["slurmctld", "-D", "-i", "-f", str(self.conf)], ["slurmd", "-D", "-f", str(self.conf)]]
+
     def start(self, timeout: float = 30.0) -> None:
-        """Start the daemons and wait for the node to be idle."""
+        """Start the daemons and wait for every node to be idle."""
         log = open(self.root / "log" / "daemons.out", "w")
-        self.procs.append(subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(self.conf)], env=self.env,
-                                           stdout=log, stderr=log))
-        time.sleep(0.5)
-        self.procs.append(subprocess.Popen(["slurmd", "-D", "-f", str(self.conf)], env=self.env,
-                                           stdout=log, stderr=log))
+        for i, cmd in enumerate(self.daemon_commands()):
+            if i == 1:
+                time.sleep(0.5)  # the controller listening before a node registers saves a retry
+            self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log))
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self.node_state() == "idle":
+            if set(self.node_state().split()) == {"idle"}:
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"Slurm node not idle after {timeout} s: {self.node_state()!r}; see {self.root}/log")
+        raise RuntimeError(f"Slurm nodes not idle after {timeout} s: {self.node_state()!r}; see {self.root}/log")
 
     def node_state(self) -> str:
-        """sinfo's state of the node (idle, allocated, drained, ...)."""
+        """sinfo's state of the node (idle, allocated, drained, ...), one line per node."""
         out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env, capture_output=True, text=True)
         return out.stdout.strip()
 
