@@ -1,8 +1,9 @@
 """The plain transformers training loop on SoloModel's shape: the peer the GPU timing compares against.
 
 MistralForCausalLM of the same width and depth plus a bias-free patch linear, fp32 master
-weights under bf16 autocast (what ``Trainer(bf16=True)`` does), fused AdamW, gradient
-accumulation over the same micro-batches. Attention is whatever transformers picks for packed
+weights under bf16 autocast (what ``Trainer(bf16=True)`` does; on the CPU smoke run too, so the
+mixed-precision path is the one checked), fused AdamW on the GPU, gradient accumulation over the
+same micro-batches. Attention is whatever transformers picks for packed
 inputs with per-document ``position_ids`` (SDPA); no megatron-core, no Transformer Engine.
 """
 
@@ -32,9 +33,13 @@ def build_peer(cfg, device: torch.device):
     return model, proj, optimizer
 
 
-def peer_step(model, proj, optimizer, micro_batches: list[dict], device: torch.device) -> float:
-    """One optimizer step over ``micro_batches`` (token-weighted mean loss, like ours); returns the loss."""
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def peer_step(model, proj, optimizer, micro_batches: list[dict], device: torch.device,
+              autocast_dtype: torch.dtype | None = torch.bfloat16) -> float:
+    """One optimizer step over ``micro_batches`` (token-weighted mean loss, like ours); returns the loss.
+
+    ``autocast_dtype``: the autocast precision (None: plain fp32, the reference the test compares with).
+    """
+    autocast = torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None)
     tokens_total = sum(float(b["loss_mask"].sum()) for b in micro_batches)
     loss_sum = 0.0
     for b in micro_batches:
@@ -42,7 +47,9 @@ def peer_step(model, proj, optimizer, micro_batches: list[dict], device: torch.d
         with autocast:
             embeds = model.model.embed_tokens(b["tokens"])
             rows, cols = (b["tokens"] == VPATCH_ID).nonzero(as_tuple=True)
-            embeds = embeds.index_put((rows, cols), proj(b["patches"].to(embeds.dtype)), accumulate=True)
+            # The embedding stays fp32 under autocast while the linear gives bf16: index_put needs one dtype.
+            patch_embeds = proj(b["patches"].to(embeds.dtype)).to(embeds.dtype)
+            embeds = embeds.index_put((rows, cols), patch_embeds, accumulate=True)
             logits = model(inputs_embeds=embeds, position_ids=b["position_ids"]).logits
         losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten(), reduction="none")
         loss = (losses * b["loss_mask"].flatten()).sum() / tokens_total
