@@ -7,7 +7,8 @@ From the scenes come, as raw sources the preprocessor reads:
 - ``vqa.jsonl`` (caption kind): VQA-style documents, "Question: ... Answer: ..." lines about the image;
 - ``conversations.jsonl`` (conversation kind): SOLO's [INST] turns, open and multiple-choice questions;
 - about *held-out* scenes (drawn from another seed, none laid out like a training scene):
-  ``mcq.jsonl`` (tools/evaluate.py --mcq) and ``short_answer.jsonl`` ({"image", "question", "answer"}).
+  ``mcq.jsonl`` (tools/evaluate.py --mcq) and ``short_answer.jsonl`` ({"image", "question", "answer"}:
+  tools/evaluate.py --benchmark vqa=...).
 With ``blank=True`` every image is the empty background and the text is unchanged: the data of a
 baseline that never sees what it is asked about. :func:`blank_images` does the same to an image folder.
 """
@@ -31,6 +32,8 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), 
 SHAPES = ("circle", "square", "triangle")
 PLACES = ("top left", "top right", "bottom left", "bottom right")  # cells in reading order
 COUNTS = ("one", "two", "three", "four")
+# LLaVA's short-answer instruction, as tools/evaluate.py --benchmark vqa=... prompts (a test keeps them equal)
+SHORT_ANSWER_INSTRUCTION = "\nAnswer the question using a single word or phrase."
 TRAIN_SEED, HELDOUT_SEED = 0, 1  # the two streams of scenes never share a layout (see write_scenes)
 
 
@@ -155,10 +158,10 @@ def _vqa_document(scene: Scene, rng: random.Random) -> str:
 
 
 def _conversation(scene: Scene, rng: random.Random) -> list[dict]:
-    """Two turns: each an open question or (half the time) the same as a multiple choice, answered in words."""
+    """Two turns: each a short-answer question or (half the time) a multiple choice, answered in words."""
     turns = []
     for q, a, pool in questions(scene, rng)[:2]:
-        prompt = mcq_text(q, choices(a, pool, rng)) if rng.random() < 0.5 else q
+        prompt = mcq_text(q, choices(a, pool, rng)) if rng.random() < 0.5 else q + SHORT_ANSWER_INSTRUCTION
         turns += [{"from": "human", "value": ("<image>\n" if not turns else "") + prompt}, {"from": "gpt", "value": a}]
     return turns
 

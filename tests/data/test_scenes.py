@@ -12,6 +12,7 @@ from PIL import Image
 from megatron_solo.data import scenes as sc
 from megatron_solo.data.kinds import iter_records
 from megatron_solo.errors import UserInputError
+from megatron_solo.evaluation.benchmarks import SHORT_ANSWER_PROMPT
 from megatron_solo.evaluation.mcq import load_questions, prompt_text
 
 
@@ -92,6 +93,10 @@ def test_written_sources_read_back_and_heldout_scenes_are_new(tmp_path):
     assert prompt_text(questions[0], "chat", letter=False) == sc.mcq_text(questions[0].question, questions[0].options)
     short = _rows(files["short_answer"])
     assert len(short) == 30 and all(r["answer"] and r["question"] for r in short)
+    # ... and the short-answer turns end with the instruction the short-answer benchmark prompts with
+    open_turns = [t["value"] for c in _rows(files["conversations"]) for t in c["conversations"]
+                  if t["from"] == "human" and "\nA. " not in t["value"]]
+    assert open_turns and all(t.endswith(SHORT_ANSWER_PROMPT) for t in open_turns)
     # every held-out image shows a layout no training image has
     train = {sc.Scene(s.shapes).layout() for s in sc._scenes(sc.TRAIN_SEED, 60)}
     held = sc._scenes(sc.HELDOUT_SEED, 30, exclude=train)
