@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from megatron_solo.config.train import TrainConfig
+
 PROFILE_SUBDIR = "profile"
 MEMORY_HISTORY_ENTRIES = 100_000  # allocation events kept for the snapshot (torch's own suggestion)
 
@@ -25,6 +27,13 @@ class StepProfiler:
         self.profiler = None
         self.memory = False
         self.written: list[Path] = []  # what the finished window wrote
+
+    @classmethod
+    def for_job(cls, train: TrainConfig) -> StepProfiler:
+        """The profiler ``train`` asks for, on this process's global rank."""
+        import torch
+
+        return cls(train.profile_steps, train.profile_ranks, train.tensorboard_dir, torch.distributed.get_rank())
 
     def before_step(self, step: int) -> None:
         """Start recording when ``step`` (the step about to run) opens the window."""
