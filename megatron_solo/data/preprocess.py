@@ -281,7 +281,7 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, environ: Mapping[st
     check_split(cfg.output, part.count if part else None)
     if part is not None and part.marker(cfg.output).exists():
         stats = json.loads(part.marker(cfg.output).read_text())  # finished before: nothing to redo
-        return _after_part(cfg, folders, part, stats)
+        return _after_part(cfg, folders, part, {**stats, "finished_before": True})
     load_class_names(cfg.class_names)  # a broken class-name map is a whole-job error: fail before work
     held, split = None, None
     if cfg.holdout:  # every part scans the whole source: the split is the one-process run's

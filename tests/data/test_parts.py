@@ -92,7 +92,7 @@ def test_unfinished_parts_are_refused_and_a_killed_part_redoes_only_its_shards(s
     (out / "shard-000000.tar.tmp").unlink()
 
     monkeypatch.setattr(pre, "process_shard", lambda *a, **k: pytest.fail("a finished part rebuilt a shard"))
-    assert _part(source, out, "1/3")["part"] == "1/3"  # finished: nothing redone
+    assert _part(source, out, "1/3")["finished_before"]  # finished: nothing redone
     monkeypatch.setattr(pre, "process_shard", real)
     assert _part(source, out, "2/3")["parts_missing"] == []
     assert (out / "stats.json").exists() and (out / "heldout" / "stats.json").exists()
