@@ -209,16 +209,20 @@ def read_items(path: str | Path, max_items: int | None = None) -> list[BenchItem
     base = path if path.is_dir() else path.parent
     items: list[BenchItem] = []
     by_index: dict[str, list] = {}  # VLMEvalKit's index -> images, for rows that refer to another's image
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str], str] = {}
+    count: dict[str, int] = {}
     for n, (where, row) in enumerate(file_rows(path)):
         if max_items is not None and len(items) >= max_items:
             break
         item = _item(row, where, n, base, by_index)
-        if item.id in seen:
-            raise EvaluationError(f"{where}: question id {item.id!r} repeats the one at {seen[item.id]}")
-        seen[item.id] = where
-        if item.images:
+        if (item.id, item.question) in seen:
+            raise EvaluationError(f"{where}: question {item.id!r} repeats the one at {seen[item.id, item.question]}")
+        seen[item.id, item.question] = where
+        if item.images and item.id not in by_index:
             by_index[item.id] = item.images
+        count[item.id] = count.get(item.id, 0) + 1
+        if count[item.id] > 1:  # lmms-eval's MME: question_id names the image, shared by its two questions
+            item.id = f"{item.id}#{count[item.id]}"
         items.append(item)
     if not items:
         raise EvaluationError(f"--benchmark {path}: no questions")
