@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -55,9 +56,16 @@ def netns_unavailable() -> str | None:
 
 
 def _remove_network(tag: str) -> None:
-    """Delete the namespaces and the bridge of ``tag`` (their veth pairs go with them)."""
+    """End what still runs in the namespaces of ``tag`` (a killed run's daemons), delete them and the bridge."""
     for host in (CONTROLLER, *NODES):
-        subprocess.run(["ip", "netns", "del", f"{_PREFIX}{tag}-{host}"], capture_output=True)
+        ns = f"{_PREFIX}{tag}-{host}"
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     subprocess.run(["ip", "link", "del", f"{_PREFIX}{tag}"], capture_output=True)
 
 
