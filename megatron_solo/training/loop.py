@@ -81,8 +81,10 @@ def _start_up(job: JobConfig) -> Run:
     """Start the process world and check what needs no data or model: layout, model, the save folder."""
     from megatron_solo.platform import init_distributed, init_parallel
     from megatron_solo.training.progress import TrainLogger
+    from megatron_solo.training.tracking import check_wandb
 
     train = job.train
+    check_wandb(train)  # on every rank, before any process group: a missing wandb stops all of them alike
     init_distributed()
     try:
         dp = init_parallel(job.parallel, seed=train.seed)
