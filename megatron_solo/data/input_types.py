@@ -81,6 +81,6 @@ def check_input(kind: str, path: str | os.PathLike, accepted: frozenset[str]) ->
     """The input's type when a reader of ``kind`` takes it; UnreadableInput in one line otherwise."""
     found = input_type(path)
     if found not in accepted:
-        raise UnreadableInput(f"{path}: a {found.replace('_', ' ')} input, which the {kind} reader does not take "
+        raise UnreadableInput(f"{path}: the {kind} reader does not take {found.replace('_', ' ')} inputs "
                               f"(it reads: {', '.join(sorted(accepted))})")
     return found

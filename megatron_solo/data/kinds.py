@@ -74,10 +74,10 @@ def _conversation(record: dict, key: str, ctx: BuildContext) -> sm.Sample:
 
 KINDS: dict[str, SampleKind] = {k.name: k for k in (
     SampleKind("classification", src.classification_records, _classification, _ROWS | {"folder", "csv"}),
-    SampleKind("caption", src.caption_records, _caption, _ROWS | {"tar"}),
+    SampleKind("caption", src.caption_records, _caption, _ROWS | {"tar", "energon"}),
     SampleKind("interleaved", src.interleaved_records, _interleaved),
     SampleKind("text", src.text_records, _text),
-    SampleKind("conversation", src.conversation_records, _conversation),
+    SampleKind("conversation", src.conversation_records, _conversation, _ROWS | {"energon"}),
 )}
 
 

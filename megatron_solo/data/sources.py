@@ -13,6 +13,7 @@ out of a tar. Kinds and accepted inputs:
 - text: JSONL {"text"} (optionally .gz).
 - conversation: LLaVA JSON (a list) or JSONL: {"image": path | [paths], "conversations": [...]}; The
   Cauldron's {"images": [...], "texts": [{"user", "assistant"}]} too.
+An ``energon prepare``-d dataset is a caption or conversation source (``energon_source.py``).
 Rows may also come from parquet, Arrow or a saved ``datasets`` folder (``tables.py``), where an image is
 bytes, a path or the ``datasets`` Image struct {"bytes", "path"}; ``Columns`` renames a source's image and
 text columns to the ones read here. ``input_types.py`` says what an input is, by content.
@@ -25,16 +26,15 @@ import errno
 import gzip
 import json
 import os
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_solo.data.energon_source import energon_records
 from megatron_solo.data.input_types import input_type, is_gzip
 from megatron_solo.data.tables import table_rows
+from megatron_solo.data.tar_source import tar_captions
 from megatron_solo.errors import UserInputError
-
-IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"}
 
 
 class SourceError(UserInputError):
@@ -261,61 +261,14 @@ def classification_records(inputs: list[str], image_root: str | None = None,
             yield from _classification_rows(path, root, columns)
 
 
-def _tar_groups(path: Path) -> Iterator[dict]:
-    """Samples of a webdataset tar (members grouped by key); a truncated tar ends in a counted skip."""
-    current: dict[str, bytes] = {}
-    key = None
-    try:
-        with tarfile.open(path, "r|*") as tf:
-            for member in tf:
-                if not member.isfile():
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                prefix = member.name[: len(member.name) - len(base)]
-                k, _, ext = base.partition(".")
-                k = prefix + k
-                data = tf.extractfile(member).read()
-                if k != key and key is not None:
-                    yield {"key": key, "members": current}
-                    current = {}
-                key = k
-                current[ext.lower()] = data
-    except (tarfile.TarError, EOFError, OSError) as err:
-        # keep what was read before the damage; the sample being read is lost and counted
-        yield {"skip": "truncated_tar", "error": f"{path}: {err}"}
-        return
-    if key is not None:
-        yield {"key": key, "members": current}
-
-
-def _tar_captions(path: Path) -> Iterator[dict]:
-    """Caption records of an img2dataset tar (K.jpg + K.txt or K.json {"caption"})."""
-    for group in _tar_groups(path):
-        if "skip" in group:
-            yield group
-            continue
-        members = group["members"]
-        image = next((members[e] for e in members if e.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
-        caption = members.get("txt", b"").decode("utf-8", "replace")
-        if not caption and "json" in members:
-            try:
-                caption = json.loads(members["json"]).get("caption") or ""
-            except (json.JSONDecodeError, AttributeError):
-                caption = ""
-        if image is None:
-            yield {"skip": "missing_image", "error": f"{path}: sample {group['key']} has no image"}
-            continue
-        yield {"kind": "caption", "image": image, "caption": caption, "id": group["key"],
-               "origin": f"{path}:{group['key']}"}
-
-
 def caption_records(inputs: list[str], image_root: str | None = None,
                     columns: Columns | None = None) -> Iterator[dict]:
     """Image-caption records from img2dataset tars or rows {"image", "caption"|"text"} (JSON(L), tables)."""
     for item in inputs:
         path = Path(item)
-        if input_type(path) == "tar":
-            yield from _tar_captions(path)
+        found = input_type(path)
+        if found in ("tar", "energon"):
+            yield from tar_captions(path) if found == "tar" else energon_records(path, "caption")
             continue
         for where, root, row in _rows_with_root([item], image_root, columns):
             image = None if "skip" in row else image_ref(row.get("image"), root)
@@ -402,7 +355,12 @@ def _turns(row: dict) -> list:
 
 def conversation_records(inputs: list[str], image_root: str | None = None,
                          columns: Columns | None = None) -> Iterator[dict]:
-    """Conversations with their images (paths or bytes), LLaVA, OpenAI or The Cauldron style."""
+    """Conversations with their images (paths or bytes), LLaVA, OpenAI or The Cauldron style; energon VQA."""
+    if any(input_type(item) == "energon" for item in inputs):
+        for item in inputs:
+            yield from (energon_records(Path(item), "conversation") if input_type(item) == "energon"
+                        else conversation_records([item], image_root, columns))
+        return
     for where, root, row in _rows_with_root(inputs, image_root, columns):
         if "skip" in row:
             yield row

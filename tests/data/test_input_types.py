@@ -51,7 +51,7 @@ def test_files_no_reader_takes_are_one_line_errors(tmp_path):
     assert "photo.jpg" in err and "not a format any reader takes" in err
     assert not (tmp_path / "out").exists()  # refused before anything was written
     tar = caption_tar(tmp_path / "web.tar", n=2)
-    with pytest.raises(UnreadableInput, match="web.tar: a tar input, which the text reader does not take"):
+    with pytest.raises(UnreadableInput, match="web.tar: the text reader does not take tar inputs"):
         preprocess(PreprocessConfig(kind="text", inputs=[str(tar)], output=str(tmp_path / "t"), workers=0),
                    progress=False)
     assert not (tmp_path / "t").exists()

@@ -112,3 +112,30 @@ def caption_rows() -> list[dict]:
     rows[3]["image"] = {"bytes": CORRUPT_JPEG, "path": "3.jpg"}
     rows[4]["caption"] = None
     return rows
+
+
+def webdataset_folder(folder: Path, shards: int = 2, per_shard: int = 3, vqa: bool = False) -> list[dict]:
+    """Webdataset shards of real photos with unique keys (as `energon prepare` needs); returns the samples.
+
+    Captioning: K.jpg + K.txt; VQA (``vqa``): K.jpg + K.json {"question", "answer"}.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    blobs, samples = image_bytes(), []
+    for s in range(shards):
+        with tarfile.open(folder / f"part-{s:03d}.tar", "w") as tf:
+            for i in range(per_shard):
+                key, n = f"s{s}i{i}", s * per_shard + i
+                sample = {"key": key, "image": blobs[n % len(blobs)]}
+                if vqa:
+                    sample.update(question=f"What is in photo {n}?", answer=f"Photo {n}.")
+                    members = {"json": json.dumps({"question": sample["question"], "answer": sample["answer"]})}
+                else:
+                    sample["caption"] = f"a caption for photo {n}"
+                    members = {"txt": sample["caption"]}
+                members = {"jpg": sample["image"], **{k: v.encode() for k, v in members.items()}}
+                for ext, blob in members.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(blob)
+                    tf.addfile(info, io.BytesIO(blob))
+                samples.append(sample)
+    return samples
