@@ -40,9 +40,13 @@ setup(
         "psutil",
         "tqdm",
         "pybind11>=2.12",
+        # parquet / Arrow / saved datasets folders as preprocessing sources (data/tables.py)
+        "pyarrow",
     ],
     extras_require={
         "te": ["transformer-engine[pytorch]"],
+        # datasets prepared with `energon prepare` as a preprocessing source (data/energon_source.py)
+        "energon": ["megatron-energon"],
         # Weights & Biases experiment tracking (pretrain --wandb-project)
         "wandb": ["wandb"],
         # Mistral's tokenizer.model, the tokenizer used when none is given (vocab.default_tokenizer_path)
