@@ -1,9 +1,10 @@
 """Evaluation throughput next to the training rate, on the same data, in one run (CPU by default).
 
 A short solo-tiny run trains on real ImageNet photos (the quick start's shards); its checkpoint is
-then evaluated (validation loss over the same shards, each image on its own) through megatron-core and,
-after export, through stock transformers. Prints training steps/s and images/s, evaluation images/s of
-both backends, and the ratios evaluation / training.
+then evaluated (validation loss over the same shards, each image on its own; and a yes/no benchmark file in
+POPE's form over the same photos, answered by generation as the harnesses do) through megatron-core and,
+after export, through stock transformers. Prints training steps/s and images/s, evaluation and benchmark
+images/s of both backends, and the ratios evaluation / training.
 
   python benchmarks/bench_eval.py [--steps 6] [--max-side 256] [--seq-length 1024] [--eval-repeats 3]
 """
@@ -75,12 +76,34 @@ def train(shards: str, save: Path, steps: int, seq: int, batch: int) -> tuple[fl
     return statistics.median(times), statistics.mean(images)
 
 
+def pope_file(root: Path, folder: str) -> str:
+    """A POPE-style JSONL over the photos: 'Is there a NAME in the image?' for its own class (yes) and the next (no)."""
+    import json
+
+    names = json.loads((root / "raw" / "class_names.json").read_text())
+    photos = sorted(Path(folder).rglob("*.jpg"))
+    labels = [names.get(p.parent.name, p.parent.name) for p in photos]
+    rows = []
+    for k, img in enumerate(photos):
+        other = labels[(k + 1) % len(labels)]
+        for obj, ans in ((labels[k], "yes"), (other, "no")) if other != labels[k] else ((labels[k], "yes"),):
+            rows.append({"id": f"{k}-{obj}", "image": str(img), "question": f"Is there a {obj} in the image?",
+                         "answer": ans, "category": "random"})
+    path = root / "pope.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
 def repeated(cfg, times: int) -> dict:
     """The validation-loss result of ``cfg`` with the median images/s of ``times`` evaluations."""
     from megatron_solo.evaluation.run import evaluate
 
-    runs = [evaluate(cfg)["val_loss"]["shards"] for _ in range(times)]
-    return {**runs[0], "images_per_s": statistics.median(r["images_per_s"] for r in runs)}
+    reports = [evaluate(cfg) for _ in range(times)]
+    runs = [r["val_loss"]["shards"] for r in reports]
+    bench = [r["benchmarks"]["pope"] for r in reports]
+    return {**runs[0], "images_per_s": statistics.median(r["images_per_s"] for r in runs),
+            "bench_images_per_s": statistics.median(b["images_per_s"] for b in bench),
+            "bench_accuracy": bench[0]["generate"]["accuracy"]}
 
 
 def main() -> None:
@@ -99,11 +122,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         shards = build_shards(root, args.max_side)
+        pope = pope_file(root, str(root / "raw" / "imagenet"))
         step_s, images_per_step = train(shards, root / "ckpt", args.steps, args.seq_length, args.global_batch)
-        mg = repeated(EvalConfig(checkpoint=str(root / "ckpt"), val_data=[shards], progress=False),
-                      args.eval_repeats)
+        tasks = dict(val_data=[shards], benchmark=[f"pope={pope}"], benchmark_max_new_tokens=4,
+                     max_side=args.max_side, progress=False)
+        mg = repeated(EvalConfig(checkpoint=str(root / "ckpt"), **tasks), args.eval_repeats)
         export = export_checkpoint(root / "ckpt", root / "export", progress=False)
-        hf = repeated(EvalConfig(hf=str(export), val_data=[shards], progress=False), args.eval_repeats)
+        hf = repeated(EvalConfig(hf=str(export), **tasks), args.eval_repeats)
     train_rate = images_per_step / step_s
     print(f"solo-tiny, fp32, CPU ({torch.get_num_threads()} threads), {mg['images']} ImageNet photos at "
           f"<= {args.max_side} px, packs of {args.seq_length} tokens x {args.global_batch} per step")
@@ -112,6 +137,8 @@ def main() -> None:
     for name, r in (("megatron-core", mg), ("transformers", hf)):
         print(f"evaluation {name:>13}: {r['images_per_s']:.2f} images/s (val loss {r['loss']:.4f}), "
               f"{r['images_per_s'] / train_rate:.2f}x the training rate")
+        print(f"benchmark  {name:>13}: {r['bench_images_per_s']:.2f} images/s (POPE-style yes/no, generated, "
+              f"accuracy {r['bench_accuracy']:.3f}), {r['bench_images_per_s'] / train_rate:.2f}x the training rate")
     print(f"evaluation megatron-core / transformers: {mg['images_per_s'] / hf['images_per_s']:.2f}x; "
           f"val loss {mg['loss']!r} vs {hf['loss']!r}")
 
