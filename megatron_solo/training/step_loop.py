@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from megatron_solo.training.run import Run, log_rank
@@ -12,11 +13,17 @@ class StepLoop:
 
     def __init__(self, run: Run) -> None:
         from megatron_solo.training.data_loss import DataLossTally
+        from megatron_solo.training.profiling import StepProfiler
         from megatron_solo.training.progress import TrainLogger
+        from megatron_solo.training.rank_times import OwnTimeClock
+        from megatron_solo.training.tracking import wandb_settings
 
         self.run_ = run
         self.train = run.job.train
-        self.logger = TrainLogger(log_rank(), self.train.tensorboard_dir, self.train.train_steps)
+        wandb = wandb_settings(self.train, run.saved is not None, dataclasses.asdict(run.job))
+        self.logger = TrainLogger(log_rank(), self.train.tensorboard_dir, self.train.train_steps, wandb=wandb)
+        self.profiler = StepProfiler.for_job(self.train)
+        self.clock = OwnTimeClock()  # this rank's own part of each step, compared across data-parallel ranks
         self.dropped = DataLossTally(run.loader.dataset)
         self.dropped.update(run.loader.consumed_packs)
         self.logger.data(run.state.iteration, self.dropped.samples, self.dropped.tokens)
@@ -37,13 +44,17 @@ class StepLoop:
                 pass
         finally:
             self.flag.restore()
+            self.profiler.close()
             self.logger.close()
         run.summary.saved = self.saved_at == run.state.iteration
 
     def _step(self) -> bool:
         """One optimizer step and what follows it; False when the run stops early."""
+        from megatron_solo.training.rank_times import gather_rank_times
+
         run, state = self.run_, self.run_.state
         result, seconds = self._train_step()
+        ranks = gather_rank_times(self.clock.seconds())
         if self.dropped.update(run.loader.consumed_packs):
             self.logger.data(state.iteration + 1, self.dropped.samples, self.dropped.tokens)
         state.iteration += 1
@@ -58,7 +69,7 @@ class StepLoop:
             state.iteration,
             {"loss": result.loss, "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": result.grad_norm},
             tokens=self.train.global_batch_size * self.train.seq_length, seconds=seconds, val_loss=val_loss,
-            dropped_samples=self.dropped.samples,
+            dropped_samples=self.dropped.samples, ranks=ranks,
         )
         exit_after = run.job.exit_after_steps
         stop = signalled or (exit_after is not None and self.steps_here >= exit_after)
@@ -75,15 +86,19 @@ class StepLoop:
         from megatron_solo.training.step import train_step
 
         run = self.run_
+        self.profiler.before_step(run.state.iteration + 1)
         start = time.perf_counter()
+        self.clock.start()
         micro = [next(self.batches) for _ in range(run.num_microbatches)]
         iters = [iter(micro) for _ in run.chunks]
         result = train_step(
             solo_forward_step, iters, run.chunks, run.optimizer, run.scheduler,
             num_microbatches=run.num_microbatches, seq_length=self.train.seq_length,
-            micro_batch_size=self.train.micro_batch_size,
+            micro_batch_size=self.train.micro_batch_size, before_grad_sync=self.clock.mark,
         )
-        return result, time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.profiler.after_step(run.state.iteration + 1)
+        return result, seconds
 
     def _validate(self, last: bool) -> float | None:
         """The validation loss when this step validates (every eval_interval steps and the last)."""
