@@ -11,6 +11,7 @@ unreadable input, an input of which too much is skipped: ``skip_share.py``) rais
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -157,6 +158,11 @@ def _chunks(records: Iterator[dict], size: int, held: np.ndarray | None
 _IGNORED = ("workers", "max_skip_share")  # how a run goes, not what it makes: may change on a rerun
 
 
+def _defaults() -> dict:
+    """The options of PreprocessConfig that have a default, with it."""
+    return {f.name: f.default for f in dataclasses.fields(PreprocessConfig) if f.default is not dataclasses.MISSING}
+
+
 def _check_config(cfg: PreprocessConfig) -> None:
     """Refuse an output folder that holds another job's shards, or that is one of the inputs; writes nothing."""
     out = Path(cfg.output)
@@ -166,7 +172,9 @@ def _check_config(cfg: PreprocessConfig) -> None:
     path = out / CONFIG_FILE
     if path.exists():
         mine = {k: v for k, v in cfg.to_dict().items() if k not in _IGNORED}
-        theirs = {k: v for k, v in json.loads(path.read_text()).items() if k not in _IGNORED}
+        # an option added since that job was written is absent from its record: it ran with the default
+        theirs = {**{k: v for k, v in _defaults().items() if k in mine}, **json.loads(path.read_text())}
+        theirs = {k: v for k, v in theirs.items() if k not in _IGNORED}
         if theirs != mine:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise UserInputError(f"{out} holds shards of a different preprocessing job (differs in {diff}); "

@@ -138,6 +138,10 @@ def test_resume_and_parallel_are_identical(cls_source, tmp_path):
         assert (tmp_path / "p" / s.name).read_bytes() == before[s.name]
     with pytest.raises(ValueError, match="different preprocessing job"):
         _run(tmp_path, "a", **{**kw, "shard_size": 5})
+    recorded = json.loads((out / "preprocess_config.json").read_text())
+    del recorded["image_column"]  # a job written before the option existed ran with its default
+    (out / "preprocess_config.json").write_text(json.dumps(recorded))
+    assert _run(tmp_path, "a", **kw)[1]["resumed_shards"] == len(shards)
 
 
 def test_whole_file_errors_name_the_file(tmp_path):
