@@ -9,7 +9,9 @@ figures compare), peak memory. Each timing runs in a fresh process. The correctn
 are pytest tests in tests/gpu/.
 
 ``--smoke`` (alias ``--cpu-smoke``) runs the same code on the CPU with tiny shapes; the TE entries
-are recorded as skipped there.
+are recorded as skipped there. Every entry names its implementation, a crash included, and the first
+TE timing runs with ``NVTE_DEBUG=1 NVTE_DEBUG_LEVEL=1`` so the attention backend TE picked is recorded
+(``te_attention_backend``): the report fails an unfused fallback at this width.
 """
 
 from __future__ import annotations
@@ -25,13 +27,18 @@ import traceback
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]  # peer.py, and the repository for tests.harness
+sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]  # peer.py and report.py, and the repository
+from report import te_backends  # noqa: E402
+
 from megatron_solo.config import ParallelConfig, TrainConfig, model_preset  # noqa: E402
 from megatron_solo.config.train import OptimConfig  # noqa: E402
 from megatron_solo.platform import current_device, init_distributed, init_parallel  # noqa: E402
 from tests.harness.mix import attention_keys, make_pack, micro_batch  # noqa: E402
 
 PEAK_TFLOPS = 989.0
+MIN_RUN_S = 20  # a timing started with less time left than this could not finish
+# Makes TE log the attention backend it picks (report.te_backends reads the line)
+TE_DEBUG_ENV = {"NVTE_DEBUG": "1", "NVTE_DEBUG_LEVEL": "1"}
 
 
 def sync() -> None:
@@ -144,8 +151,11 @@ def guarded(results: dict, name: str, fn, *args) -> object:
     return results[name]
 
 
-def time_in_subprocess(args, seq: int, layers: int, impl: str, timeout: float) -> dict:
-    """Run one timing in a fresh process, so an out-of-memory failure leaves nothing behind."""
+def time_in_subprocess(args, seq: int, layers: int, impl: str, timeout: float, te_debug: bool = False) -> dict:
+    """Run one timing in a fresh process, so an out-of-memory failure leaves nothing behind.
+
+    ``te_debug``: run it with TE's attention logging and record the backend TE names.
+    """
     import subprocess
 
     out_file = os.path.join(args.scratch, f"one_{seq}_{layers}_{impl}.json")
@@ -155,11 +165,19 @@ def time_in_subprocess(args, seq: int, layers: int, impl: str, timeout: float) -
     if args.smoke:
         cmd.append("--smoke")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    proc = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True, env=env)
+    env.update(TE_DEBUG_ENV if te_debug else {})
+    where = {"impl": impl, "seq": seq, "layers": layers}
+    try:
+        proc = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True, env=env)
+    except subprocess.TimeoutExpired:
+        return {**where, "error": f"timed out after {timeout:.0f} s (the part's deadline)"}
+    result = {**where, "error": f"exit {proc.returncode}", "stderr": proc.stderr[-2000:]}
     if os.path.isfile(out_file):
         with open(out_file) as f:
-            return json.load(f)
-    return {"error": f"exit {proc.returncode}", "stderr": proc.stderr[-2000:]}
+            result = {**where, **json.load(f)}
+    if te_debug:
+        result["te_attention_backend"] = ", ".join(te_backends(proc.stderr)) or "not logged"
+    return result
 
 
 def run_one(args) -> None:
@@ -175,10 +193,11 @@ def run_one(args) -> None:
 
 def unavailable(impl: str) -> str | None:
     """Why ``impl`` cannot run on this machine (None when it can)."""
-    from megatron_solo.model.specs import transformer_engine_usable
+    from megatron_solo.model.specs import transformer_engine_status
 
-    if impl.startswith("te") and not transformer_engine_usable():
-        return "Transformer Engine is not usable here"
+    usable, why = transformer_engine_status()
+    if impl.startswith("te") and not usable:
+        return f"Transformer Engine is not usable here: {why}"
     return None
 
 
@@ -196,7 +215,8 @@ def main() -> None:
     ap.add_argument("--backend", default="auto", help="packed attention of the local spec")
     ap.add_argument("--fp8-recipe", default="delayed")
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after two warm-up steps)")
-    ap.add_argument("--deadline", type=float, default=300.0, help="start no timing run after this many seconds")
+    ap.add_argument("--deadline", type=float, default=300.0,
+                    help="seconds by which every timing ends (one left running then is stopped and recorded)")
     ap.add_argument("--microbatches", type=int, default=8, help="micro-batches per optimizer step")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -214,22 +234,27 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1, default=str)
 
+    te_debug = True  # the first TE timing logs TE's attention backend choice
     for seq in [256] if args.smoke else args.seqs:
         for impl in args.impls:
             for layers in [2] if args.smoke else args.layers:
                 name = f"train_seq{seq}_{impl}_L{layers}"
                 left = args.deadline - (time.perf_counter() - start)
-                why = unavailable(impl) or ("deadline" if left < 20 else None)
+                why = unavailable(impl) or ("deadline" if left < MIN_RUN_S else None)
                 if why:
-                    results[name] = {"impl": impl, "skipped": why}
+                    results[name] = {"impl": impl, "seq": seq, "layers": layers, "skipped": why}
                     print(name, results[name], flush=True)
+                    save()
                     break
-                r = guarded(results, name, time_in_subprocess, args, seq, layers, impl, left + 60)
+                debug = te_debug and impl.startswith("te")
+                te_debug = te_debug and not debug
+                r = guarded(results, name, time_in_subprocess, args, seq, layers, impl, left, debug)
+                if "error" in r and "impl" not in r:  # the runner itself failed: the row still names the run
+                    results[name] = r = {"impl": impl, "seq": seq, "layers": layers, **r}
                 save()
                 if "error" not in r:
                     break  # the largest layer count that fits
     save()
-
 
 if __name__ == "__main__":
     main()

@@ -41,6 +41,7 @@ FP8_ALIGN = {"delayed": (16, 16), "tensorwise": (16, 16), "blockwise": (16, 16),
 # FP8 block scaling quantizes a sequence-parallel input before its all-gather in 1x128 blocks:
 # tokens per rank and the hidden width must be multiples of 128 (TE 2.11 Float8BlockQuantizer.is_quantizable).
 BLOCKWISE_SP_ALIGN = 128
+TE_IMPORT_FAILED = "Transformer Engine is installed but failed to import"
 
 
 class LayerImplError(UserInputError):
@@ -60,7 +61,7 @@ def transformer_engine_status() -> tuple[bool, str]:
         import transformer_engine.pytorch  # noqa: F401
     except Exception as err:  # a broken TE install must not stop a local-spec run, but is named
         first = (str(err).strip().splitlines() or [""])[0][:200]
-        return False, f"Transformer Engine is installed but failed to import: {type(err).__name__}: {first}"
+        return False, f"{TE_IMPORT_FAILED}: {type(err).__name__}: {first}"
     return True, ""
 
 
@@ -72,7 +73,7 @@ def transformer_engine_usable() -> bool:
 def transformer_engine_broken() -> str | None:
     """Why an installed TE failed to import on this CUDA machine (None when it imported, is absent, or no GPU)."""
     usable, why = transformer_engine_status()
-    return why if not usable and why.startswith("Transformer Engine is installed") else None
+    return why if not usable and why.startswith(TE_IMPORT_FAILED) else None
 
 
 def resolve_impl(model: SoloModelConfig, *, bf16: bool = True) -> str:

@@ -4,7 +4,7 @@ the record of what each one measured.
 ``SOLO_GPU_CHECKS=cpu-smoke`` runs them on the CPU with tiny shapes, the local spec in the thd
 layout standing in for Transformer Engine, so their logic runs where no GPU is. Unset, they need
 CUDA (and TE where they compare it). ``SOLO_GPU_RESULTS=DIR`` keeps each check's figures, goal
-and outcome as ``DIR/<test>.json``, which ``benchmarks/gpu/report.py`` turns into the results
+and outcome as ``DIR/<test>.json`` (written when the check starts, rewritten as it measures), which ``benchmarks/gpu/report.py`` turns into the results
 table; the figures are also pytest properties (``--junitxml``).
 """
 
@@ -83,6 +83,10 @@ class Figures:
         folder = os.environ.get(RESULTS_ENV)
         name = re.sub(r"[^\w.-]+", "_", f"{node.module.__name__}.{node.name}").strip("_")
         self.path = Path(folder) / f"{name}.json" if folder else None
+
+    def start(self) -> None:
+        """Write the record before the check's fixtures run, so a check killed inside them still shows (cut short)."""
+        self._write()
 
     def record(self, **values) -> None:
         """Add measured figures (also as pytest properties) and rewrite the file, so a cut-short run keeps them."""

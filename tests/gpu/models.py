@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -36,6 +37,16 @@ def batches(seed: int, seq: int, count: int, batch: int = 2, learnable: bool = F
     g = torch.Generator().manual_seed(seed)
     pack = learnable_pack if learnable else make_pack
     return [micro_batch([pack(seq, g) for _ in range(batch)]) for _ in range(count)]
+
+
+def reference_config(cfg: SoloModelConfig, window: int | None) -> SoloModelConfig:
+    """``cfg`` as a reference model: local spec, the exact SDPA mask path and no fused kernels.
+
+    Nothing in it compiles (FlexAttention compiles once per shape, megatron's fused kernels on first
+    use), which would cost the time-limited TE check more than its comparisons.
+    """
+    return dataclasses.replace(cfg, sliding_window=window, transformer_impl="local", packed_attention="sdpa_mask",
+                               fused_kernels=False)
 
 
 def copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:

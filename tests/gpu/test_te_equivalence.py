@@ -15,7 +15,7 @@ import dataclasses
 import pytest
 
 from tests.gpu.checks import BF16_TOL, rel_err, smoke
-from tests.gpu.models import batches, copy_weights, documents_alone, logits
+from tests.gpu.models import batches, copy_weights, documents_alone, logits, reference_config
 
 pytestmark = pytest.mark.gpu
 
@@ -39,11 +39,11 @@ def outputs(imported_mistral: str, transformer_engine: str, world1):
 
     def run(window: int | None) -> dict:
         if window not in cache:
-            shape = lambda impl: dataclasses.replace(cfg, sliding_window=window, transformer_impl=impl)  # noqa: E731
+            te_cfg = dataclasses.replace(cfg, sliding_window=window, transformer_impl=transformer_engine)
             models = {
-                "fp32": build_solo_model(shape("local"), ParallelConfig()),
-                "local": build_solo_model(shape("local"), ParallelConfig(), bf16=True),
-                "te": build_solo_model(shape(transformer_engine), ParallelConfig(), bf16=True, packed_format="thd"),
+                "fp32": build_solo_model(reference_config(cfg, window), ParallelConfig()),
+                "local": build_solo_model(reference_config(cfg, window), ParallelConfig(), bf16=True),
+                "te": build_solo_model(te_cfg, ParallelConfig(), bf16=True, packed_format="thd"),
             }
             for model in models.values():
                 copy_weights(chunks[0], model)

@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from tests.gpu.checks import BF16_TOL, FP32_TOL, LOSS_TOL, rel_err, smoke
-from tests.gpu.models import build_trainer, copy_weights, probe, probe_logits, run_root, train
+from tests.gpu.models import (
+    build_trainer,
+    copy_weights,
+    probe,
+    probe_logits,
+    reference_config,
+    run_root,
+    train,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -68,7 +76,7 @@ def _local_resume(import_dir: str, cfg, te_root: str, local_root: str, te_probe)
     from megatron_solo.checkpoint.state import TrainState, load_checkpoint, save_checkpoint
     from megatron_solo.model.chunks import unwrap
 
-    trainer = _trainer(cfg, "local", "sbhd")
+    trainer = _trainer(reference_config(cfg, cfg.sliding_window), "local", "sbhd")
     chunks, optimizer, _ = trainer
     out: dict = {"resumed_optimizer": True}
     try:
