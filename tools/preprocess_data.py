@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""Turn a raw source (classification, caption, interleaved, text, conversation) into SOLO shards."""
+"""Turn a raw source (classification, caption, interleaved, text, conversation) into SOLO shards.
+
+One job in one process, or part I of N of it (--part I/N, or the Slurm array task: see
+examples/slurm/preprocess_array.sbatch); --merge checks that every part finished and writes stats.json.
+"""
 
 import json
 import sys

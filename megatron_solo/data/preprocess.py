@@ -281,11 +281,11 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, environ: Mapping[st
     stats.json reports both parts (the held-out one under "heldout"). The part is ``cfg.part``, else the Slurm
     array task's in ``environ`` (default: this process's environment), else the whole job.
     """
-    part = resolve_part(cfg.part, os.environ if environ is None else environ)
     folders = [Path(cfg.output)] + ([Path(cfg.output) / HELDOUT_DIR] if cfg.holdout else [])
     _check_config(cfg)
     if cfg.merge:
         return _merge(cfg, folders)
+    part = resolve_part(cfg.part, os.environ if environ is None else environ)
     check_split(cfg.output, part.count if part else None)
     if part is not None and part.marker(cfg.output).exists():
         stats = json.loads(part.marker(cfg.output).read_text())  # finished before: nothing to redo
