@@ -110,3 +110,18 @@ def test_part_spellings_and_slurm_array_tasks():
     with pytest.raises(UserInputError, match="not 3 consecutive"):
         part_from_env({**env, "SLURM_ARRAY_TASK_MAX": "8"})  # --array=4-8:2
     assert [k for k in range(7) if Part(1, 3).owns(k)] == [1, 4]
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_every_record_in_exactly_one_part_whatever_n(tmp_path, count):
+    from tests.harness.data_sources import write_jsonl
+
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"document {i} " * (1 + i % 4)} for i in range(17)])
+    kw = dict(kind="text", inputs=[str(src)], shard_size=3, holdout=4, workers=0)
+    pre.preprocess(PreprocessConfig(output=str(tmp_path / "whole"), **kw), progress=False, environ={})
+    for i in range(count):
+        _part(kw, tmp_path / "parts", f"{i}/{count}")
+    assert _files(tmp_path / "parts") == _files(tmp_path / "whole")
+    keys = [k for folder in ("parts", "parts/heldout") for k in ShardSet(str(tmp_path / folder)).indexes
+            for k in k.keys.tolist()]
+    assert sorted(keys) == [f"{i:010d}" for i in range(17)]  # each record once, in the training or held-out part
