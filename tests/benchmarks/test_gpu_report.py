@@ -118,7 +118,7 @@ def test_report_states_each_checks_recorded_figures_and_outcome(tmp_path, monkey
 
 def test_a_part_cut_short_keeps_the_checks_it_started_and_names_those_it_did_not_reach(tmp_path, monkeypatch):
     from tests.gpu import conftest
-    from tests.gpu.checks import RESULTS_ENV
+    from tests.gpu.checks import RESULTS_ENV, record_setup_outcome
 
     report = _report()
     parts, out = _folders(tmp_path)
@@ -129,7 +129,13 @@ def test_a_part_cut_short_keeps_the_checks_it_started_and_names_those_it_did_not
                                               "(sub-backend 1)\n")
     (parts / "timeline.txt").write_text("pytest_checks_te exit=124 start_s=31 end_s=111 limit_s=80\n"
                                         "pytest_te skipped budget\n")
+    # a check skipped in its setup (no TE) is skipped, not cut short
+    skipped = _node("test_te_spec_loads_the_import_and_learns")
+    conftest.pytest_runtest_setup(skipped)
+    record_setup_outcome(skipped, SimpleNamespace(when="setup", passed=False, failed=False, outcome="skipped",
+                                                  duration=0.1, longrepr=None))
     md = _run_report(report, monkeypatch, parts, out)
+    assert "| HF -> import -> TE training | skipped |" in md
     assert "| tests/gpu: TE equivalence and round trip | cut short at its 80 s limit | no summary (cut short?) |" in md
     assert "| TE vs fp32 local reference, no_window | cut short | - |" in md
     assert "| test_te_honours_the_sliding_window | not reached (part cut short before it) |" in md

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.gpu.checks import Figures, smoke, te_impl, te_missing
+from tests.gpu.checks import Figures, record_setup_outcome, smoke, te_impl, te_missing
 
 _REPORTS = pytest.StashKey[dict]()
 
@@ -17,6 +17,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """Keep each phase's report on the item, so a check's record can state its outcome."""
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
+    record_setup_outcome(item, report)
     return report
 
 
