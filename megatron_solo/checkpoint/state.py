@@ -14,9 +14,9 @@ input, like Megatron-LM's and torch DCP's.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,30 +29,18 @@ from megatron_solo.checkpoint.layout import (
     checkpoint_dir,
     resolve_checkpoint,
 )
-from megatron_solo.checkpoint.metadata import (
-    layout_dict,
-    read_train_state,
-    record_saved_layout,
-    saved_layout,
-    write_train_state,
-)
+from megatron_solo.checkpoint.metadata import record_saved_layout
 from megatron_solo.checkpoint.names import drop_empty_extra_state, drop_missing_extra_state
 from megatron_solo.checkpoint.rng import restore_rng, rng_in_checkpoint, rng_sharded_state_dict
+from megatron_solo.checkpoint.train_state import SavedLayout, TrainState, read_train_state, write_train_state
 from megatron_solo.model.chunks import unwrap
+
+__all__ = ["TrainState", "load_checkpoint", "read_sharded", "save_checkpoint"]
 
 # The distributed optimizer's state gathered into model space, so it loads at another
 # TP/PP/DP layout ('fully_sharded_model_space' needs flattened ranges, which
 # dist_checkpointing 0.16.1 refuses).
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
-
-
-@dataclass
-class TrainState:
-    """Everything besides weights and optimizer that a resumed run needs."""
-
-    iteration: int = 0
-    consumed_samples: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _model_sharded_state_dict(chunks: list[torch.nn.Module]) -> dict[str, Any]:
@@ -160,6 +148,11 @@ def _layout() -> tuple[int, int, int, int, int, int]:
     )
 
 
+def _saved_layout(layout: tuple[int, ...]) -> SavedLayout:
+    """The (pp, tp, dp) sizes of a ``_layout()`` tuple as the train state records them."""
+    return SavedLayout(pipeline_parallel=layout[0], tensor_parallel=layout[1], data_parallel=layout[2])
+
+
 def save_checkpoint(
     root: str,
     state: TrainState,
@@ -185,13 +178,8 @@ def save_checkpoint(
     dist_checkpointing.save(sharded, partial)
     dist.barrier()
     if dist.get_rank() == 0:
-        write_train_state(partial, {
-            "iteration": state.iteration,
-            "consumed_samples": state.consumed_samples,
-            "extra": state.extra,
-            "layout": layout_dict(layout),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        })
+        write_train_state(partial, dataclasses.replace(
+            state, layout=_saved_layout(layout), scheduler=scheduler.state_dict() if scheduler is not None else None))
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -199,7 +187,7 @@ def save_checkpoint(
         with open(tmp, "w") as f:
             f.write(str(state.iteration))
         os.replace(tmp, os.path.join(root, LATEST_FILE))
-        record_saved_layout(root, layout_dict(layout))
+        record_saved_layout(root, _saved_layout(layout))
         _remove_stale_partials(root, state.iteration)
     dist.barrier()
     return final
@@ -238,7 +226,7 @@ def load_checkpoint(
     if optimizer is not None:
         _prime_optimizer_state(optimizer)
         sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True, metadata=OPTIMIZER_METADATA)
-    if load_rng and saved_layout(saved) == layout_dict(layout):
+    if load_rng and saved.layout == _saved_layout(layout):
         if rng_in_checkpoint(held, layout):
             sharded["rng_state"] = rng_sharded_state_dict(layout)
         else:
@@ -250,13 +238,11 @@ def load_checkpoint(
         _load_model(unwrap(chunk), loaded[name], {*empty[name], *missing[name]})
     if optimizer is not None:
         _load_optimizer_state(optimizer, loaded["optimizer"])
-    if scheduler is not None and saved.get("scheduler") is not None:
-        scheduler.load_state_dict(saved["scheduler"])
+    if scheduler is not None and saved.scheduler is not None:
+        scheduler.load_state_dict(saved.scheduler)
     if "rng_state" in loaded:
         restore_rng(loaded["rng_state"])
-    return TrainState(
-        iteration=saved["iteration"], consumed_samples=saved["consumed_samples"], extra=saved["extra"]
-    )
+    return saved
 
 
 def read_sharded(sharded: dict[str, Any], path: str) -> dict[str, Any]:

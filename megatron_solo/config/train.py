@@ -16,6 +16,9 @@ def step_range(text: str) -> tuple[int, int]:
     return int(first), int(last)
 
 
+NONFINITE_POLICIES = ("stop", "skip")
+
+
 @dataclass
 class OptimConfig:
     """AdamW with warm-up and decay; SOLO's pre-training values are the defaults."""
@@ -59,6 +62,10 @@ class TrainConfig:
     profile_ranks: list[int] = field(default_factory=lambda: [0])
     wandb_project: str | None = None  # also log the scalars to this Weights & Biases project (needs wandb)
     wandb_run_name: str | None = None  # the W&B run's name (default: one W&B picks)
+    # A step whose loss or gradient norm is NaN/Inf on any rank: "stop" (no update, nothing saved, the run
+    # ends naming the step's data) or "skip" (no update, the run goes on) up to max_skipped_steps
+    on_nonfinite: str = "stop"
+    max_skipped_steps: int = 10  # steps a run may leave without an update before it stops
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
@@ -70,6 +77,10 @@ class TrainConfig:
             raise UserInputError(f"train_steps must not be negative, got {self.train_steps}")
         if self.optim.warmup_steps < 0:
             raise UserInputError(f"warmup_steps must not be negative, got {self.optim.warmup_steps}")
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise UserInputError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
+        if self.max_skipped_steps < 0:
+            raise UserInputError(f"max_skipped_steps must not be negative, got {self.max_skipped_steps}")
         self._check_profile()
 
     def _check_profile(self) -> None:

@@ -15,7 +15,7 @@ def wrap_ddp(chunks: list[torch.nn.Module], parallel: ParallelConfig, grad_reduc
         grad_reduce_in_fp32=grad_reduce_in_fp32,
         use_distributed_optimizer=parallel.use_distributed_optimizer,
         overlap_grad_reduce=False,
-        check_for_nan_in_grad=True,
+        check_for_nan_in_grad=False,  # training.guard checks every step, all ranks agreeing, naming the data
     )
     wrapped = []
     for i, chunk in enumerate(chunks):

@@ -120,9 +120,8 @@ def _build_data(run: Run) -> None:
     run.loader = build_checked_loader(job.data, train, run.model_cfg.patch_size, dp_rank, run.data_parallel, "data")
     for line in overflow_lines(run.loader, "data"):
         rank0.info(line)
-    if run.saved is not None and "data" in run.saved.state.get("extra", {}):
-        note = restore_data_position(run.loader, run.saved.state["extra"]["data"], job.allow_data_change,
-                                     train.save_dir)
+    if run.saved is not None and run.saved.state.data is not None:
+        note = restore_data_position(run.loader, run.saved.state.data, job.allow_data_change, train.save_dir)
         if note:
             rank0.info(note)
     if job.eval_data is not None:

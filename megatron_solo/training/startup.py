@@ -17,13 +17,8 @@ from megatron_solo.checkpoint.layout import (
     newest_complete_iteration,
     resolve_checkpoint,
 )
-from megatron_solo.checkpoint.metadata import (
-    META_FILE,
-    check_checkpoint,
-    model_config,
-    read_metadata,
-    read_train_state,
-)
+from megatron_solo.checkpoint.metadata import META_FILE, check_checkpoint, model_config, read_metadata
+from megatron_solo.checkpoint.train_state import DataPosition, TrainState, read_train_state
 from megatron_solo.config.data import DataConfig
 from megatron_solo.config.job import JobConfig
 from megatron_solo.config.model import SoloModelConfig, model_preset, with_overrides
@@ -40,13 +35,13 @@ class SavedRun:
     """The newest checkpoint of a save folder: where it is, its train state, and how it was found."""
 
     path: str
-    state: dict
+    state: TrainState
     note: str | None = None  # said when the save folder's latest file did not name it
 
     @property
     def iteration(self) -> int:
         """Steps the saved run had completed."""
-        return int(self.state["iteration"])
+        return self.state.iteration
 
 
 def job_model_config(job: JobConfig) -> SoloModelConfig:
@@ -131,8 +126,9 @@ def overflow_lines(loader, what: str) -> list[str]:
     return [f"{what}: {line}" for line in format_overflow_report(loader.dataset.overflow_report(0))]
 
 
-def restore_data_position(loader, saved: dict, allow_data_change: bool, save_dir: str) -> str | None:
+def restore_data_position(loader, position: DataPosition, allow_data_change: bool, save_dir: str) -> str | None:
     """Put ``loader`` at the saved position; returns a note when the blend changed and that is allowed."""
+    saved = dataclasses.asdict(position)
     now = loader.dataset.fingerprint()
     changed = saved.get("fingerprint") != now
     if changed and not allow_data_change:

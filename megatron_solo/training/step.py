@@ -34,6 +34,19 @@ def train_step(
 
     ``before_grad_sync`` is called as the gradient reduction across data-parallel ranks begins.
     """
+    outputs = forward_backward(forward_step, data_iterators, chunks, optimizer, num_microbatches=num_microbatches,
+                               seq_length=seq_length, micro_batch_size=micro_batch_size,
+                               before_grad_sync=before_grad_sync)
+    found_inf, grad_norm = gradient_norm(optimizer)
+    ok = not found_inf and apply_update(optimizer, scheduler, grad_norm)
+    loss, num_tokens = global_mean_loss(loss_totals(outputs))
+    return StepResult(loss=loss, num_tokens=num_tokens, grad_norm=grad_norm, skipped=not ok)
+
+
+def forward_backward(forward_step: Callable, data_iterators: list[Iterator], chunks: list[torch.nn.Module],
+                     optimizer, *, num_microbatches: int, seq_length: int, micro_batch_size: int,
+                     before_grad_sync: Callable[[], None] | None = None) -> list[dict]:
+    """megatron-core's forward-backward schedule over one step's micro-batches; their outputs (last stage)."""
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -44,8 +57,7 @@ def train_step(
     config.finalize_model_grads_func = _after(before_grad_sync, finalize_model_grads)
     config.grad_scale_func = optimizer.scale_loss
     config.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
-    forward_backward = get_forward_backward_func()
-    outputs = forward_backward(
+    return get_forward_backward_func()(
         forward_step_func=forward_step,
         data_iterator=data_iterators if len(chunks) > 1 else data_iterators[0],
         model=chunks if len(chunks) > 1 else chunks[0],
@@ -54,11 +66,6 @@ def train_step(
         micro_batch_size=micro_batch_size,
         forward_only=False,
     )
-    ok, grad_norm, _ = optimizer.step()
-    if ok:
-        scheduler.step(increment=1)
-    loss, num_tokens = global_mean_loss(loss_totals(outputs))
-    return StepResult(loss=loss, num_tokens=num_tokens, grad_norm=grad_norm, skipped=not ok)
 
 
 def _after(first: Callable[[], None] | None, finalize: Callable) -> Callable:
@@ -71,6 +78,33 @@ def _after(first: Callable[[], None] | None, finalize: Callable) -> Callable:
         return finalize(*args, **kwargs)
 
     return finalize_after
+
+
+def gradient_norm(optimizer) -> tuple[bool, float | None]:
+    """(found inf, global gradient norm) of the gradients ready for the update, none applied yet.
+
+    megatron-core's ``optimizer.step()`` computes the norm and applies the update in one call; its parts
+    are called here so the guard can look at the norm in between.
+    """
+    if optimizer.prepare_grads():  # a loss scaler's overflow check (fp16)
+        return True, None
+    return False, optimizer.get_grad_norm()
+
+
+def apply_update(optimizer, scheduler, grad_norm: float | None) -> bool:
+    """Clip to the global ``grad_norm`` and step the optimizer and the schedule (megatron-core's step, its rest)."""
+    from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        params = opt.get_parameters()
+        if getattr(opt, "is_stub_optimizer", False) or not params or opt.config.clip_grad <= 0.0:
+            continue
+        clip_grad_by_total_norm_fp32(params, max_norm=opt.config.clip_grad, total_norm=grad_norm,
+                                     use_decoupled_grad=opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+    ok = optimizer.step_with_ready_grads()
+    if ok:
+        scheduler.step(increment=1)
+    return ok
 
 
 def loss_totals(outputs: list[dict]) -> torch.Tensor | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from megatron_solo.training.guard import NonFinitePolicy
 from megatron_solo.training.run import Run, log_rank
 
 
@@ -31,6 +32,7 @@ class StepLoop:
         self.steps_here = 0
         self.saved_at = run.saved.iteration if run.saved is not None else None
         self.flag = None
+        self.nonfinite = NonFinitePolicy(self.train.on_nonfinite, self.train.max_skipped_steps)
 
     def run(self) -> None:
         """Step until the run is complete or stopped; the summary says which, and whether it is saved."""
@@ -65,9 +67,11 @@ class StepLoop:
         signalled = self.flag.agreed()
         last = state.iteration == self.train.train_steps
         val_loss = None if signalled else self._validate(last)
+        scalars = {"loss": result.loss, "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": result.grad_norm}
+        if state.skipped_steps:
+            scalars["skipped_steps"] = state.skipped_steps
         self.logger.step(
-            state.iteration,
-            {"loss": result.loss, "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": result.grad_norm},
+            state.iteration, scalars,
             tokens=self.train.global_batch_size * self.train.seq_length, seconds=seconds, val_loss=val_loss,
             dropped_samples=self.dropped.samples, ranks=ranks,
         )
@@ -81,24 +85,54 @@ class StepLoop:
         return True
 
     def _train_step(self):
-        """(StepResult, seconds) of one forward-backward over the step's micro-batches and the update."""
+        """(StepResult, seconds) of one forward-backward over the step's micro-batches and its guarded update."""
         from megatron_solo.training.forward_step import solo_forward_step
-        from megatron_solo.training.step import train_step
+        from megatron_solo.training.guard import check_step
+        from megatron_solo.training.step import (
+            StepResult,
+            apply_update,
+            forward_backward,
+            global_mean_loss,
+            gradient_norm,
+            loss_totals,
+        )
 
         run = self.run_
         self.profiler.before_step(run.state.iteration + 1)
-        start = time.perf_counter()
+        start, before = time.perf_counter(), run.loader.consumed_packs
         self.clock.start()
         micro = [next(self.batches) for _ in range(run.num_microbatches)]
-        iters = [iter(micro) for _ in run.chunks]
-        result = train_step(
-            solo_forward_step, iters, run.chunks, run.optimizer, run.scheduler,
-            num_microbatches=run.num_microbatches, seq_length=self.train.seq_length,
-            micro_batch_size=self.train.micro_batch_size, before_grad_sync=self.clock.mark,
-        )
+        outputs = forward_backward(solo_forward_step, [iter(micro) for _ in run.chunks], run.chunks, run.optimizer,
+                                   num_microbatches=run.num_microbatches, seq_length=self.train.seq_length,
+                                   micro_batch_size=self.train.micro_batch_size, before_grad_sync=self.clock.mark)
+        found_inf, grad_norm = gradient_norm(run.optimizer)
+        totals = loss_totals(outputs)
+        loss, tokens = global_mean_loss(totals)
+        check = check_step(None if totals is None else [o["lm loss"] for o in outputs], loss, grad_norm)
+        applied = False
+        if self.nonfinite.allows_update(check, run.state.iteration + 1, run.state, self._data_words(check, before)):
+            applied = not found_inf and apply_update(run.optimizer, run.scheduler, grad_norm)
+        elif self.logger.enabled:
+            self.logger.info(f"step {run.state.iteration + 1}: not finite ({check.describe()}): update skipped "
+                             f"({run.state.skipped_steps} of at most {self.train.max_skipped_steps})", warning=True)
+        result = StepResult(loss=check.loss, num_tokens=tokens, grad_norm=check.grad_norm, skipped=not applied)
         seconds = time.perf_counter() - start
         self.profiler.after_step(run.state.iteration + 1)
         return result, seconds
+
+    def _data_words(self, check, before: int) -> str:
+        """The data position of a step: the packs of its non-finite micro-batches, else all its packs."""
+        from megatron_solo.training.data_position import describe_packs, micro_batch_packs
+
+        if check.finite:
+            return ""
+        run, mbs = self.run_, self.train.micro_batch_size
+        if check.bad_micro:
+            packs = [g for r, m in sorted(check.bad_micro.items())
+                     for g in micro_batch_packs(before, r, m, mbs, run.data_parallel)]
+        else:
+            packs = list(range(before, before + self.train.global_batch_size))
+        return describe_packs(run.loader.dataset, packs)
 
     def _validate(self, last: bool) -> float | None:
         """The validation loss when this step validates (every eval_interval steps and the last)."""
@@ -113,9 +147,10 @@ class StepLoop:
     def _save(self) -> None:
         """Checkpoint this step with the loader's data position."""
         from megatron_solo.checkpoint.state import save_checkpoint
+        from megatron_solo.checkpoint.train_state import DataPosition
 
         run = self.run_
-        run.state.extra["data"] = run.loader.state_dict()
+        run.state.data = DataPosition(**run.loader.state_dict())
         run.summary.checkpoint = save_checkpoint(self.train.save_dir, run.state, run.chunks, run.optimizer,
                                                  run.scheduler)
         self.saved_at = run.state.iteration

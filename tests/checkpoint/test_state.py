@@ -10,13 +10,13 @@ import torch
 
 from megatron_solo.checkpoint import CheckpointError
 from megatron_solo.checkpoint.layout import resolve_checkpoint
-from megatron_solo.checkpoint.metadata import read_train_state
 from megatron_solo.checkpoint.state import (
     TrainState,
     _prime_optimizer_state,
     load_checkpoint,
     save_checkpoint,
 )
+from megatron_solo.checkpoint.train_state import DataPosition, SavedLayout, read_train_state
 from megatron_solo.config import ParallelConfig, TrainConfig
 from megatron_solo.config.train import OptimConfig
 from megatron_solo.model.builder import solo_provider
@@ -60,15 +60,17 @@ def test_train_state_is_json_and_rng_states_are_tensors(world1, tmp_path, monkey
     scheduler.step(3)
     torch.rand(7)  # move the generators off their seeds
     rng = (torch.get_rng_state(), {k: v.clone() for k, v in get_cuda_rng_tracker().get_states().items()})
-    data = {"consumed_packs": 12, "fingerprint": "abc123", "micro_batch_size": 1, "world_size": 1}
-    ckpt = save_checkpoint(str(tmp_path), TrainState(iteration=4, consumed_samples=48, extra={"data": data}),
+    data = DataPosition(consumed_packs=12, fingerprint="abc123", micro_batch_size=1, world_size=1)
+    ckpt = save_checkpoint(str(tmp_path), TrainState(iteration=4, consumed_samples=48, data=data, skipped_steps=1,
+                                                     skipped_data=[[4, 8]], spike_history=[2.5, 2.25]),
                            chunks, optimizer, scheduler)
 
     saved = json.loads((tmp_path / "iter_0000004" / "solo_train_state.json").read_text())
-    assert saved["iteration"] == 4 and saved["consumed_samples"] == 48 and saved["extra"] == {"data": data}
+    assert saved["iteration"] == 4 and saved["consumed_samples"] == 48 and saved["version"] == 2
+    assert saved["data"] == {"consumed_packs": 12, "fingerprint": "abc123", "micro_batch_size": 1, "world_size": 1}
     assert saved["layout"] == {"pipeline_parallel": 1, "tensor_parallel": 1, "data_parallel": 1}
     assert saved["scheduler"] == scheduler.state_dict()
-    assert read_train_state(ckpt) == saved
+    assert read_train_state(ckpt).to_json() == saved
     assert "train_state" not in torch.load(tmp_path / "iter_0000004" / "common.pt", weights_only=True)
     entries = FileSystemReader(ckpt).read_metadata().state_dict_metadata
     assert not [k for k, v in entries.items() if k.startswith("rng_state") and isinstance(v, BytesStorageMetadata)]
@@ -90,12 +92,33 @@ def test_train_state_is_json_and_rng_states_are_tensors(world1, tmp_path, monkey
     scheduler2 = build_scheduler(optimizer2, train)
     state = load_checkpoint(str(tmp_path), fresh, optimizer2, scheduler2)
     assert unpickled == []
-    assert (state.iteration, state.consumed_samples, state.extra) == (4, 48, {"data": data})
+    assert (state.iteration, state.consumed_samples, state.data) == (4, 48, data)
+    assert (state.skipped_steps, state.skipped_data, state.spike_history) == (1, [[4, 8]], [2.5, 2.25])
     assert scheduler2.num_steps == 3
     assert torch.equal(torch.get_rng_state(), rng[0])
     tracker = get_cuda_rng_tracker().get_states()
     assert tracker.keys() == rng[1].keys() and all(torch.equal(tracker[k], rng[1][k]) for k in tracker)
     _assert_same_weights(_weights(fresh[0].module), _weights(chunks[0].module))
+
+
+def test_a_version_1_train_state_reads_as_the_typed_state(tmp_path):
+    data = {"consumed_packs": 8, "fingerprint": "f00d", "micro_batch_size": 1, "world_size": 2}
+    (tmp_path / "solo_train_state.json").write_text(json.dumps(
+        {"iteration": 3, "consumed_samples": 12, "extra": {"data": data}, "layout": [1, 2, 1], "scheduler": None}))
+    state = read_train_state(tmp_path)
+    assert (state.iteration, state.consumed_samples, state.data) == (3, 12, DataPosition(**data))
+    assert state.layout == SavedLayout(pipeline_parallel=1, tensor_parallel=2, data_parallel=1)
+    assert (state.version, state.skipped_steps, state.skipped_data) == (2, 0, [])
+
+
+def test_a_newer_or_unknown_train_state_is_refused_naming_the_field(tmp_path):
+    path = tmp_path / "solo_train_state.json"
+    path.write_text(json.dumps({"iteration": 3, "version": 9}))
+    with pytest.raises(CheckpointError, match=r"solo_train_state\.json: field version = 9"):
+        read_train_state(tmp_path)
+    path.write_text(json.dumps({"iteration": 3, "version": 2, "colour": "blue"}))
+    with pytest.raises(CheckpointError, match=r"unknown field\(s\) \['colour'\]"):
+        read_train_state(tmp_path)
 
 
 def test_train_state_file_errors_name_the_file(tmp_path):

@@ -109,3 +109,41 @@ def final_weights(images: str, texts: str, save_dir: str, out: str) -> None:
     load_checkpoint(save_dir, chunks)
     state = {k: v.detach().clone() for k, v in chunks[0].state_dict().items() if "_extra_state" not in k}
     save_file(state, out)
+
+
+def _nan_forward_step(at_call: int, on_rank: int):
+    """solo_forward_step whose ``at_call``-th call (counted from 0) on global rank ``on_rank`` returns NaN losses."""
+    import torch
+
+    from megatron_solo.training import forward_step as F
+
+    real, calls = F.solo_forward_step, [0]
+
+    def step(data_iterator, model):
+        output, loss_func = real(data_iterator, model)
+        calls[0] += 1
+        if calls[0] - 1 == at_call and torch.distributed.get_rank() == on_rank:
+            output = output * float("nan")  # a corrupt micro-batch: its loss and its gradients
+        return output, loss_func
+
+    return step
+
+
+def run_nan_job(images: str, texts: str, save_dir: str, steps: int, policy: str, at_call: int, out: str) -> None:
+    """Worker: small_job saving every 2 steps, one micro-batch of rank 1 poisoned; records each rank's outcome."""
+    import torch
+
+    from megatron_solo.training import forward_step as F
+    from megatron_solo.training.guard import DivergenceError
+    from megatron_solo.training.loop import pretrain
+
+    F.solo_forward_step = _nan_forward_step(at_call, on_rank=1)
+    job = small_job(images, texts, save_dir, steps, None)
+    job = dataclasses.replace(job, train=dataclasses.replace(job.train, save_interval=2, on_nonfinite=policy))
+    record: dict = {"error": None}
+    try:
+        summary = pretrain(job)
+        record.update(iteration=summary.iteration, losses=summary.losses)
+    except DivergenceError as err:
+        record["error"] = str(err)
+    Path(f"{out}.{torch.distributed.get_rank()}").write_text(json.dumps(record))

@@ -110,17 +110,13 @@ def test_export_with_tokenizer_lacking_solo_tokens(imported, tmp_path):
         export_checkpoint(imported, tmp_path / "out", tokenizer_dir=_plain_tokenizer_dir(tmp_path), progress=False)
 
 
-@pytest.mark.parametrize("field,value,pattern", [
-    ("tensor_parallel", 4, r"solo_model\.json: fields tensor_parallel/pipeline_parallel = 4/1 but .* TP2 PP1"),
-    ("pipeline_parallel", 2, r"solo_model\.json: fields tensor_parallel/pipeline_parallel = 2/2"),
-])
-def test_inconsistent_layout_metadata(imported, tmp_path, field, value, pattern):
+@pytest.mark.parametrize("field,value", [("tensor_parallel", 4), ("pipeline_parallel", 2)])
+def test_the_checkpoints_own_layout_wins_over_the_save_roots(imported, tmp_path, field, value):
     ckpt = _copy(imported, tmp_path / "ckpt")
     meta = json.loads((ckpt / "solo_model.json").read_text())
-    meta[field] = value
+    meta[field] = value  # the root's file describes a newer checkpoint at another layout
     (ckpt / "solo_model.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=pattern):
-        export_checkpoint(ckpt, tmp_path / "out", progress=False)
+    assert export_checkpoint(ckpt, tmp_path / "out", progress=False).is_dir()
 
 
 def test_model_config_not_matching_checkpoint(imported, tmp_path):

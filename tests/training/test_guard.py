@@ -1,0 +1,54 @@
+"""The non-finite guard on a DP2 run: a NaN in one micro-batch of one rank stops (or skips on) every rank."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from megatron_solo.platform import spawn
+from tests.harness import training as T
+
+pytestmark = pytest.mark.multiprocess
+
+MICRO = 2  # micro-batches per step and rank: global batch 4 over DP2
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("guard")
+    return root, T.build_shards(root)
+
+
+def _outcomes(out) -> list[dict]:
+    return [json.loads(open(f"{out}.{rank}").read()) for rank in range(2)]
+
+
+def test_a_nan_in_one_micro_batch_stops_every_rank_naming_its_data(shards):
+    from megatron_solo.checkpoint.layout import latest_iteration
+    from megatron_solo.checkpoint.train_state import read_train_state
+
+    root, (images, texts) = shards
+    save, out = root / "stop", str(root / "stop.json")
+    spawn(T.run_nan_job, 2, images, texts, str(save), 3, "stop", 2 * MICRO + 1, out)  # step 3, micro-batch 1
+    errors = [o["error"] for o in _outcomes(out)]
+    assert errors[0] == errors[1] and errors[0] is not None
+    assert errors[0].startswith("iteration 3: not finite:") and "rank 1's micro-batch 1" in errors[0]
+    # 8 packs read before step 3; rank 1's micro-batch 1 is pack 8 + 1 x 2 + 1 = 11, named by source and key
+    assert re.search(r"data: pack 11 \[[^\]]*(imagenet|text):\d{10}[^\]]*\]$", errors[0]), errors[0]
+    assert latest_iteration(save) == 2 and not (save / "iter_0000003").exists()
+    assert read_train_state(save / "iter_0000002").skipped_steps == 0
+
+
+def test_skip_leaves_the_step_without_its_update_and_counts_it(shards):
+    from megatron_solo.checkpoint.train_state import read_train_state
+
+    root, (images, texts) = shards
+    save, out = root / "skip", str(root / "skip.json")
+    spawn(T.run_nan_job, 2, images, texts, str(save), 3, "skip", MICRO, out)  # step 2, micro-batch 0
+    first = _outcomes(out)[0]
+    assert first["error"] is None and first["iteration"] == 3
+    assert math.isnan(first["losses"][1]) and all(math.isfinite(v) for v in first["losses"][::2])
+    assert read_train_state(save / "iter_0000003").skipped_steps == 1
