@@ -112,9 +112,14 @@ class WandbWriter:
         run_id = continued_run_id(settings)  # None: W&B makes a new run (and id)
         if settings.dir is not None:
             Path(settings.dir).mkdir(parents=True, exist_ok=True)
-        # console="off": the rate line stays on stdout as it is; its figures reach W&B as scalars
-        self.run = wandb.init(project=settings.project, name=settings.name, dir=settings.dir, id=run_id,
-                              resume="allow", config=settings.config, settings=wandb.Settings(console="off"))
+        try:
+            # console="off": the rate line stays on stdout as it is; its figures reach W&B as scalars
+            self.run = wandb.init(project=settings.project, name=settings.name, dir=settings.dir, id=run_id,
+                                  resume="allow", config=settings.config, settings=wandb.Settings(console="off"))
+        except wandb.errors.Error as err:  # not logged in, no network, a bad project name
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserInputError(f"W&B project {settings.project!r}: the run did not start ({first}); "
+                                 "WANDB_MODE=offline needs no network (wandb sync uploads it later)") from None
         record_run_id(settings.save_dir, settings.project, self.run.id)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:

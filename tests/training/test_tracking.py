@@ -82,3 +82,15 @@ def test_wandb_asked_for_without_wandb_installed_is_a_user_error(tmp_path, monke
     with pytest.raises(UserInputError, match=r"--wandb-project needs the wandb package: pip install"):
         check_wandb(_train(tmp_path))
     check_wandb(TrainConfig())  # not asked for: nothing to check
+
+
+def test_a_wandb_run_that_cannot_start_is_one_line_naming_the_project(tmp_path, monkeypatch):
+    import wandb
+
+    def refuse(**_):
+        raise wandb.errors.UsageError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])\nmore")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    with pytest.raises(UserInputError, match=r"^W&B project 'solo': the run did not start \(api_key not configured "
+                                             r"\(no-tty\)\. call wandb\.login\(key=\[your_api_key\]\)\); WANDB_MODE=offline"):
+        TrainLogger(True, None, 1, wandb=wandb_settings(_train(tmp_path), False, {}))
