@@ -90,6 +90,9 @@ class TrainConfig:
         first, last = self.profile_steps
         if not 1 <= first <= last:
             raise UserInputError(f"profile_steps {first}:{last}: expected A:B with 1 <= A <= B")
+        if first > self.train_steps:
+            raise UserInputError(f"profile_steps {first}:{last} starts after the last step (train_steps "
+                                 f"{self.train_steps})")
         if not self.tensorboard_dir:
             raise UserInputError("profile_steps writes its trace into the tensorboard folder: give tensorboard_dir")
         if any(r < 0 for r in self.profile_ranks):

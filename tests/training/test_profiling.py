@@ -58,5 +58,7 @@ def test_the_window_is_checked_where_it_is_given(tmp_path):
             step_range(bad)
     with pytest.raises(UserInputError, match="1 <= A <= B"):
         TrainConfig(profile_steps=(4, 2), tensorboard_dir=str(tmp_path))
+    with pytest.raises(UserInputError, match=r"starts after the last step \(train_steps 10\)"):
+        TrainConfig(profile_steps=(11, 12), tensorboard_dir=str(tmp_path), train_steps=10)
     with pytest.raises(UserInputError, match="give tensorboard_dir"):
         TrainConfig(profile_steps=(1, 2))
