@@ -248,9 +248,9 @@ def _build(cfg: PreprocessConfig, folders: list[Path], held: np.ndarray | None, 
     return done_before
 
 
-def _finish(cfg: PreprocessConfig, folders: list[Path], split: dict | None) -> dict:
+def _finish(cfg: PreprocessConfig, folders: list[Path], split: dict | None, **extra) -> dict:
     """stats.json of the whole dataset (and of its held-out part), once every shard of it is there."""
-    stats = aggregate_stats(cfg.output)
+    stats = {**aggregate_stats(cfg.output), **extra}
     try:
         check_skip_share(_with_heldout(stats, folders), cfg.max_skip_share)
     except TooManySkips as err:
@@ -300,9 +300,7 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, environ: Mapping[st
     _open_folders(cfg, folders, part)  # only once every check passed: a refused run leaves nothing behind
     done_before = _build(cfg, folders, held, part, progress)
     if part is None:
-        stats = _finish(cfg, folders, split)
-        stats["resumed_shards"] = done_before
-        return stats
+        return _finish(cfg, folders, split, resumed_shards=done_before)
     # the skip-share check waits for the whole job (_finish): a part holds a slice of each input, which may by
     # chance be all bad
     stats = aggregate_stats(cfg.output, cfg.prefix, part)
