@@ -2,7 +2,8 @@
 
 A checkpoint (see :mod:`megatron_solo.checkpoint.layout`) is written to ``iter_N.partial`` and renamed into place by rank 0 only
 after every rank finished, then the ``latest`` file is replaced atomically; a
-partly written checkpoint is never taken as the latest. Older ``.partial`` folders (a
+partly written checkpoint is never taken as the latest. An asynchronous save (:func:`start_save`) does
+the rename in the finalize step megatron-core runs once the background write ended on every rank. Older ``.partial`` folders (a
 save that was killed) are removed once a newer checkpoint is complete.
 
 What we write besides the tensors is read back without pickle: the train state (iteration, data
@@ -14,9 +15,11 @@ input, like Megatron-LM's and torch DCP's.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import shutil
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,7 +38,7 @@ from megatron_solo.checkpoint.rng import restore_rng, rng_in_checkpoint, rng_sha
 from megatron_solo.checkpoint.train_state import SavedLayout, TrainState, read_train_state, write_train_state
 from megatron_solo.model.chunks import unwrap
 
-__all__ = ["TrainState", "load_checkpoint", "read_sharded", "save_checkpoint"]
+__all__ = ["PendingSave", "TrainState", "load_checkpoint", "read_sharded", "save_checkpoint", "start_save"]
 
 # The distributed optimizer's state gathered into model space, so it loads at another
 # TP/PP/DP layout ('fully_sharded_model_space' needs flattened ranges, which
@@ -93,14 +96,28 @@ def _load_optimizer_state(optimizer, state) -> None:
         deferred = None
         if isinstance(opt, DistributedOptimizer) and st.get("param_state_sharding_type") == "fully_reshardable":
             deferred = st.pop("param_state")
-        opt.load_state_dict(st)
         inner = opt.optimizer
+        _steps_per_parameter(inner, st)
+        opt.load_state_dict(st)
         if deferred is not None:
             held = {p: s.pop("step") for p, s in inner.state.items() if "step" in s}
             opt.load_parameter_state_from_fully_reshardable(deferred)
             for p, step in held.items():
                 inner.state[p]["step"] = step
         _settle_step(inner)
+
+
+def _steps_per_parameter(inner: torch.optim.Optimizer, loaded: dict) -> None:
+    """Give each parameter state of a plain (not distributed) optimizer state dict the group's ``step``
+    when ``inner`` is torch's Adam, which refuses a state without one (KeyError 'step') and a checkpoint
+    saved with TE's FusedAdam keeps it per param group only."""
+    plain = loaded.get("optimizer", loaded)
+    if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)) or not isinstance(plain.get("state"), dict):
+        return
+    steps = [g["step"] for g in plain.get("param_groups", []) if "step" in g]
+    for state in plain["state"].values():
+        if isinstance(state, dict) and state and "step" not in state and steps:
+            state["step"] = torch.tensor(float(steps[0]), dtype=torch.float32)
 
 
 def _settle_step(inner: torch.optim.Optimizer) -> None:
@@ -161,6 +178,49 @@ def save_checkpoint(
     scheduler=None,
 ) -> str:
     """Write a checkpoint of this step atomically; returns its directory."""
+    pending = start_save(root, state, chunks, optimizer, scheduler)
+    pending.finish()
+    return pending.final
+
+
+@dataclass
+class PendingSave:
+    """A checkpoint whose shards are being written to ``iter_N.partial``; :meth:`finish` makes it the latest.
+
+    ``request`` is megatron-core's AsyncRequest of an asynchronous save (None: the shards are written);
+    its finalize functions end with :meth:`finish`, so the rename happens only once every rank wrote.
+    """
+
+    root: str
+    final: str
+    state: TrainState  # a copy taken when the save started: the run goes on changing its own
+    request: Any = None
+
+    def finish(self) -> None:
+        """On every rank: rank 0 writes the train state, renames the folder into place and updates ``latest``."""
+        dist.barrier()
+        if dist.get_rank() == 0:
+            partial = self.final + PARTIAL_SUFFIX
+            write_train_state(partial, self.state)
+            if os.path.exists(self.final):
+                shutil.rmtree(self.final)
+            os.replace(partial, self.final)
+            tmp = os.path.join(self.root, LATEST_FILE + ".tmp")
+            with open(tmp, "w") as f:
+                f.write(str(self.state.iteration))
+            os.replace(tmp, os.path.join(self.root, LATEST_FILE))
+            record_saved_layout(self.root, self.state.layout)
+            _remove_stale_partials(self.root, self.state.iteration)
+        dist.barrier()
+
+
+def start_save(root: str, state: TrainState, chunks: list[torch.nn.Module], optimizer=None, scheduler=None, *,
+               async_save: bool = False) -> PendingSave:
+    """Write this step's shards into ``iter_N.partial`` (in the background with ``async_save``).
+
+    Synchronous: the shards are on disk when this returns; call ``finish()``. Asynchronous: schedule
+    ``request`` on megatron-core's AsyncCallsQueue; ``finish`` is already its last finalize function.
+    """
     from megatron.core import dist_checkpointing
 
     final = checkpoint_dir(root, state.iteration)
@@ -175,22 +235,14 @@ def save_checkpoint(
     if optimizer is not None:
         sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_METADATA)
     sharded["rng_state"] = rng_sharded_state_dict(layout)
-    dist_checkpointing.save(sharded, partial)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        write_train_state(partial, dataclasses.replace(
-            state, layout=_saved_layout(layout), scheduler=scheduler.state_dict() if scheduler is not None else None))
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        tmp = os.path.join(root, LATEST_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(str(state.iteration))
-        os.replace(tmp, os.path.join(root, LATEST_FILE))
-        record_saved_layout(root, _saved_layout(layout))
-        _remove_stale_partials(root, state.iteration)
-    dist.barrier()
-    return final
+    snapshot = dataclasses.replace(copy.deepcopy(state), layout=_saved_layout(layout),
+                                   scheduler=scheduler.state_dict() if scheduler is not None else None)
+    pending = PendingSave(root, final, snapshot)
+    request = dist_checkpointing.save(sharded, partial, async_sharded_save=async_save)
+    if request is not None:
+        request.add_finalize_fn(pending.finish)
+        pending.request = request
+    return pending
 
 
 def load_checkpoint(

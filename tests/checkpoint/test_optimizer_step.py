@@ -120,3 +120,25 @@ def test_step_is_a_float32_tensor_per_parameter_for_torch_adam(world1, tmp_path,
     steps = [inner.state[p]["step"] for g in inner.param_groups for p in g["params"]]
     assert steps and all(torch.is_tensor(s) and s.dtype == torch.float32 and s.item() == 5.0 for s in steps)
     assert len({id(s) for s in steps}) == len(steps)  # Adam increments each in place: one tensor each
+
+
+@pytest.mark.parametrize("distributed", [True, False], ids=["distributed", "plain"])
+def test_step_saved_by_te_fused_adam_is_a_tensor_per_parameter_for_torch_adam(world1, tmp_path, distributed):
+    parallel = ParallelConfig(use_distributed_optimizer=distributed)
+    with pytest.MonkeyPatch.context() as with_te:  # saved where TE is installed: an int per param group
+        chunks, optimizer = _optimizer(1, parallel)
+        inner = _as_with_te(optimizer, with_te)
+        _prime_optimizer_state(optimizer)
+        for group in inner.param_groups:
+            group["step"] = 7
+        save_checkpoint(str(tmp_path), TrainState(iteration=7), chunks, optimizer)
+    chunks, optimizer = _optimizer(2, parallel)
+    load_checkpoint(str(tmp_path), chunks, optimizer)
+    inner = _inner(optimizer).optimizer
+    steps = [inner.state[p]["step"] for g in inner.param_groups for p in g["params"]]
+    assert steps and all(torch.is_tensor(s) and s.dtype == torch.float32 and s.item() == 7.0 for s in steps)
+    for group in inner.param_groups:  # torch's Adam takes it: one step counts on from 7
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    inner.step()
+    assert all(inner.state[p]["step"].item() == 8.0 for g in inner.param_groups for p in g["params"])
