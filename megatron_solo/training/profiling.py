@@ -8,6 +8,7 @@ are recorded, so the events name our modules (megatron_solo/model/...). The memo
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from megatron_solo.config.train import TrainConfig
@@ -25,6 +26,7 @@ class StepProfiler:
         self.rank = rank
         self.folder = Path(tensorboard_dir or ".") / PROFILE_SUBDIR
         self.profiler = None
+        self.first = self.last = 0  # the first and the latest step recorded
         self.memory = False
         self.written: list[Path] = []  # what the finished window wrote
 
@@ -51,31 +53,31 @@ class StepProfiler:
             torch.cuda.memory._record_memory_history(max_entries=MEMORY_HISTORY_ENTRIES)
         self.profiler = profile(activities=activities, record_shapes=True, with_stack=True)
         self.profiler.start()
-        self._first = step
+        self.first = step
 
     def after_step(self, step: int) -> None:
         """Stop and write when ``step`` (the step just run) closes the window."""
-        if self.profiler is not None and step >= self.steps[1]:
-            self._finish(step)
+        if self.profiler is None:
+            return
+        self.last = step
+        if step >= self.steps[1]:
+            self._finish()
 
     def close(self) -> None:
         """Write what was recorded when the run ends (or stops) inside the window."""
         if self.profiler is not None:
-            self._finish(None)
+            self._finish()
 
-    def _finish(self, last: int | None) -> None:
-        import time
-
+    def _finish(self) -> None:
         import torch
 
         self.profiler.stop()
-        span = f"{self._first}-{last if last is not None else 'stop'}"
         trace = self.folder / f"rank{self.rank}.{time.time_ns() // 1_000_000}.pt.trace.json"
         self.profiler.export_chrome_trace(str(trace))
         self.written.append(trace)
         self.profiler = None
         if self.memory:
-            snapshot = self.folder / f"rank{self.rank}_memory_steps_{span}.pickle"
+            snapshot = self.folder / f"rank{self.rank}_memory_steps_{self.first}-{self.last}.pickle"
             torch.cuda.memory._dump_snapshot(str(snapshot))
             torch.cuda.memory._record_memory_history(enabled=None)
             self.written.append(snapshot)
