@@ -48,7 +48,7 @@ def _init_checkpoint(work: Path, data: list[str]) -> None:
 def _wait_for_step(cluster: TwoNodeSlurm, out: Path, step: int) -> dict[str, list[int]]:
     """Wait for ``step`` in the log; meanwhile note the rank of the trainer running on each node."""
     ranks: dict[str, list[int]] = {}
-    deadline = time.time() + 300
+    deadline = time.time() + 480  # two trainers starting on a busy machine
     while time.time() < deadline:
         for node in ("n1", "n2"):
             ranks[node] = ranks.get(node) or cluster.task_ranks(node, "pretrain.py")
