@@ -236,8 +236,9 @@ def _classification_rows(path: Path, root: Path, columns: Columns | None) -> Ite
     for where, row in _rows(path, columns):
         if "skip" in row:
             yield row
-        elif row.get("image") is None or row.get("label") is None:
-            missing = [k for k in ("image", "label") if row.get(k) is None]
+        elif image_ref(row.get("image"), root) is None or row.get("label") is None:
+            missing = [k for k, ok in (("image", image_ref(row.get("image"), root)), ("label", row.get("label")))
+                       if ok is None]
             yield {"skip": "missing_field", "error": f"{where}: no {' and no '.join(map(repr, missing))} field"}
         else:
             name = row["image"].get("path") if isinstance(row["image"], dict) else row["image"]

@@ -149,3 +149,17 @@ def test_text_parquet_and_a_damaged_row_group(tmp_path):
     saved = json.loads((tmp_path / "t2" / "stats.json").read_text())
     assert saved["inputs"][str(src)] == {"records": 5, "skipped": {"bad_row_group": 1}}
     assert np.isfinite(saved["vision_share"])
+
+
+def test_classification_parquet_rows_and_empty_cells(tmp_path):
+    from megatron_solo.data.sources import classification_records
+
+    blobs = image_bytes()
+    rows = [{"image": {"bytes": blobs[0], "path": "a.jpg"}, "label": 1},
+            {"image": {"bytes": None, "path": None}, "label": 2}, {"image": {"bytes": blobs[1], "path": None},
+                                                                   "label": None}]
+    src = write_parquet(tmp_path / "labels.parquet", rows, row_group_size=2)
+    got = list(classification_records([str(src)]))
+    assert got[0]["image"] == blobs[0] and got[0]["label"] == "1" and got[0]["id"] == "a"
+    assert got[1] == {"skip": "missing_field", "error": f"{src}:row_group 0:row 1: no 'image' field"}
+    assert got[2] == {"skip": "missing_field", "error": f"{src}:row_group 1:row 0: no 'label' field"}
