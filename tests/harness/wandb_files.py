@@ -20,7 +20,6 @@ class OfflineRun:
     run_id: str
     project: str
     name: str
-    resumed: bool
     config: dict
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # tag -> (step, value)
 
@@ -42,8 +41,7 @@ def offline_runs(root: str | Path) -> list[OfflineRun]:
         records = _records(path)
         (run,) = [r["run"] for r in records if r["type"] == "run"]
         config = (run.get("config") or {}).get("update", {})
-        found = OfflineRun(folder, run["run_id"], run["project"], run.get("display_name", ""),
-                           bool(run.get("resume")), config)
+        found = OfflineRun(folder, run["run_id"], run["project"], run.get("display_name", ""), config)
         for r in records:
             if r["type"] != "history":
                 continue
