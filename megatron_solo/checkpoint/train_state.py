@@ -48,10 +48,12 @@ class TrainState:
     consumed_samples: int = 0
     data: DataPosition | None = None
     skipped_steps: int = 0  # steps whose update was not applied (non-finite, or a spike under skip)
+    spikes: int = 0  # loss spikes the spike detector found (whatever the policy did about them)
     rewinds: int = 0  # times the run went back to a checkpoint after a spike
     # [first, end) global pack ranges a rewind skipped, in the order they were skipped
     skipped_data: list[list[int]] = field(default_factory=list)
-    spike_history: list[float] = field(default_factory=list)  # the spike detector's recent step losses
+    # the spike detector's recent step losses (after the warm-up; a spike left without its update not among them)
+    spike_history: list[float] = field(default_factory=list)
     layout: SavedLayout | None = None  # filled in by the save
     scheduler: dict | None = None  # the learning-rate schedule's state, filled in by the save
     version: int = TRAIN_STATE_VERSION

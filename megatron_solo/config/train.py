@@ -17,6 +17,7 @@ def step_range(text: str) -> tuple[int, int]:
 
 
 NONFINITE_POLICIES = ("stop", "skip")
+SPIKE_POLICIES = ("off", "warn", "skip", "rewind")
 
 
 @dataclass
@@ -66,6 +67,15 @@ class TrainConfig:
     # ends naming the step's data) or "skip" (no update, the run goes on) up to max_skipped_steps
     on_nonfinite: str = "stop"
     max_skipped_steps: int = 10  # steps a run may leave without an update before it stops
+    # A step loss above median + spike_mad_factor x MAD of the last spike_window losses (after the learning-rate
+    # warm-up): "warn" (log it with the step's data), "skip" (no update), "rewind" (back to the last checkpoint,
+    # the data read since then skipped) or "off"; skips and rewinds count against max_skipped_steps
+    on_spike: str = "warn"
+    spike_window: int = 50  # recent step losses the spike detector's median and MAD are taken over
+    spike_mad_factor: float = 6.0  # how many MADs above the median a spike is
+    # write checkpoints in the background (megatron-core's async save): training goes on while they are written
+    async_save: bool = False
+    save_interval_minutes: float | None = None  # also checkpoint when this many minutes passed since the last one
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
@@ -81,7 +91,21 @@ class TrainConfig:
             raise UserInputError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
         if self.max_skipped_steps < 0:
             raise UserInputError(f"max_skipped_steps must not be negative, got {self.max_skipped_steps}")
+        self._check_spike()
+        if self.save_interval_minutes is not None and not self.save_interval_minutes > 0:
+            raise UserInputError(f"save_interval_minutes must be positive, got {self.save_interval_minutes}")
         self._check_profile()
+
+    def _check_spike(self) -> None:
+        """The spike policy is a known one, over a window of at least 3 losses; rewind needs checkpoints."""
+        if self.on_spike not in SPIKE_POLICIES:
+            raise UserInputError(f"on_spike must be one of {SPIKE_POLICIES}, got {self.on_spike!r}")
+        if self.spike_window < 3:
+            raise UserInputError(f"spike_window must be at least 3, got {self.spike_window}")
+        if not self.spike_mad_factor > 0:
+            raise UserInputError(f"spike_mad_factor must be positive, got {self.spike_mad_factor}")
+        if self.on_spike == "rewind" and not self.save_dir:
+            raise UserInputError("on_spike rewind goes back to the last checkpoint: give save_dir (--save)")
 
     def _check_profile(self) -> None:
         """The profiled steps are a range of steps, written where tensorboard's files are."""

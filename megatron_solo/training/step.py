@@ -16,6 +16,7 @@ class StepResult:
     num_tokens: int
     grad_norm: float | None
     skipped: bool
+    rewound: bool = False  # the step was undone: the run went back to its last checkpoint (spike policy)
 
 
 def train_step(

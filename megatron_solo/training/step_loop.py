@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from megatron_solo.training.guard import NonFinitePolicy
+from megatron_solo.training.checkpointing import CheckpointSaver
+from megatron_solo.training.guard import DivergenceError, NonFinitePolicy
 from megatron_solo.training.run import Run, log_rank
+from megatron_solo.training.spike import SpikePolicy
 
 
 class StepLoop:
@@ -33,6 +35,8 @@ class StepLoop:
         self.saved_at = run.saved.iteration if run.saved is not None else None
         self.flag = None
         self.nonfinite = NonFinitePolicy(self.train.on_nonfinite, self.train.max_skipped_steps)
+        self.spikes = SpikePolicy(self.train)
+        self.saver = CheckpointSaver(self.train)
 
     def run(self) -> None:
         """Step until the run is complete or stopped; the summary says which, and whether it is saved."""
@@ -44,7 +48,13 @@ class StepLoop:
         try:
             while run.state.iteration < self.train.train_steps and self._step():
                 pass
+            self.saver.wait()
+        except DivergenceError:
+            self.saver.wait()  # the checkpoint in flight was written before the fault: it becomes the latest
+            raise
         finally:
+            self.saver.close(abort=True)  # only a write left by an unexpected error is still in flight
+            run.summary.checkpoint = self.saver.latest or run.summary.checkpoint
             self.flag.restore()
             self.profiler.close()
             self.logger.close()
@@ -56,6 +66,9 @@ class StepLoop:
 
         run, state = self.run_, self.run_.state
         result, seconds = self._train_step()
+        self.saver.poll()
+        if result.rewound:
+            return True
         ranks = gather_rank_times(self.clock.seconds())
         if self.dropped.update(run.loader.consumed_packs):
             self.logger.data(state.iteration + 1, self.dropped.samples, self.dropped.tokens)
@@ -70,6 +83,8 @@ class StepLoop:
         scalars = {"loss": result.loss, "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": result.grad_norm}
         if state.skipped_steps:
             scalars["skipped_steps"] = state.skipped_steps
+        if state.spikes:
+            scalars["spikes"] = state.spikes
         self.logger.step(
             state.iteration, scalars,
             tokens=self.train.global_batch_size * self.train.seq_length, seconds=seconds, val_loss=val_loss,
@@ -77,7 +92,7 @@ class StepLoop:
         )
         exit_after = run.job.exit_after_steps
         stop = signalled or (exit_after is not None and self.steps_here >= exit_after)
-        if self.train.save_dir and (state.iteration % self.train.save_interval == 0 or last or stop):
+        if self.saver.due(state.iteration, last, stop):
             self._save()
         if stop and not last:
             run.summary.preempted = True
@@ -109,16 +124,50 @@ class StepLoop:
         totals = loss_totals(outputs)
         loss, tokens = global_mean_loss(totals)
         check = check_step(None if totals is None else [o["lm loss"] for o in outputs], loss, grad_norm)
-        applied = False
-        if self.nonfinite.allows_update(check, run.state.iteration + 1, run.state, self._data_words(check, before)):
-            applied = not found_inf and apply_update(run.optimizer, run.scheduler, grad_norm)
-        elif self.logger.enabled:
+        applied = rewound = False
+        if not self.nonfinite.allows_update(check, run.state.iteration + 1, run.state, self._data_words(check, before)):
             self.logger.info(f"step {run.state.iteration + 1}: not finite ({check.describe()}): update skipped "
                              f"({run.state.skipped_steps} of at most {self.train.max_skipped_steps})", warning=True)
-        result = StepResult(loss=check.loss, num_tokens=tokens, grad_norm=check.grad_norm, skipped=not applied)
+        else:
+            verdict = self._spike_verdict(check.loss, before)
+            applied = verdict == "apply" and not found_inf and apply_update(run.optimizer, run.scheduler, grad_norm)
+            rewound = verdict == "rewind" and self._rewind()
+        result = StepResult(loss=check.loss, num_tokens=tokens, grad_norm=check.grad_norm, skipped=not applied,
+                            rewound=rewound)
         seconds = time.perf_counter() - start
         self.profiler.after_step(run.state.iteration + 1)
         return result, seconds
+
+    def _spike_verdict(self, loss: float | None, before: int) -> str:
+        """What the spike policy makes of this step's loss: "apply" its update, "skip" it, or "rewind"."""
+        from megatron_solo.training.data_position import describe_packs
+
+        spike = self.spikes.check(self.run_.state.iteration + 1, loss, self.run_.state)
+        if spike is None:
+            return "apply"
+        if self.logger.enabled:
+            packs = list(range(before, before + self.train.global_batch_size))
+            self.logger.info(self.spikes.describe(spike, describe_packs(self.run_.loader.dataset, packs)),
+                             warning=True)
+        return {"warn": "apply", "skip": "skip", "rewind": "rewind"}[self.spikes.policy]
+
+    def _rewind(self) -> bool:
+        """Go back to the latest checkpoint, skipping the data up to this step's end; False without one."""
+        from megatron_solo.training.rewind import rewind_to_latest
+
+        run = self.run_
+        self.saver.wait()  # the write in flight may be the checkpoint to go back to
+        end = run.loader.consumed_packs
+        self.batches.close()  # its workers read ahead from the old position
+        done = rewind_to_latest(run, end)
+        self.batches = iter(run.loader)
+        if done is None:
+            self.logger.info("no checkpoint to rewind to yet: the step is only skipped", warning=True)
+            return False
+        path, (first, last) = done
+        self.logger.info(f"rewound to {path} (iteration {run.state.iteration}): packs {first} to {last - 1} "
+                         f"skipped ({run.state.rewinds} rewinds)", warning=True)
+        return True
 
     def _data_words(self, check, before: int) -> str:
         """The data position of a step: the packs of its non-finite micro-batches, else all its packs."""
@@ -145,12 +194,10 @@ class StepLoop:
         return val_loss
 
     def _save(self) -> None:
-        """Checkpoint this step with the loader's data position."""
-        from megatron_solo.checkpoint.state import save_checkpoint
+        """Checkpoint this step with the loader's data position (in the background with --async-save)."""
         from megatron_solo.checkpoint.train_state import DataPosition
 
         run = self.run_
         run.state.data = DataPosition(**run.loader.state_dict())
-        run.summary.checkpoint = save_checkpoint(self.train.save_dir, run.state, run.chunks, run.optimizer,
-                                                 run.scheduler)
+        self.saver.save(run.state, run.chunks, run.optimizer, run.scheduler)
         self.saved_at = run.state.iteration
