@@ -128,7 +128,8 @@ def _build_data(run: Run) -> None:
         run.validator = _build_validator(run, dp_rank)
     parallel = job.parallel
     tokens = train.micro_batch_size * train.seq_length // (parallel.tensor_parallel if parallel.sequence_parallel else 1)
-    layers = describe_layers(run.model_cfg, train.bf16, tokens, parallel.tensor_parallel)
+    layers = describe_layers(run.model_cfg, train.bf16, tokens, parallel.tensor_parallel,
+                             parallel.sequence_parallel)
     world = torch.distributed.get_world_size()
     rank0.info(f"{job.model}: {world} processes, layout {parallel.describe(world)}, "
                f"{run.num_microbatches} micro-batches of {train.micro_batch_size} x {train.seq_length} per step")

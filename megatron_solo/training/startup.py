@@ -147,7 +147,8 @@ def restore_data_position(loader, position: DataPosition, allow_data_change: boo
     return None
 
 
-def describe_layers(model: SoloModelConfig, bf16: bool, tokens: int, tensor_parallel: int) -> str:
+def describe_layers(model: SoloModelConfig, bf16: bool, tokens: int, tensor_parallel: int,
+                    sequence_parallel: bool = False) -> str:
     """The start-up line naming the layer implementation and precision; LayerImplError when unavailable.
 
     ``tokens``: those of one micro-batch on one rank, the row count of every layer GEMM.
@@ -155,5 +156,5 @@ def describe_layers(model: SoloModelConfig, bf16: bool, tokens: int, tensor_para
     from megatron_solo.model.specs import check_fp8, check_fp8_shapes, describe_precision
 
     check_fp8(model, bf16=bf16)
-    check_fp8_shapes(model, tokens, tensor_parallel)
+    check_fp8_shapes(model, tokens, tensor_parallel, sequence_parallel=sequence_parallel)
     return f"layers: {describe_precision(model, bf16)}"
