@@ -291,10 +291,20 @@ def load_checkpoint(
     if optimizer is not None:
         _load_optimizer_state(optimizer, loaded["optimizer"])
     if scheduler is not None and saved.scheduler is not None:
-        scheduler.load_state_dict(saved.scheduler)
+        load_scheduler(scheduler, saved.scheduler)
     if "rng_state" in loaded:
         restore_rng(loaded["rng_state"])
     return saved
+
+
+def load_scheduler(scheduler, state: dict) -> None:
+    """Put megatron-core's OptimizerParamScheduler at the saved step, also one that has stepped already.
+
+    Its ``load_state_dict`` adds the saved step count to its own (``step(increment=num_steps)``): right for a
+    fresh scheduler, wrong for one loaded into mid-run (a rewind), which would jump ahead by its own steps.
+    """
+    scheduler.num_steps = 0
+    scheduler.load_state_dict(state)
 
 
 def read_sharded(sharded: dict[str, Any], path: str) -> dict[str, Any]:
