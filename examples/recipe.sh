@@ -4,8 +4,8 @@
 #   stage 2  captions and VQA-style documents of generated scenes (data/scenes.py), plus text
 #   stage 3  a short annealing mix of all of them at a falling learning rate
 #   sft      [INST] conversations about the scenes (--recipe sft: loss only on the answers)
-# After each stage: the held-out loss per source. At the end: the exported model answers multiple-choice
-# questions about held-out scenes (tools/evaluate.py), next to the same recipe run with every image blanked
+# After each stage: the held-out loss per source. At the end: the exported model answers multiple-choice and
+# short-answer questions about held-out scenes (tools/evaluate.py), next to the same recipe with every image blanked
 # (a model that never saw a picture), so the gain from vision is a number. Both chains run side by side,
 # one core each.
 #
@@ -37,7 +37,7 @@ mkdir -p "$W" && touch "$W/.made-by-recipe"
 export OMP_NUM_THREADS=1  # two chains side by side, one core each
 # solo-tiny at width 128 with a wide initialisation, as the quick start (benchmarks/RESULTS.md).
 MODEL=(--model solo-tiny --model-overrides '{"init_method_std": 0.1, "hidden_size": 128, "ffn_hidden_size": 256}')
-COMMON=(--seq-length 256 --global-batch-size 4 --eval-iters 2 --data-workers 1 ${SEED:+--seed "$SEED"})
+COMMON=(--seq-length 256 --global-batch-size 4 --eval-iters 2 --data-workers 0 ${SEED:+--seed "$SEED"})
 SOURCES=(digits captions vqa text conversations)
 
 prepare() {  # $1: the chain's folder; $2...: make_demo_data's extra options
@@ -62,7 +62,8 @@ evaluate() {  # $1: chain folder, $2: stage, $3: model option (--checkpoint DIR 
   local d=$1 stage=$2 val=()
   for src in "${SOURCES[@]}"; do val+=("$d/shards/$src/heldout:$src"); done
   python tools/evaluate.py "$3" "$4" --val-data "${val[@]}" ${MAX_SAMPLES:+--max-samples "$MAX_SAMPLES"} \
-    --out "$d/$stage.json" --quiet "${@:5}" > "$d/$stage.eval.txt"
+    --out "$d/$stage.json" --quiet "${@:5}" > "$d/$stage.eval.txt" 2>&1 \
+    || { tail -20 "$d/$stage.eval.txt" >&2; fail "$d: evaluating $stage failed (log: $d/$stage.eval.txt)"; }
 }
 
 stage() {  # $1: chain folder, $2: stage name, $3: steps, $4: previous stage or "", then pretrain options
