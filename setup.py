@@ -55,6 +55,9 @@ setup(
         "sklearn": ["scikit-learn"],
         # benchmark files as parquet / Arrow / saved datasets folders (evaluate --benchmark)
         "bench": ["pyarrow"],
+        # lmms-eval with the solo model (python -m megatron_solo.evaluation.lmms); it pulls a newer torch than
+        # the pinned one: install it with its own torch or in its own venv (.ci/run does)
+        "lmms": ["lmms-eval==0.7.*"],
         "test": ["pytest", "ruff", "mistral-common", "scikit-image", "scikit-learn", "pyarrow"],
     },
 )

@@ -123,3 +123,32 @@ def vqa_jsonl(path: Path) -> Path:
              "category": "text only"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+MME_ROWS = [("chelsea", "Is there a cat in this image?", "Yes", "existence"),
+            ("chelsea", "Is there a dog in this image?", "No", "existence"),
+            ("coffee", "Is the cup white?", "Yes", "color"),
+            ("coffee", "Is the cup red?", "No", "color"),
+            ("rocket", "Is this a rocket?", "Yes", "landmark"),
+            ("rocket", "Is this photo taken at night?", "No", "landmark"),
+            ("astronaut", "Is the person wearing a suit?", "Yes", "celebrity"),
+            ("astronaut", "Is the person underwater?", "No", "celebrity")]
+
+
+def mme_parquet(path: Path) -> Path:
+    """lmms-eval's MME columns: question_id (the image's name, shared by its two questions of one subtask), image,
+    question, answer, category."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"question_id": f"{cat}/{name}.png", "image": {"bytes": png(name), "path": f"{name}.png"},
+             "question": f"{q} Please answer yes or no.", "answer": ans, "category": cat}
+            for name, q, ans, cat in MME_ROWS]
+    table = pa.Table.from_pylist(rows)
+    # the features record datasets writes beside its parquet: "image" is an Image (decoded to PIL on read)
+    features = {"question_id": {"dtype": "string", "_type": "Value"}, "image": {"_type": "Image"},
+                "question": {"dtype": "string", "_type": "Value"}, "answer": {"dtype": "string", "_type": "Value"},
+                "category": {"dtype": "string", "_type": "Value"}}
+    meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    return path
