@@ -2,7 +2,8 @@
 
 The model is a small random HF Mistral (sharpened head) imported with the SOLO tokens and exported
 again; the data are real photos (skimage) preprocessed into shards, a text source, a multiple-choice
-file and images to caption (tests/harness/eval_data.py).
+file and images to caption (tests/harness/eval_data.py), and MME / MMBench in VLMEvalKit's TSV
+(tests/harness/eval_benchmarks.py), scored officially by log-likelihood and by generation.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.evaluation.errors import EvaluationError
 from megatron_solo.evaluation.run import evaluate
 from megatron_solo.platform import spawn
-from tests.harness import eval_data
+from tests.harness import eval_benchmarks, eval_data
 from tests.harness.eval_workers import evaluate_worker, sharp_hf_mistral
 from tests.harness.paths import REPO
 
@@ -39,6 +41,8 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("eval")
     data = eval_data.build(root)
+    data["benchmarks"] = [f"mme={eval_benchmarks.mme_tsv(root / 'MME.tsv')}",
+                          f"mmbench={eval_benchmarks.mmbench_tsv(root / 'MMBench_DEV_EN.tsv')}"]
     hf_dir = sharp_hf_mistral(root / "hf")
     import_hf(hf_dir, root / "mg", ParallelConfig(), tokenizer=default_tokenizer_path(), progress=False)
     export = export_checkpoint(root / "mg", root / "export", progress=False)
@@ -49,6 +53,7 @@ def _config(setup, name: str, **kw) -> EvalConfig:
     d = setup["data"]
     base = dict(val_data=[f"{d['images']}:photos", str(d["texts"])], classify=str(d["images"]), mcq=str(d["mcq"]),
                 caption_images=[str(p) for p in d["captions"]], max_side=eval_data.MAX_SIDE, batch_tokens=96,
+                benchmark=d["benchmarks"], benchmark_mode="both", benchmark_max_new_tokens=3,
                 mcq_max_new_tokens=6, caption_max_new_tokens=10, progress=False,
                 out=str(setup["root"] / f"{name}.json"))
     return EvalConfig(**{**base, **kw})
@@ -63,7 +68,7 @@ def reports(setup):
     """HF (in this process) and Megatron TP1 (a one-process world) reports, plain and chat templates."""
     hf = _config(setup, "hf", hf=str(setup["export"]))
     hf_chat = _config(setup, "hf_chat", hf=str(setup["export"]), template="chat", val_data=[], classify=None,
-                      caption_images=[])
+                      caption_images=[], benchmark=[])
     tp1 = dataclasses.replace(hf, checkpoint=str(setup["mg"]), hf=None, out=str(setup["root"] / "tp1.json"))
     tp1_chat = dataclasses.replace(hf_chat, checkpoint=str(setup["mg"]), hf=None,
                                    out=str(setup["root"] / "tp1_chat.json"))
@@ -85,6 +90,9 @@ def _assert_same(a: dict, b: dict, rel: float = 1e-4) -> None:
         assert a["classification"][key] == b["classification"][key], key
     _assert_same_mcq(a["mcq"], b["mcq"])
     assert a["captions"]["items"] == b["captions"]["items"]
+    assert a["benchmarks"].keys() == b["benchmarks"].keys() == {"mme", "mmbench"}
+    for name, bench in a["benchmarks"].items():
+        _assert_same_mcq(bench, b["benchmarks"][name])  # every answer and the official scores of both modes
 
 
 def _assert_same_mcq(a: dict, b: dict) -> None:
@@ -119,12 +127,15 @@ def test_tp2_through_torchrun_and_pp2_equal_tp1(setup, reports):
            "--classify", tp2.classify, "--mcq", tp2.mcq, "--caption-images", *tp2.caption_images,
            "--max-side", str(tp2.max_side), "--batch-tokens", str(tp2.batch_tokens),
            "--mcq-max-new-tokens", str(tp2.mcq_max_new_tokens),
-           "--caption-max-new-tokens", str(tp2.caption_max_new_tokens), "--out", tp2.out, "--quiet"]
+           "--caption-max-new-tokens", str(tp2.caption_max_new_tokens), "--benchmark", *tp2.benchmark,
+           "--benchmark-mode", tp2.benchmark_mode, "--benchmark-max-new-tokens", str(tp2.benchmark_max_new_tokens),
+           "--out", tp2.out, "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "classification" in run.stdout and "top-1 / top-5" in run.stdout  # the table, printed once
     assert run.stdout.count("val loss photos") == 1
+    assert re.search(r"^MMBench \(loglik\) +circular accuracy", run.stdout, re.M)  # the paper's layout, printed
     pp2 = _config(setup, "pp2", checkpoint=str(setup["mg"]), parallel=ParallelConfig(pipeline_parallel=2))
     spawn(evaluate_worker, 2, [pp2])
     for name, cfg in (("TP2PP1DP1", tp2), ("TP1PP2DP1", pp2)):
@@ -170,7 +181,7 @@ def test_validation_loss_is_the_training_loss_of_each_document(setup, reports):
 
 
 def test_classification_names_a_wrong_template(setup):
-    cfg = _config(setup, "bad", hf=str(setup["export"]), val_data=[], mcq=None, caption_images=[],
+    cfg = _config(setup, "bad", hf=str(setup["export"]), val_data=[], mcq=None, caption_images=[], benchmark=[],
                   caption_template="an image of a {}")
     with pytest.raises(EvaluationError, match="wrong template or class names"):
         evaluate(cfg)
@@ -194,7 +205,7 @@ def test_classes_without_a_name_map_are_the_labels_and_the_baseline_takes_mixed_
     preprocess(PreprocessConfig(kind="classification", inputs=[str(setup["data"]["classes"])], output=str(out),
                                 max_side=eval_data.MAX_SIDE, workers=0, shard_size=5, holdout=4), progress=False)
     assert json.loads((out / "stats.json").read_text())["labels"] == ["0", "1", "2", "3"]
-    cfg = _config(setup, "unnamed", hf=str(setup["export"]), val_data=[], mcq=None, caption_images=[],
+    cfg = _config(setup, "unnamed", hf=str(setup["export"]), val_data=[], mcq=None, caption_images=[], benchmark=[],
                   classify=str(out / "heldout"), baseline_train=str(out))
     evaluate(cfg)
     c = _read(cfg)["classification"]
