@@ -83,39 +83,25 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _table_rows(path: Path, kind: str) -> Iterator[tuple[str, dict]]:
+    """Rows of a parquet / Arrow file or saved datasets folder; a row group that cannot be decoded is an error
+    here (a benchmark scored without some of its questions is not its score)."""
+    from megatron_solo.data.input_types import UnreadableInput
+    from megatron_solo.data.tables import table_rows
+
     try:
-        import pyarrow.ipc
-        import pyarrow.parquet
-    except ImportError as err:
-        raise EvaluationError(f"{path}: reading parquet / Arrow needs pyarrow (pip install pyarrow): {err}") from None
-    if kind == "folder":
-        state = path / "state.json"
-        try:
-            files = [path / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise EvaluationError(f"{path}: not a saved datasets folder ({state}: {err})") from None
-        for f in files:
-            yield from _table_rows(f, "arrow")
-        return
-    try:
-        if kind == "parquet":
-            batches = pyarrow.parquet.ParquetFile(path).iter_batches()
-        else:
-            batches = iter(pyarrow.ipc.open_stream(pyarrow.memory_map(str(path))))
-        n = 0
-        for batch in batches:
-            for row in batch.to_pylist():
-                yield f"{path}:row {n}", row
-                n += 1
-    except (pyarrow.ArrowException, OSError) as err:
-        raise EvaluationError(f"{path}: cannot read it as {kind} ({err})") from None
+        for where, row in table_rows(path, kind):
+            if row.get("skip") == "bad_row_group":
+                raise EvaluationError(row["error"])
+            yield where, row
+    except UnreadableInput as err:
+        raise EvaluationError(str(err)) from None
 
 
 def file_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
     """(FILE:row, row) of a benchmark file: TSV, JSONL, parquet, Arrow or a saved datasets folder."""
     path = Path(path)
     if path.is_dir():
-        return _table_rows(path, "folder")
+        return _table_rows(path, "hf_folder")
     if not path.is_file():
         raise EvaluationError(f"--benchmark {path}: no such file or folder")
     with open(path, "rb") as f:

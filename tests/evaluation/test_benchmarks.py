@@ -152,7 +152,7 @@ def test_bad_rows_name_the_file_row_and_field(tmp_path):
     with pytest.raises(EvaluationError, match=r"bad.jsonl:1: no 'question'"):
         read_items(bad)
     pope = files.pope_parquet(tmp_path / "p.parquet")
-    with pytest.raises(EvaluationError, match=r"p.parquet:row 0: a multiple-choice row needs at least two options"):
+    with pytest.raises(EvaluationError, match=r"p.parquet:row_group 0:row 0: a multiple-choice row needs at least two options"):
         _run(lambda p: "yes", "mmbench", pope)  # POPE's file given as MMBench's
     with pytest.raises(EvaluationError, match="must be Yes or No"):
         _run(lambda p: "yes", "pope", files.vqa_jsonl(tmp_path / "vqa.jsonl"))
@@ -197,3 +197,16 @@ def test_cli_names_an_unknown_benchmark_in_one_line(tmp_path):
                           "--benchmark", "mmmu=x.tsv"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
     assert "NAME one of mmstar, mme, mmbench" in run.stderr
+
+
+def test_a_damaged_row_group_of_a_benchmark_file_is_an_error_not_fewer_questions(tmp_path):
+    import pyarrow.parquet as pq
+
+    src = files.pope_parquet(tmp_path / "p.parquet")  # two rows per row group
+    assert len(read_items(src)) > 2
+    chunk = pq.ParquetFile(src).metadata.row_group(1).column(0)
+    raw = bytearray(src.read_bytes())
+    raw[chunk.data_page_offset:chunk.data_page_offset + 8] = b"\xff" * 8  # row group 1's page header
+    src.write_bytes(bytes(raw))
+    with pytest.raises(EvaluationError, match=r"p.parquet:row_group 1: cannot be decoded"):
+        read_items(src)
