@@ -17,9 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "megatron_solo", ROOT / "tools"]
 TEST_EXTRA = "test"
-# Accelerators imported only when present (never required, see model/specs.py): the distribution a user
-# installs for each, None where it comes with NVIDIA's container rather than from PyPI.
-OPTIONAL = {"transformer_engine": "transformer-engine", "apex": None}
+# Imported only where present, never beside the test suite's own pins: the accelerators (see
+# model/specs.py) and lmms-eval (its own venv, as .ci/run builds it). The distribution a user installs
+# for each, None where it comes with NVIDIA's container rather than from PyPI.
+OPTIONAL = {"transformer_engine": "transformer-engine", "apex": None, "lmms_eval": "lmms-eval"}
 # Generated protobuf modules (``*_pb2``) need protobuf at run time, and the distribution shipping one may
 # not require it (sentencepiece does not).
 PROTOBUF_MODULE = re.compile(r"_pb2$")
