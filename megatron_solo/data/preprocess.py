@@ -78,6 +78,24 @@ def shard_path(output: str | os.PathLike, prefix: str, k: int) -> Path:
     return Path(output) / f"{prefix}-{k:06d}.tar"
 
 
+def _build_or_skip(record: dict, key: str, ctx, cfg: PreprocessConfig, examples: list[str]):
+    """(the record's sample, None), or (None, the reason it is skipped) with an example kept for stats.json."""
+    try:
+        sample = build_sample(record, key, ctx)
+        if cfg.max_length is not None and len(sample) > cfg.max_length:
+            raise SkipSample("too_long", f"{key}: {len(sample)} tokens > max_length {cfg.max_length}")
+        return sample, None
+    except SkipSample as skip:
+        reason, why = skip.reason, str(skip)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        # a malformed record (wrong field types, missing keys) costs that record, not the job;
+        # it is counted under its own reason so a systematic problem stays visible in stats.json
+        reason, why = f"malformed_record:{type(err).__name__}", f"{type(err).__name__}: {err}"
+    if len(examples) < _MAX_EXAMPLES:
+        examples.append(_example(key, record, why))
+    return None, reason
+
+
 def process_shard(k: int, records: list[tuple[int, dict]], folder: str | os.PathLike,
                   cfg: PreprocessConfig | None = None) -> dict:
     """Build and write shard k of `folder` from its (position, record) pairs; returns its stats (also in its index).
@@ -96,22 +114,7 @@ def process_shard(k: int, records: list[tuple[int, dict]], folder: str | os.Path
     by_input: dict = {}
     try:
         for position, record in records:
-            key = f"{position:010d}"
-            reason = None
-            try:
-                sample = build_sample(record, key, ctx)
-                if cfg.max_length is not None and len(sample) > cfg.max_length:
-                    raise SkipSample("too_long", f"{key}: {len(sample)} tokens > max_length {cfg.max_length}")
-            except SkipSample as skip:
-                reason = skip.reason
-                if len(examples) < _MAX_EXAMPLES:
-                    examples.append(_example(key, record, str(skip)))
-            except (KeyError, TypeError, ValueError, AttributeError) as err:
-                # a malformed record (wrong field types, missing keys) costs that record, not the job;
-                # it is counted under its own reason so a systematic problem stays visible in stats.json
-                reason = f"malformed_record:{type(err).__name__}"
-                if len(examples) < _MAX_EXAMPLES:
-                    examples.append(_example(key, record, f"{type(err).__name__}: {err}"))
+            sample, reason = _build_or_skip(record, f"{position:010d}", ctx, cfg, examples)
             count_input(by_input, record.get("input", ""), reason)
             if reason is not None:
                 skipped[reason] += 1
