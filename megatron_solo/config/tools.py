@@ -60,5 +60,5 @@ class DemoDataOptions:
     out: str  # folder for digits/, digit_names.json, imagenet/, class_names.json, text.jsonl
     text_limit: int | None = field(default=None, metadata=cli(parse=positive_int))  # at most this many text documents
     # also this many generated training scenes (scenes/: captions, VQA, conversations; 200 held-out questions)
-    scenes: int = 0
+    scenes: int = field(default=0, metadata=cli(parse=positive_int))
     blank_images: bool = False  # every image written is its background only: the no-image baseline's data

@@ -120,4 +120,7 @@ def test_make_demo_data_user_errors(tmp_path):
     one_line(run_cli("make_demo_data.py", "--out", tmp_path / "file"), "is a file, not a folder")
     one_line(run_cli("make_demo_data.py", "--out", tmp_path / "o", "--text-limit", "0"),
               "argument --text-limit: expected a positive integer, got '0'")
+    one_line(run_cli("make_demo_data.py", "--out", tmp_path / "n", "--scenes", "-3"),
+             "argument --scenes: expected a positive integer, got '-3'")
+    assert not (tmp_path / "n").exists()  # refused before any source is written
     one_line(run_cli("make_demo_data.py"), "the following arguments are required: --out")
