@@ -99,17 +99,21 @@ def _table_rows(path: Path, kind: str) -> Iterator[tuple[str, dict]]:
 
 def file_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
     """(FILE:row, row) of a benchmark file: TSV, JSONL, parquet, Arrow or a saved datasets folder."""
+    from megatron_solo.data.input_types import UnreadableInput, input_type
+
     path = Path(path)
     if path.is_dir():
         return _table_rows(path, "hf_folder")
     if not path.is_file():
         raise EvaluationError(f"--benchmark {path}: no such file or folder")
+    try:
+        kind = input_type(path)  # the columnar formats by their magic bytes, as preprocessing tells them
+    except UnreadableInput as err:
+        raise EvaluationError(str(err)) from None
+    if kind in ("parquet", "arrow"):
+        return _table_rows(path, kind)
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:4] == b"PAR1":
-        return _table_rows(path, "parquet")
-    if head[:6] == b"ARROW1" or head[:4] == b"\xff\xff\xff\xff":
-        return _table_rows(path, "arrow")
+        head = f.read(64)
     return _jsonl_rows(path) if head.lstrip()[:1] == b"{" else _tsv_rows(path)
 
 
