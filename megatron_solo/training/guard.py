@@ -78,6 +78,16 @@ def check_step(micro_losses: list[torch.Tensor] | None, loss: float | None, grad
     return StepCheck(agreed_loss, agreed_norm, bad)
 
 
+def count_skipped_step(state, budget: int, what: str, tail: str) -> None:
+    """Count one step left without its update in ``state``; DivergenceError once over ``budget``.
+
+    Non-finite skips and spike skips or rewinds share this one budget (--max-skipped-steps).
+    """
+    state.skipped_steps += 1
+    if state.skipped_steps > budget:
+        raise DivergenceError(f"{what}: {state.skipped_steps} steps skipped, over --max-skipped-steps {budget}{tail}")
+
+
 class NonFinitePolicy:
     """What a non-finite step does: stop the run (``stop``) or skip its update (``skip``, within a budget)."""
 
@@ -94,8 +104,5 @@ class NonFinitePolicy:
         what = f"iteration {iteration}: not finite: {check.describe()}; the update was not applied"
         if self.on_nonfinite == "stop":
             raise DivergenceError(f"{what} and nothing saved (--on-nonfinite stop); data: {data}")
-        state.skipped_steps += 1
-        if state.skipped_steps > self.budget:
-            raise DivergenceError(f"{what}: {state.skipped_steps} steps skipped, over --max-skipped-steps "
-                                  f"{self.budget}; data: {data}")
+        count_skipped_step(state, self.budget, what, f"; data: {data}")
         return False

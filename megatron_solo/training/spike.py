@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from megatron_solo.checkpoint.train_state import TrainState
 from megatron_solo.config.train import TrainConfig
-from megatron_solo.training.guard import DivergenceError
+from megatron_solo.training.guard import count_skipped_step
 
 MAD_FLOOR = 1e-3  # the smallest MAD, as a share of the median
 
@@ -75,10 +75,7 @@ class SpikePolicy:
 
     def _count_skip(self, spike: Spike, state: TrainState) -> None:
         """Count a step left without its update; DivergenceError once over the budget."""
-        state.skipped_steps += 1
-        if state.skipped_steps > self.budget:
-            raise DivergenceError(f"{spike.describe(self.k, self.window)}: {state.skipped_steps} steps skipped, "
-                                  f"over --max-skipped-steps {self.budget} (--on-spike {self.policy})")
+        count_skipped_step(state, self.budget, spike.describe(self.k, self.window), f" (--on-spike {self.policy})")
 
     def describe(self, spike: Spike, data: str) -> str:
         """The log line of ``spike`` with the step's data position and what the policy does."""
