@@ -1,4 +1,5 @@
-"""One optimizer step: megatron-core's forward-backward schedule, then the optimizer."""
+"""One optimizer step, the one every run takes: megatron-core's forward-backward schedule, the
+non-finite guard's agreed check, then the update as the caller's verdict allows."""
 
 from __future__ import annotations
 
@@ -7,16 +8,25 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_solo.training.guard import DivergenceError, StepCheck, check_step
+
 
 @dataclass
 class StepResult:
-    """What one training step reports (loss only on the last pipeline stage)."""
+    """What one training step reports, the same on every rank."""
 
-    loss: float | None
+    loss: float | None  # the global mean loss per token (None: no loss tokens in the step)
     num_tokens: int
     grad_norm: float | None
     skipped: bool
     rewound: bool = False  # the step was undone: the run went back to its last checkpoint (spike policy)
+
+
+def stop_on_nonfinite(check: StepCheck) -> str:
+    """The guard's default verdict: apply a finite step's update; a non-finite step stops the run."""
+    if not check.finite:
+        raise DivergenceError(f"not finite: {check.describe()}; the update was not applied")
+    return "apply"
 
 
 def train_step(
@@ -30,18 +40,26 @@ def train_step(
     seq_length: int,
     micro_batch_size: int,
     before_grad_sync: Callable[[], None] | None = None,
+    verdict: Callable[[StepCheck], str] = stop_on_nonfinite,
 ) -> StepResult:
-    """Run forward/backward over ``num_microbatches`` micro-batches and one optimizer update.
+    """Forward/backward over ``num_microbatches`` micro-batches, the guard's check, then the update.
 
-    ``before_grad_sync`` is called as the gradient reduction across data-parallel ranks begins.
+    Every rank agrees on the step's :class:`StepCheck` (loss, gradient norm, non-finite micro-batches)
+    before ``verdict`` decides: ``"apply"`` the update, ``"skip"`` it, or ``"rewound"`` (the caller went
+    back to a checkpoint instead). ``before_grad_sync`` is called as the gradient reduction across
+    data-parallel ranks begins.
     """
     outputs = forward_backward(forward_step, data_iterators, chunks, optimizer, num_microbatches=num_microbatches,
                                seq_length=seq_length, micro_batch_size=micro_batch_size,
                                before_grad_sync=before_grad_sync)
     found_inf, grad_norm = gradient_norm(optimizer)
-    ok = not found_inf and apply_update(optimizer, scheduler, grad_norm)
-    loss, num_tokens = global_mean_loss(loss_totals(outputs))
-    return StepResult(loss=loss, num_tokens=num_tokens, grad_norm=grad_norm, skipped=not ok)
+    totals = loss_totals(outputs)
+    loss, num_tokens = global_mean_loss(totals)
+    check = check_step(None if totals is None else [o["lm loss"] for o in outputs], loss, grad_norm)
+    decided = verdict(check)
+    applied = decided == "apply" and not found_inf and apply_update(optimizer, scheduler, grad_norm)
+    return StepResult(loss=check.loss, num_tokens=num_tokens, grad_norm=check.grad_norm, skipped=not applied,
+                      rewound=decided == "rewound")
 
 
 def forward_backward(forward_step: Callable, data_iterators: list[Iterator], chunks: list[torch.nn.Module],

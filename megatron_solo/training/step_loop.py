@@ -102,41 +102,32 @@ class StepLoop:
     def _train_step(self):
         """(StepResult, seconds) of one forward-backward over the step's micro-batches and its guarded update."""
         from megatron_solo.training.forward_step import solo_forward_step
-        from megatron_solo.training.guard import check_step
-        from megatron_solo.training.step import (
-            StepResult,
-            apply_update,
-            forward_backward,
-            global_mean_loss,
-            gradient_norm,
-            loss_totals,
-        )
+        from megatron_solo.training.step import train_step
 
         run = self.run_
         self.profiler.before_step(run.state.iteration + 1)
         start, before = time.perf_counter(), run.loader.consumed_packs
         self.clock.start()
         micro = [next(self.batches) for _ in range(run.num_microbatches)]
-        outputs = forward_backward(solo_forward_step, [iter(micro) for _ in run.chunks], run.chunks, run.optimizer,
-                                   num_microbatches=run.num_microbatches, seq_length=self.train.seq_length,
-                                   micro_batch_size=self.train.micro_batch_size, before_grad_sync=self.clock.mark)
-        found_inf, grad_norm = gradient_norm(run.optimizer)
-        totals = loss_totals(outputs)
-        loss, tokens = global_mean_loss(totals)
-        check = check_step(None if totals is None else [o["lm loss"] for o in outputs], loss, grad_norm)
-        applied = rewound = False
-        if not self.nonfinite.allows_update(check, run.state.iteration + 1, run.state, self._data_words(check, before)):
-            self.logger.info(f"step {run.state.iteration + 1}: not finite ({check.describe()}): update skipped "
-                             f"({run.state.skipped_steps} of at most {self.train.max_skipped_steps})", warning=True)
-        else:
-            verdict = self._spike_verdict(check.loss, before)
-            applied = verdict == "apply" and not found_inf and apply_update(run.optimizer, run.scheduler, grad_norm)
-            rewound = verdict == "rewind" and self._rewind()
-        result = StepResult(loss=check.loss, num_tokens=tokens, grad_norm=check.grad_norm, skipped=not applied,
-                            rewound=rewound)
+        result = train_step(solo_forward_step, [iter(micro) for _ in run.chunks], run.chunks, run.optimizer,
+                            run.scheduler, num_microbatches=run.num_microbatches, seq_length=self.train.seq_length,
+                            micro_batch_size=self.train.micro_batch_size, before_grad_sync=self.clock.mark,
+                            verdict=lambda check: self._verdict(check, before))
         seconds = time.perf_counter() - start
         self.profiler.after_step(run.state.iteration + 1)
         return result, seconds
+
+    def _verdict(self, check, before: int) -> str:
+        """What the non-finite and spike policies make of a checked step: "apply", "skip" or "rewound"."""
+        run = self.run_
+        if not self.nonfinite.allows_update(check, run.state.iteration + 1, run.state, self._data_words(check, before)):
+            self.logger.info(f"step {run.state.iteration + 1}: not finite ({check.describe()}): update skipped "
+                             f"({run.state.skipped_steps} of at most {self.train.max_skipped_steps})", warning=True)
+            return "skip"
+        verdict = self._spike_verdict(check.loss, before)
+        if verdict == "rewind":
+            return "rewound" if self._rewind() else "skip"
+        return verdict
 
     def _spike_verdict(self, loss: float | None, before: int) -> str:
         """What the spike policy makes of this step's loss: "apply" its update, "skip" it, or "rewind"."""

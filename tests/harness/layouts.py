@@ -144,7 +144,8 @@ def train_layouts(
             losses.append(result.loss)
         out_dir = os.path.join(out_root, name)
         save_checkpoint(out_dir, TrainState(iteration=STEPS), chunks)
-        if result.loss is not None and dp_rank == 0 and ps.get_tensor_model_parallel_rank() == 0:
+        last_stage = ps.is_pipeline_last_stage(ignore_virtual=True)
+        if last_stage and dp_rank == 0 and ps.get_tensor_model_parallel_rank() == 0:
             with open(os.path.join(out_dir, "losses.json"), "w") as f:
                 json.dump(losses, f)
 
@@ -181,33 +182,42 @@ def reshard_round_trip(root: str) -> None:
         save_checkpoint(os.path.join(root, name), TrainState(iteration=1), chunks)
 
 
+def train_layout_sets(sets: list[tuple[list, str, bool]], init_dir: str, kind: str = "gpt") -> None:
+    """Worker: :func:`train_layouts` for each (layouts, out_root, corrupt) of ``sets``, in one world."""
+    for layouts, out_root, corrupt in sets:
+        train_layouts(layouts, init_dir, out_root, corrupt, kind)
+
+
 def run_layouts(root, kind: str, worlds: dict[int, list], corrupt_tp2: bool = False) -> dict:
     """Train the reference and every layout in ``worlds`` (world size -> layouts) from one init.
 
-    Returns name -> (losses, full weights at TP1PP1), plus "init" -> (None, initial weights).
+    One world per size; the one-rank work (the initial weights, the reference run, reading every
+    result back at TP1PP1) runs in the pytest process. With ``corrupt_tp2`` the two-rank world also
+    trains TP2 with one shard deliberately permuted. Returns name -> (losses, full weights at TP1PP1),
+    plus "init" -> (None, initial weights).
     """
     from pathlib import Path
 
     from safetensors.torch import load_file
 
-    from megatron_solo.platform import spawn
+    from tests.harness.worlds import run_world
 
     root = Path(root)
     init = str(root / "init")
-    spawn(save_initial, 1, init, kind)
-    spawn(train_layouts, 1, [(1, 1, None)], init, str(root), False, kind)
+    run_world(save_initial, 1, init, kind)
+    run_world(train_layouts, 1, [(1, 1, None)], init, str(root), False, kind)
     names = ["TP1PP1DP1"]
-    for world, layouts in worlds.items():
-        spawn(train_layouts, world, layouts, init, str(root), False, kind)
+    corrupt = {2: [([(2, 1, None)], str(root / "corrupt"), True)]} if corrupt_tp2 else {}
+    for world in sorted(set(worlds) | set(corrupt)):
+        layouts = worlds.get(world, [])
+        run_world(train_layout_sets, world, [(layouts, str(root), False), *corrupt.get(world, [])], init, kind)
         names += [ParallelConfig(tp, pp, vp).describe(world) for tp, pp, vp in layouts]
-    if corrupt_tp2:
-        spawn(train_layouts, 2, [(2, 1, None)], init, str(root / "corrupt"), True, kind)
-        names.append("corrupt/TP2PP1DP1")
+    names += ["corrupt/TP2PP1DP1"] if corrupt_tp2 else []
     out = {}
     for name in [*names, "init"]:
         src = init if name == "init" else str(root / name)
         weights = str(root / (name.replace("/", "_") + ".safetensors"))
-        spawn(read_weights, 1, src, weights, kind)
+        run_world(read_weights, 1, src, weights, kind)
         losses = None if name == "init" else json.loads((root / name / "losses.json").read_text())
         out[name] = (losses, load_file(weights))
     return out

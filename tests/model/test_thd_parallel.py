@@ -16,13 +16,14 @@ from megatron_solo.config.train import OptimConfig
 from megatron_solo.data.dataset import collate_packs
 from megatron_solo.model.builder import build_solo_model
 from megatron_solo.model.chunks import build_model_chunks
-from megatron_solo.platform import init_parallel, spawn
+from megatron_solo.platform import init_parallel
 from megatron_solo.training.ddp import wrap_ddp
 from megatron_solo.training.forward_step import solo_forward_step
 from megatron_solo.training.optimizer import build_optimizer, build_scheduler
 from megatron_solo.training.step import train_step
 from tests.harness import layouts as H
 from tests.harness import solo_batches as SB
+from tests.harness.worlds import run_world
 
 pytestmark = pytest.mark.multiprocess
 
@@ -37,6 +38,12 @@ def _micro_batches(step: int) -> list[dict]:
         p = SB.pack(g, SEQ)
         packs.append({k: (v[0] if k in ("tokens", "labels", "loss_mask", "position_ids") else v) for k, v in p.items()})
     return [collate_packs(packs[i:i + MICRO]) for i in range(0, GLOBAL, MICRO)]
+
+
+def train_formats(init_dir: str, runs: list[tuple[str, int, int, str]]) -> None:
+    """Worker: :func:`train_format` for each (out_dir, tp, pp, packed_format) of ``runs``, in one world."""
+    for out_dir, tp, pp, packed_format in runs:
+        train_format(init_dir, out_dir, tp, pp, packed_format)
 
 
 def train_format(init_dir: str, out_dir: str, tp: int, pp: int, packed_format: str) -> None:
@@ -59,7 +66,7 @@ def train_format(init_dir: str, out_dir: str, tp: int, pp: int, packed_format: s
                             num_microbatches=GLOBAL // MICRO, seq_length=SEQ, micro_batch_size=MICRO)
         losses.append(result.loss)
     save_checkpoint(out_dir, TrainState(iteration=STEPS), chunks)
-    if result.loss is not None and torch.distributed.get_rank() == torch.distributed.get_world_size() - 1:
+    if torch.distributed.get_rank() == torch.distributed.get_world_size() - 1:
         with open(os.path.join(out_dir, "losses.json"), "w") as f:
             json.dump(losses, f)
 
@@ -71,16 +78,17 @@ def runs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("thd_layouts")
     init = str(root / "init")
-    spawn(H.save_initial, 1, init, "solo")
+    run_world(H.save_initial, 1, init, "solo")
     plan = {"sbhd": (1, 1, "sbhd"), "thd": (1, 1, "thd"), "thd_TP2": (2, 1, "thd"), "thd_PP2": (1, 2, "thd")}
+    for world in (1, 2):  # one world per size, running each of its layouts in turn
+        run_world(train_formats, world, init, [(str(root / name), tp, pp, fmt)
+                                               for name, (tp, pp, fmt) in plan.items() if tp * pp == world])
     out = {}
-    for name, (tp, pp, fmt) in plan.items():
-        spawn(train_format, tp * pp, init, str(root / name), tp, pp, fmt)
+    for name in [*plan, "init"]:
         weights = str(root / f"{name}.safetensors")
-        spawn(H.read_weights, 1, str(root / name), weights, "solo")
-        out[name] = (json.loads((root / name / "losses.json").read_text()), load_file(weights))
-    spawn(H.read_weights, 1, init, str(root / "init.safetensors"), "solo")
-    out["init"] = (None, load_file(str(root / "init.safetensors")))
+        run_world(H.read_weights, 1, init if name == "init" else str(root / name), weights, "solo")
+        losses = None if name == "init" else json.loads((root / name / "losses.json").read_text())
+        out[name] = (losses, load_file(weights))
     return out
 
 

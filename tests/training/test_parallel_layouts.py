@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from megatron_solo.platform import spawn
 from tests.harness import layouts as H
+from tests.harness.worlds import run_world
 
 pytestmark = pytest.mark.multiprocess
 
@@ -45,7 +46,7 @@ def test_checkpoint_reshards_tp2pp1_to_tp1pp2_and_back(tmp_path):
     full = {}
     for name in ("a_tp2pp1", "b_tp1pp2", "c_tp2pp1"):
         out = str(tmp_path / f"{name}.safetensors")
-        spawn(H.read_weights, 1, str(tmp_path / name), out)
+        run_world(H.read_weights, 1, str(tmp_path / name), out)
         full[name] = load_file(out)
     for src, dst in (("a_tp2pp1", "b_tp1pp2"), ("b_tp1pp2", "c_tp2pp1")):
         assert full[src].keys() == full[dst].keys()
