@@ -27,7 +27,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark multi-process tests ``slow``; skip the ``gpu``-marked checks where they cannot run, saying why."""
+    """Mark multi-process tests ``slow``; skip the ``gpu``-marked checks where they cannot run, saying why.
+
+    megatron-core is imported here, once, so its seconds of import are not charged to whichever test
+    happens to need it first.
+    """
+    if items:
+        import megatron.core  # noqa: F401
     for item in items:
         if item.get_closest_marker("multiprocess") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)

@@ -13,7 +13,6 @@ from PIL import Image
 from megatron_solo.data.scenes import BACKGROUND
 from tests.harness.paths import REPO, user_env
 
-pytestmark = pytest.mark.multiprocess
 STAGES = ("stage1", "stage2", "stage3", "sft")
 SOURCES = ("digits", "captions", "vqa", "text", "conversations")
 
@@ -27,6 +26,7 @@ def _first_loss(log) -> float:
     return float(re.search(r"^step 1/\d+ \| loss ([\d.]+)", log.read_text(), re.M).group(1))
 
 
+@pytest.mark.multiprocess
 def test_recipe_chains_four_stages_and_scores_vision_against_blanked_images(tmp_path):
     work = tmp_path / "recipe"
     proc = _run(WORK=str(work), STEPS1="6", STEPS2="2", STEPS3="1", STEPS_SFT="2", SCENES="40", MAX_SAMPLES="6")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import training as T
 from tests.harness.paths import REPO
 from tests.harness.slurm_cluster import SlurmCluster, slurm_available
 
@@ -32,9 +31,9 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
+def shards(quickstart_shards):
     """Real quick-start shards."""
-    return T.build_shards(tmp_path_factory.mktemp("slurm_data"))
+    return quickstart_shards
 
 
 def _data_args(shards) -> list[str]:
@@ -55,23 +54,10 @@ def _port(job: str) -> int:
     return 10000 + int(job) % 20000
 
 
-def test_sbatch_job_trains_from_any_directory(cluster, shards, tmp_path):
-    # Submitted from a folder that is not the checkout, with no --output: the script finds the
-    # repo itself and writes its log in the submit directory.
-    job = cluster.sbatch(SCRIPT, *_data_args(shards), "--train-steps", "3", "--save", "ckpt", cwd=tmp_path)
-    out = tmp_path / f"solo-smoke-{job}.out"
-    assert cluster.wait(job, timeout=300) == "COMPLETED", out.read_text() if out.exists() else "no log"
-    text = out.read_text()
-    assert "done: iteration 3" in text, text  # the trap: COMPLETED with empty output
-    assert "2 processes, layout TP1PP1DP2" in text, text  # the two srun tasks formed one world
-    assert f"repo {REPO}," in text and f"rendezvous {cluster.host}:{_port(job)}" in text, text
-    assert (tmp_path / "ckpt" / "iter_0000003").is_dir()  # relative paths: the submit directory
-    assert "requeueing" not in text, text
-    assert cluster.node_state() == "idle"  # not drained
-
-
 @pytest.mark.parametrize("launcher", ["srun", "torchrun"])
 def test_signalled_job_requeues_itself_and_finishes(cluster, shards, tmp_path, launcher):
+    # Submitted from a folder that is not the checkout, with no --output: the script finds the
+    # repo itself and writes its log in the submit directory.
     steps = 12
     if launcher == "srun":
         options, env = (), {}
@@ -92,62 +78,69 @@ def test_signalled_job_requeues_itself_and_finishes(cluster, shards, tmp_path, l
     assert 2 <= stopped_at < steps, text
     if launcher == "torchrun":  # it handled USR1 and passed it on instead of dying of it
         assert "closing signal SIGUSR1" in first, text
+    else:  # the two srun tasks formed one world
+        assert "2 processes, layout TP1PP1DP2" in first, text
+    assert f"repo {REPO}," in first and f"rendezvous {cluster.host}:{_port(job)}" in first, text
     # ... and the log was appended to, not overwritten: both runs are in it
     assert "restart 0," in first and "restart 1," in second, text
     assert f"resumed from ckpt at iteration {stopped_at}" in second, text
     assert f"step {stopped_at + 1}/{steps}" in second and f"done: iteration {steps}," in second, text
     assert "stopped early" not in second and second.count("requeueing") == 0, text
+    # relative paths: the submit directory
     assert int((tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text()) == steps
-    assert cluster.node_state() == "idle"
+    assert (tmp_path / "ckpt" / f"iter_{steps:07d}").is_dir()
+    assert cluster.node_state() == "idle"  # not drained
 
 
-def test_signalled_job_without_save_is_not_requeued(cluster, shards, tmp_path):
-    job = cluster.sbatch(SCRIPT, *_data_args(shards), "--train-steps", "40", cwd=tmp_path)
-    out = tmp_path / f"solo-smoke-{job}.out"
-    _wait_for(out, "step 2/40", timeout=240)
-    cluster.signal(job, "USR1")
-    assert cluster.wait(job, timeout=240) == "COMPLETED", out.read_text()
-    text = out.read_text()
-    assert "stopped early" in text and "no --save was given: not requeueing" in text, text
-    assert "restart 1," not in text and "requeueing job" not in text, text
-
-
-def test_two_jobs_on_one_node_use_different_ports(cluster, shards, tmp_path):
-    # One task each, so both fit on the node's two cores at once; a fixed rendezvous port
-    # makes the second one fail to listen.
-    jobs = []
+def test_two_jobs_share_the_node_and_a_signalled_one_without_save_is_not_requeued(cluster, shards, tmp_path):
+    # One task each, so both fit on the node's two cores at once; a fixed rendezvous port makes the
+    # second one fail to listen. Job "a" has no --save: signalled, it stops and is not requeued.
+    jobs, steps = {}, {"a": 40, "b": 2}
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        jobs.append(cluster.sbatch(SCRIPT, *_data_args(shards), "--train-steps", "2", cwd=tmp_path / name,
-                                   options=("--ntasks=1",)))
+        jobs[name] = cluster.sbatch(SCRIPT, *_data_args(shards), "--train-steps", str(steps[name]),
+                                    cwd=tmp_path / name, options=("--ntasks=1",))
     deadline, overlapped = time.time() + 120, False
     while time.time() < deadline and not overlapped:
-        overlapped = all(cluster.job_state(j) == "RUNNING" for j in jobs)
+        overlapped = all(cluster.job_state(j) == "RUNNING" for j in jobs.values())
         time.sleep(0.2)
     assert overlapped, "the two jobs never ran at the same time"
-    for name, job in zip(("a", "b"), jobs):
-        out = tmp_path / name / f"solo-smoke-{job}.out"
-        assert cluster.wait(job, timeout=300) == "COMPLETED", out.read_text()
-        text = out.read_text()
-        assert "done: iteration 2" in text and f"rendezvous {cluster.host}:{_port(job)}" in text, text
-    assert _port(jobs[0]) != _port(jobs[1])
+    logs = {name: tmp_path / name / f"solo-smoke-{job}.out" for name, job in jobs.items()}
+    _wait_for(logs["a"], "step 2/40", timeout=240)
+    cluster.signal(jobs["a"], "USR1")
+    for name, job in jobs.items():
+        assert cluster.wait(job, timeout=300) == "COMPLETED", logs[name].read_text()
+        assert f"rendezvous {cluster.host}:{_port(job)}" in logs[name].read_text()
+    stopped, done = logs["a"].read_text(), logs["b"].read_text()
+    assert "stopped early" in stopped and "no --save was given: not requeueing" in stopped, stopped
+    assert "restart 1," not in stopped and "requeueing job" not in stopped, stopped
+    assert "done: iteration 2" in done and "requeueing" not in done, done
+    assert _port(jobs["a"]) != _port(jobs["b"])
 
 
-@pytest.mark.parametrize("script,launch", [
-    ("pretrain_stage1.sbatch", "srun --kill-on-bad-exit=1 "),
-    ("pretrain_stage1_torchrun.sbatch", "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 "),
-])
-def test_gpu_scripts_launch_from_any_directory(cluster, tmp_path, script, launch):
-    # No GPU here: override the GPU request and print the launch line instead of training.
-    job = cluster.sbatch(str(SLURM / script), cwd=tmp_path, env={"SOLO_DRY_RUN": "1"},
-                         options=("--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"))
-    state = cluster.wait(job, timeout=120)
-    logs = list(tmp_path.glob(f"*-{job}.out"))
-    assert len(logs) == 1, (state, list(tmp_path.iterdir()))  # the log is in the submit directory
-    text = logs[0].read_text()
-    assert state == "COMPLETED", text
-    assert launch in text and f"{REPO}/tools/pretrain.py --recipe stage1 --model solo-7b" in text, text
-    assert f"rendezvous {cluster.host}:{_port(job)}" in text, text
+GPU_LAUNCHES = {
+    "pretrain_stage1.sbatch": "srun --kill-on-bad-exit=1 ",
+    "pretrain_stage1_torchrun.sbatch": "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 ",
+}
+
+
+def test_gpu_scripts_launch_from_any_directory(cluster, tmp_path):
+    # No GPU here: override the GPU request and print the launch line instead of training. One task
+    # each, so both scripts run side by side.
+    jobs = {}
+    for script in GPU_LAUNCHES:
+        (tmp_path / script).mkdir()
+        jobs[script] = cluster.sbatch(str(SLURM / script), cwd=tmp_path / script, env={"SOLO_DRY_RUN": "1"},
+                                      options=("--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"))
+    for script, job in jobs.items():
+        state = cluster.wait(job, timeout=120)
+        logs = list((tmp_path / script).glob(f"*-{job}.out"))
+        assert len(logs) == 1, (script, state, list((tmp_path / script).iterdir()))  # in the submit directory
+        text = logs[0].read_text()
+        assert state == "COMPLETED", (script, text)
+        assert GPU_LAUNCHES[script] in text, (script, text)
+        assert f"{REPO}/tools/pretrain.py --recipe stage1 --model solo-7b" in text, (script, text)
+        assert f"rendezvous {cluster.host}:{_port(job)}" in text, (script, text)
 
 
 def test_gpu_scripts_requeue_with_an_appended_log_and_a_long_enough_signal_lead():
@@ -160,13 +153,20 @@ def test_gpu_scripts_requeue_with_an_appended_log_and_a_long_enough_signal_lead(
         assert lead >= 90 + 300, (script, lead)  # a 7B step (a minute or more) plus a save (minutes)
 
 
-@pytest.mark.parametrize("env,message", [
-    ({"SOLO_REPO": "/nonexistent"}, "solo: no megatron_solo checkout at '/nonexistent': set SOLO_REPO"),
-    ({"PYTHON": "/nonexistent/python"}, "solo: interpreter '/nonexistent/python' not found"),
-])
-def test_setup_errors_are_one_line_and_exit_2(cluster, tmp_path, env, message):
-    job = cluster.sbatch(SCRIPT, cwd=tmp_path, env=env)
-    state = cluster.wait(job, timeout=60)
-    text = (tmp_path / f"solo-smoke-{job}.out").read_text()
-    assert state == "FAILED" and text.strip().splitlines() == [text.strip()] and message in text, (state, text)
-    assert cluster.job_field(job, "ExitCode") in ("2:0", "GONE")
+SETUP_ERRORS = {
+    "repo": ({"SOLO_REPO": "/nonexistent"}, "solo: no megatron_solo checkout at '/nonexistent': set SOLO_REPO"),
+    "python": ({"PYTHON": "/nonexistent/python"}, "solo: interpreter '/nonexistent/python' not found"),
+}
+
+
+def test_setup_errors_are_one_line_and_exit_2(cluster, tmp_path):
+    jobs = {}
+    for name, (env, _) in SETUP_ERRORS.items():  # submitted together: each fails at once
+        (tmp_path / name).mkdir()
+        jobs[name] = cluster.sbatch(SCRIPT, cwd=tmp_path / name, env=env)
+    for name, job in jobs.items():
+        state = cluster.wait(job, timeout=60)
+        text = (tmp_path / name / f"solo-smoke-{job}.out").read_text()
+        message = SETUP_ERRORS[name][1]
+        assert state == "FAILED" and text.strip().splitlines() == [text.strip()] and message in text, (state, text)
+        assert cluster.job_field(job, "ExitCode") in ("2:0", "GONE")

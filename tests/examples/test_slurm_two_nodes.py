@@ -4,18 +4,16 @@ a tiny model at DP2 across the nodes, gloo over the veth link, stopped by USR1, 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from megatron_solo.config import model_preset
-from tests.harness import training as T
-from tests.harness.paths import REPO, TOOLS, user_env
+from tests.harness.paths import REPO
 from tests.harness.slurm_cluster import slurm_available
 from tests.harness.slurm_two_nodes import TwoNodeSlurm, netns_unavailable
+from tests.harness.worlds import run_world
 
 _WHY_NOT = "Slurm not installed (.ci/run installs it)" if not slurm_available() else netns_unavailable()
 pytestmark = [pytest.mark.multiprocess, pytest.mark.skipif(_WHY_NOT is not None, reason=str(_WHY_NOT))]
@@ -37,12 +35,10 @@ def cluster(tmp_path_factory):
 
 
 def _init_checkpoint(work: Path, data: list[str]) -> None:
-    """The script's --init-from ckpt/mistral-7b-solo: one step of the same tiny model, saved."""
-    cmd = [sys.executable, str(TOOLS / "pretrain.py"), *TINY, *data, "--train-steps", "1",
-           "--save", "ckpt/mistral-7b-solo"]
-    done = subprocess.run(cmd, cwd=work, env=user_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    """The script's --init-from ckpt/mistral-7b-solo: one step of the same tiny model, saved (in this process)."""
+    from tools import pretrain
+
+    run_world(pretrain.main, 1, [*TINY, *data, "--train-steps", "1", "--save", str(work / "ckpt" / "mistral-7b-solo")])
 
 
 def _wait_for_step(cluster: TwoNodeSlurm, out: Path, step: int) -> dict[str, list[int]]:
@@ -64,8 +60,8 @@ def _node_lines(text: str, cluster: TwoNodeSlurm) -> list[str]:
             f"solo: node 1 of 2: n2 ({cluster.addr['n2']}), rendezvous host n1 at {n1}"]
 
 
-def test_two_node_job_trains_at_dp2_requeues_and_resumes(cluster, tmp_path):
-    images, texts = T.build_shards(tmp_path / "data")
+def test_two_node_job_trains_at_dp2_requeues_and_resumes(cluster, tmp_path, quickstart_shards):
+    images, texts = quickstart_shards
     data = ["--data", f"{images}:0.7", f"{texts}:0.3"]
     _init_checkpoint(tmp_path, data)
     link_before = cluster.link_bytes("n2")

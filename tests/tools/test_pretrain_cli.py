@@ -11,7 +11,7 @@ import pytest
 
 from megatron_solo.config import model_preset, recipe
 from megatron_solo.config.recipes import SMALL
-from megatron_solo.errors import UserInputError
+from megatron_solo.errors import UserInputError, run_tool
 from megatron_solo.training.optimizer import build_scheduler, schedule_warning
 from megatron_solo.vocab.ids import SOLO_CHAT_VOCAB_SIZE, SOLO_VOCAB_SIZE
 from tests.harness.paths import REPO
@@ -119,10 +119,27 @@ def test_warning_states_the_clamp_the_scheduler_applies():
 
 
 # ----------------------------------------------------------------------------- the tool in a one-process world
-def _run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+def _run_process(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real entry point, ``python tools/pretrain.py``, in a process of its own."""
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HOME": str(cwd)}
     return subprocess.run([sys.executable, TOOL, *argv], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
+
+
+@pytest.fixture
+def run(world1, capfd, monkeypatch):
+    """The tool's ``main`` through ``run_tool`` (what its entry point calls) in this process's one-rank world:
+    (exit code, stdout, stderr) as a CompletedProcess."""
+    from tools.pretrain import main
+
+    def _run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        capfd.readouterr()
+        code = run_tool(main, list(argv))
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess([TOOL, *argv], code, out, err)
+
+    return _run
 
 
 def _errors(stderr: str) -> list[str]:
@@ -130,10 +147,8 @@ def _errors(stderr: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from tests.harness import training as T
-
-    return T.build_shards(tmp_path_factory.mktemp("cli_data"))
+def shards(quickstart_shards):
+    return quickstart_shards
 
 
 def _train_args(images: str, texts: str, *extra: str) -> list[str]:
@@ -141,29 +156,28 @@ def _train_args(images: str, texts: str, *extra: str) -> list[str]:
             "--global-batch-size", "2", "--fp32", "--data-workers", "0", *extra]
 
 
-@pytest.mark.slow
-def test_fp8_without_transformer_engine_is_one_line(shards, tmp_path):
+def test_fp8_without_transformer_engine_is_one_line(shards, tmp_path, run):
     from megatron_solo.model.specs import transformer_engine_usable
 
     if transformer_engine_usable():
         pytest.skip("Transformer Engine is usable here: FP8 may run")
-    out = _run(*_train_args(*shards, "--fp8", "hybrid"), cwd=tmp_path)
+    out = run(*_train_args(*shards, "--fp8", "hybrid"), cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert len(_errors(out.stderr)) == 1 and "Transformer Engine" in _errors(out.stderr)[0], out.stderr
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_layout_that_does_not_fit_the_world_is_one_line(shards, tmp_path):
-    out = _run(*_train_args(*shards, "--tensor-parallel", "2"), cwd=tmp_path)
+    out = _run_process(*_train_args(*shards, "--tensor-parallel", "2"), cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     (line,) = _errors(out.stderr)
     assert "world size 1 is not divisible by tensor_parallel x pipeline_parallel" in line
 
 
 @pytest.mark.slow
-def test_stop_without_save_says_nothing_was_saved(shards, tmp_path):
-    out = _run(*_train_args(*shards, "--train-steps", "3", "--exit-after-steps", "1"), cwd=tmp_path)
+def test_stop_without_save_says_nothing_was_saved(shards, tmp_path, run):
+    out = run(*_train_args(*shards, "--train-steps", "3", "--exit-after-steps", "1"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "stopped early (no --save: nothing saved)" in out.stdout and "checkpoint saved" not in out.stdout
     assert "layers: local spec, fp32" in out.stdout
@@ -172,25 +186,25 @@ def test_stop_without_save_says_nothing_was_saved(shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_rerun_of_a_finished_run_and_a_changed_blend(shards, tmp_path):
+def test_rerun_of_a_finished_run_and_a_changed_blend(shards, tmp_path, run):
     images, texts = shards
     save = str(tmp_path / "ckpt")
-    first = _run(*_train_args(images, texts, "--train-steps", "2", "--save", save, "--recipe", "sft"), cwd=tmp_path)
+    first = run(*_train_args(images, texts, "--train-steps", "2", "--save", save, "--recipe", "sft"), cwd=tmp_path)
     assert first.returncode == 0 and "done: iteration 2" in first.stdout, first.stderr
     assert json.loads(Path(save, "solo_model.json").read_text())["template"] == "chat"
 
-    again = _run(*_train_args(images, texts, "--train-steps", "2", "--save", save, "--recipe", "sft"), cwd=tmp_path)
+    again = run(*_train_args(images, texts, "--train-steps", "2", "--save", save, "--recipe", "sft"), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert f"the run is complete: iteration 2 of 2, checkpoint at {save}/iter_0000002" in again.stdout, again.stdout
     assert "step " not in again.stdout
 
     other = ["--model", "solo-tiny", "--data", f"{images}:0.5", f"{texts}:0.5", *_train_args(images, texts)[5:]]
-    changed = _run(*other, "--train-steps", "3", "--save", save, "--recipe", "sft", cwd=tmp_path)
+    changed = run(*other, "--train-steps", "3", "--save", save, "--recipe", "sft", cwd=tmp_path)
     assert changed.returncode == 2, changed.stderr
     assert len(_errors(changed.stderr)) == 1 and "--allow-data-change" in _errors(changed.stderr)[0]
     assert "layers:" not in changed.stdout  # refused before the model is built
 
-    allowed = _run(*other, "--train-steps", "3", "--save", save, "--recipe", "sft", "--allow-data-change",
+    allowed = run(*other, "--train-steps", "3", "--save", save, "--recipe", "sft", "--allow-data-change",
                    cwd=tmp_path)
     assert allowed.returncode == 0, allowed.stderr
     assert "reading the new blend from pack 4 on" in allowed.stdout and "step 3/3" in allowed.stdout, allowed.stdout
@@ -205,17 +219,17 @@ def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 @pytest.mark.slow
-def test_data_loss_is_refused_before_the_model_then_reported(shards, tmp_path):
+def test_data_loss_is_refused_before_the_model_then_reported(shards, tmp_path, run):
     # seq 48: no image block of the quick-start photos (57-73 tokens) fits, so every image sample is dropped
     args = _train_args(*shards)
     args[args.index("--seq-length") + 1] = "48"
-    refused = _run(*args, "--train-steps", "2", cwd=tmp_path)
+    refused = run(*args, "--train-steps", "2", cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     (line,) = _errors(refused.stderr)
     assert "max_drop_share 0.01" in line and "imagenet" in line and "layers:" not in refused.stdout
 
     tb = tmp_path / "tb"
-    accepted = _run(*args, "--train-steps", "2", "--max-drop-share", "1", "--eval-data", shards[1],
+    accepted = run(*args, "--train-steps", "2", "--max-drop-share", "1", "--eval-data", shards[1],
                     "--eval-interval", "1", "--eval-iters", "1", "--tensorboard-dir", str(tb), cwd=tmp_path)
     assert accepted.returncode == 0, accepted.stderr
     report = [x for x in accepted.stdout.splitlines() if x.startswith("data: ")]
