@@ -14,6 +14,7 @@ from megatron_solo.vocab import default_tokenizer_path
 from tests.harness.ckpt_models import save_hf, small_hf_model
 from tests.harness.ckpt_tools import one_line, run_cli
 from tests.harness.ckpt_workers import raise_in_worker
+from tests.harness.tool_runs import run_here
 
 
 @pytest.fixture(scope="module")
@@ -68,18 +69,18 @@ def test_conversion_tools_refuse_to_run_under_a_launcher(tool, env, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_convert_user_errors(hf_dir, tmp_path):
-    one_line(run_cli("convert_hf_to_megatron.py", "--hf", tmp_path / "nowhere", "--out", tmp_path / "o"),
-              "nowhere/config.json: not found")
-    one_line(run_cli("convert_hf_to_megatron.py", "--hf", hf_dir, "--out", tmp_path / "o", "--tp", "3",
-                    "--tokenizer", default_tokenizer_path()),
-              "field 'num_attention_heads' = 4 is not divisible by tensor_parallel 3")
-    one_line(run_cli("convert_hf_to_megatron.py", "--hf", hf_dir, "--out", tmp_path / "o", "--tp", "two"),
-              "argument --tensor-parallel/--tp: invalid int value: 'two'")
+def test_convert_user_errors(hf_dir, tmp_path, capfd):
+    one_line(run_here(capfd, "convert_hf_to_megatron.py", "--hf", tmp_path / "nowhere", "--out", tmp_path / "o"),
+             "nowhere/config.json: not found")
+    one_line(run_here(capfd, "convert_hf_to_megatron.py", "--hf", hf_dir, "--out", tmp_path / "o", "--tp", "3",
+                      "--tokenizer", default_tokenizer_path()),
+             "field 'num_attention_heads' = 4 is not divisible by tensor_parallel 3")
+    one_line(run_here(capfd, "convert_hf_to_megatron.py", "--hf", hf_dir, "--out", tmp_path / "o", "--tp", "two"),
+             "argument --tensor-parallel/--tp: invalid int value: 'two'")
     assert not (tmp_path / "o" / "iter_0000000").exists()
 
 
-def test_convert_refuses_pickle_weights(hf_dir, tmp_path):
+def test_convert_refuses_pickle_weights(hf_dir, tmp_path, capfd):
     """A HF folder with only pytorch_model.bin (pickle) is refused: import reads safetensors only."""
     import json
 
@@ -91,36 +92,38 @@ def test_convert_refuses_pickle_weights(hf_dir, tmp_path):
     legacy.mkdir()
     (legacy / "config.json").write_text(json.dumps(json.loads((hf_dir / "config.json").read_text())))
     torch.save(load_safetensors_dir(hf_dir), legacy / "pytorch_model.bin")
-    one_line(run_cli("convert_hf_to_megatron.py", "--hf", legacy, "--out", tmp_path / "o",
-                    "--tokenizer", default_tokenizer_path()),
+    one_line(run_here(capfd, "convert_hf_to_megatron.py", "--hf", legacy, "--out", tmp_path / "o",
+                      "--tokenizer", default_tokenizer_path()),
               "neither model.safetensors nor model.safetensors.index.json found (only safetensors)")
 
 
-def test_export_user_errors(tmp_path):
-    one_line(run_cli("export_to_hf.py", "--checkpoint", tmp_path / "nowhere", "--out", tmp_path / "o"),
-              "nowhere: no such checkpoint directory")
+def test_export_user_errors(tmp_path, capfd):
+    one_line(run_here(capfd, "export_to_hf.py", "--checkpoint", tmp_path / "nowhere", "--out", tmp_path / "o"),
+             "nowhere: no such checkpoint directory")
     (tmp_path / "iter_0000005.partial").mkdir()
-    one_line(run_cli("export_to_hf.py", "--checkpoint", f"{tmp_path}/iter_0000005.partial/", "--out", tmp_path / "o"),
-              "an unfinished checkpoint")
-    one_line(run_cli("export_to_hf.py", "--checkpoint", tmp_path, "--out", tmp_path / "o", "--format", "gguf"),
-              "argument --format: invalid choice: 'gguf'")
+    one_line(run_here(capfd, "export_to_hf.py", "--checkpoint", f"{tmp_path}/iter_0000005.partial/", "--out",
+                      tmp_path / "o"), "an unfinished checkpoint")
+    one_line(run_here(capfd, "export_to_hf.py", "--checkpoint", tmp_path, "--out", tmp_path / "o", "--format", "gguf"),
+             "argument --format: invalid choice: 'gguf'")
     assert not (tmp_path / "o").exists()
 
 
-def test_generate_user_errors(tmp_path):
+def test_generate_user_errors(tmp_path, capfd):
+    # the real entry point once; the rest in this process
     one_line(run_cli("generate.py", "--model", tmp_path / "nowhere", "--prompt", "hi"), "nowhere: no such model")
     (tmp_path / "config.json").write_text("{}")
-    one_line(run_cli("generate.py", "--model", tmp_path, "--prompt", "hi"), "not a model written by tools/export_to_hf.py")
-    one_line(run_cli("generate.py", "--model", tmp_path, "--prompt", "hi", "--template", "alpaca"),
-              "argument --template: invalid choice: 'alpaca'")
+    one_line(run_here(capfd, "generate.py", "--model", tmp_path, "--prompt", "hi"),
+             "not a model written by tools/export_to_hf.py")
+    one_line(run_here(capfd, "generate.py", "--model", tmp_path, "--prompt", "hi", "--template", "alpaca"),
+             "argument --template: invalid choice: 'alpaca'")
 
 
-def test_make_demo_data_user_errors(tmp_path):
+def test_make_demo_data_user_errors(tmp_path, capfd):
     (tmp_path / "file").write_text("x")
     one_line(run_cli("make_demo_data.py", "--out", tmp_path / "file"), "is a file, not a folder")
-    one_line(run_cli("make_demo_data.py", "--out", tmp_path / "o", "--text-limit", "0"),
-              "argument --text-limit: expected a positive integer, got '0'")
-    one_line(run_cli("make_demo_data.py", "--out", tmp_path / "n", "--scenes", "-3"),
+    one_line(run_here(capfd, "make_demo_data.py", "--out", tmp_path / "o", "--text-limit", "0"),
+             "argument --text-limit: expected a positive integer, got '0'")
+    one_line(run_here(capfd, "make_demo_data.py", "--out", tmp_path / "n", "--scenes", "-3"),
              "argument --scenes: expected a positive integer, got '-3'")
     assert not (tmp_path / "n").exists()  # refused before any source is written
-    one_line(run_cli("make_demo_data.py"), "the following arguments are required: --out")
+    one_line(run_here(capfd, "make_demo_data.py"), "the following arguments are required: --out")
