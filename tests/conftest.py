@@ -1,7 +1,7 @@
 """Shared pytest settings: quiet megatron-core's start-up warnings, keep threads bounded, tier the suite.
 
 Tiers: ``slow`` marks what starts processes (every ``multiprocess`` test is ``slow`` too), end-to-end
-scripts and Slurm; ``python -m pytest -m "not slow" tests`` is the fast tier of the edit-test loop. At the
+scripts, Slurm and the GPU checks (every ``gpu`` test); ``python -m pytest -m "not slow" tests`` is the fast tier of the edit-test loop. At the
 end of a run the tests that took over :data:`FAST_LIMIT_S` without the ``slow`` marker are listed (a list,
 not a failure: a loaded machine must not fail a run), so the fast tier stays fast.
 """
@@ -27,7 +27,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark multi-process tests ``slow``; skip the ``gpu``-marked checks where they cannot run, saying why.
+    """Mark multi-process tests and GPU checks ``slow``; skip the GPU checks where they cannot run, saying why.
 
     megatron-core is imported here, once, so its seconds of import are not charged to whichever test
     happens to need it first.
@@ -35,7 +35,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if items:
         import megatron.core  # noqa: F401
     for item in items:
-        if item.get_closest_marker("multiprocess") and not item.get_closest_marker("slow"):
+        tiered = item.get_closest_marker("multiprocess") or item.get_closest_marker("gpu")
+        if tiered and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu:
