@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
-from megatron_solo.config import ParallelConfig
-from megatron_solo.platform import spawn
-from megatron_solo.vocab import default_tokenizer_path
-from tests.harness.ckpt_models import load_safetensors_dir, save_hf, small_hf_model
+from tests.harness.ckpt_models import load_safetensors_dir
 from tests.harness.ckpt_workers import resave
+from tests.harness.worlds import run_world
 
-pytestmark = pytest.mark.multiprocess
+# The shared TP2 PP2 import starts worker processes; the re-save and the exports run in this process.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures("conversions_here")]
 
 
-def test_a_save_folder_resumed_at_another_layout_exports_every_checkpoint(tmp_path):
+def test_a_save_folder_resumed_at_another_layout_exports_every_checkpoint(small_mistral_tp2pp2, tmp_path):
     from megatron_solo.checkpoint.train_state import read_train_state
     from megatron_solo.hf.exporter import export_checkpoint
-    from megatron_solo.hf.importer import import_hf
 
-    root = tmp_path / "ckpt"
-    hf = save_hf(small_hf_model("mistral", layers=2), tmp_path / "hf")
-    import_hf(hf, root, ParallelConfig(tensor_parallel=2), tokenizer=default_tokenizer_path(), progress=False)
-    spawn(resave, 1, str(root), 1, 1)  # the run resumed at TP1 saves iter_1; solo_model.json now says TP1
-    assert read_train_state(root / "iter_0000000").layout.tensor_parallel == 2
+    root = shutil.copytree(small_mistral_tp2pp2[0], tmp_path / "ckpt")  # the session's import, read only
+    run_world(resave, 1, str(root), 1, 1)  # the run resumed at TP1 saves iter_1; solo_model.json now says TP1
+    old_layout = read_train_state(root / "iter_0000000").layout
+    assert (old_layout.tensor_parallel, old_layout.pipeline_parallel) == (2, 2)
     assert read_train_state(root / "iter_0000001").layout.tensor_parallel == 1
     old = export_checkpoint(root / "iter_0000000", tmp_path / "hf_tp2", progress=False)
     new = export_checkpoint(root / "iter_0000001", tmp_path / "hf_tp1", progress=False)

@@ -23,30 +23,23 @@ from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.evaluation.errors import EvaluationError
 from megatron_solo.evaluation.run import evaluate
-from megatron_solo.platform import spawn
 from tests.harness import eval_benchmarks, eval_data
-from tests.harness.eval_workers import evaluate_worker, sharp_hf_mistral
+from tests.harness.eval_workers import evaluate_worker
 from tests.harness.paths import REPO
+from tests.harness.worlds import run_world
 
-pytestmark = pytest.mark.multiprocess  # import, export and the Megatron runs start gloo worlds
-
+# The TP2 and PP2 runs start gloo worlds; the TP1 run is a one-rank world in this process.
+pytestmark = pytest.mark.multiprocess
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Data, a Megatron checkpoint (imported at TP1) and its HF export."""
-    from megatron_solo.hf.exporter import export_checkpoint
-    from megatron_solo.hf.importer import import_hf
-    from megatron_solo.vocab import default_tokenizer_path
-
+def setup(sharp_mistral, tmp_path_factory):
+    """Data, a Megatron checkpoint (imported at TP1) and its HF export (the session's ``sharp_mistral``)."""
     root = tmp_path_factory.mktemp("eval")
     data = eval_data.build(root)
     data["benchmarks"] = [f"mme={eval_benchmarks.mme_tsv(root / 'MME.tsv')}",
                           f"mmbench={eval_benchmarks.mmbench_tsv(root / 'MMBench_DEV_EN.tsv')}"]
-    hf_dir = sharp_hf_mistral(root / "hf")
-    import_hf(hf_dir, root / "mg", ParallelConfig(), tokenizer=default_tokenizer_path(), progress=False)
-    export = export_checkpoint(root / "mg", root / "export", progress=False)
-    return {"root": root, "data": data, "mg": root / "mg", "export": export}
+    return {"root": root, "data": data, "mg": sharp_mistral["mg"], "export": sharp_mistral["export"]}
 
 
 def _config(setup, name: str, **kw) -> EvalConfig:
@@ -65,7 +58,7 @@ def _read(cfg: EvalConfig) -> dict:
 
 @pytest.fixture(scope="module")
 def reports(setup):
-    """HF (in this process) and Megatron TP1 (a one-process world) reports, plain and chat templates."""
+    """HF and Megatron TP1 (a one-rank world) reports, plain and chat templates, all in this process."""
     hf = _config(setup, "hf", hf=str(setup["export"]))
     hf_chat = _config(setup, "hf_chat", hf=str(setup["export"]), template="chat", val_data=[], classify=None,
                       caption_images=[], benchmark=[])
@@ -74,7 +67,7 @@ def reports(setup):
                                    out=str(setup["root"] / "tp1_chat.json"))
     evaluate(hf)
     evaluate(hf_chat)
-    spawn(evaluate_worker, 1, [tp1, tp1_chat])
+    run_world(evaluate_worker, 1, [tp1, tp1_chat])
     return {name: _read(cfg) for name, cfg in (("hf", hf), ("hf_chat", hf_chat), ("tp1", tp1),
                                                 ("tp1_chat", tp1_chat))}
 
@@ -137,7 +130,7 @@ def test_tp2_through_torchrun_and_pp2_equal_tp1(setup, reports):
     assert run.stdout.count("val loss photos") == 1
     assert re.search(r"^MMBench \(loglik\) +circular accuracy", run.stdout, re.M)  # the paper's layout, printed
     pp2 = _config(setup, "pp2", checkpoint=str(setup["mg"]), parallel=ParallelConfig(pipeline_parallel=2))
-    spawn(evaluate_worker, 2, [pp2])
+    run_world(evaluate_worker, 2, [pp2])
     for name, cfg in (("TP2PP1DP1", tp2), ("TP1PP2DP1", pp2)):
         report = _read(cfg)
         assert report["model"]["layout"] == name

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,13 +26,12 @@ import pytest
 import torch
 
 from megatron_solo.config.evaluation import EvalConfig
-from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.evaluation.run import evaluate
 from tests.harness import eval_benchmarks as files
-from tests.harness.eval_workers import make_yes_no_export, sharp_hf_mistral
+from tests.harness.eval_workers import make_yes_no_export
 from tests.harness.paths import REPO
 
-pytestmark = pytest.mark.multiprocess  # the import starts a gloo world
+pytestmark = pytest.mark.multiprocess  # lmms-eval runs in processes of its own environment
 
 
 def _lmms_python() -> str:
@@ -84,17 +84,12 @@ def _our_prompts(export: Path, parquet: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """lmms-eval's python, the yes/no export (imported at TP1, exported, head rewritten) and the MME parquet."""
-    from megatron_solo.hf.exporter import export_checkpoint
-    from megatron_solo.hf.importer import import_hf
-    from megatron_solo.vocab import default_tokenizer_path
-
-    python = _lmms_python()
+def setup(request, tmp_path_factory):
+    """lmms-eval's python, the yes/no export (a copy of the session's ``sharp_mistral`` export, imported at TP1,
+    with its head rewritten) and the MME parquet."""
+    python = _lmms_python()  # before the shared model is asked for: a run without lmms-eval builds nothing
     root = tmp_path_factory.mktemp("lmms")
-    import_hf(sharp_hf_mistral(root / "hf"), root / "mg", ParallelConfig(), tokenizer=default_tokenizer_path(),
-              progress=False)
-    export = export_checkpoint(root / "mg", root / "export", progress=False)
+    export = shutil.copytree(request.getfixturevalue("sharp_mistral")["export"], root / "export")
     parquet = files.mme_parquet(root / "mme.parquet")
     make_yes_no_export(export, _our_prompts(export, parquet))
     return {"python": python, "root": root, "export": export, "parquet": parquet}

@@ -1,8 +1,13 @@
-"""Spawned workers for the checkpoint tests: train a converted model briefly, run it, gather logits."""
+"""Workers for the checkpoint tests: train a converted model briefly, run it, gather logits.
+
+Also :func:`one_rank_conversions_here`, which runs the conversions' one-rank worker worlds in this process.
+"""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -12,6 +17,25 @@ from megatron_solo.checkpoint.model_io import load_solo_model
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.hf.importer import quiet_workers
 from megatron_solo.platform import init_parallel
+from tests.harness.worlds import run_world
+
+
+@contextmanager
+def one_rank_conversions_here() -> Iterator[None]:
+    """Inside: import_hf / export_checkpoint run a one-rank worker world in this process, as run_world does.
+
+    The library starts a process even for one rank (torch and megatron-core imports: seconds each); the
+    worker's code, its user-error report and its outputs are the same in this process. Larger worlds are
+    still spawned, and the command-line tests keep the spawned one-rank path covered.
+    """
+    import megatron_solo.hf.workers as workers
+
+    spawned = workers.spawn
+    workers.spawn = run_world
+    try:
+        yield
+    finally:
+        workers.spawn = spawned
 
 
 def _gather_vocab(logits: torch.Tensor) -> torch.Tensor:
@@ -67,18 +91,17 @@ def train_and_predict(ckpt_root: str, out_root: str, inputs_file: str, steps: in
 
 
 def trained_export(ckpt_root: Path, work: Path, inputs: dict, steps: int, new_tokens: int) -> tuple[Path, dict]:
-    """Train ``ckpt_root`` briefly on ``inputs`` (a processor's output) in a worker, export it to Fuyu.
+    """Train ``ckpt_root`` briefly on ``inputs`` (a processor's output) in a one-rank world, export it to Fuyu.
 
     Returns (the export's folder, the Megatron model's logits and greedy continuation after training).
     """
     from megatron_solo.hf.exporter import export_checkpoint
     from megatron_solo.hf.processor import fuyu_image_key, fuyu_to_solo_patches
-    from megatron_solo.platform import spawn
 
     patches = fuyu_to_solo_patches(inputs[fuyu_image_key()])
     torch.save({"input_ids": inputs["input_ids"], "patches": patches}, work / "inputs.pt")
     trained = work / "trained"
-    spawn(train_and_predict, 1, str(ckpt_root), str(trained), str(work / "inputs.pt"), steps, new_tokens)
+    run_world(train_and_predict, 1, str(ckpt_root), str(trained), str(work / "inputs.pt"), steps, new_tokens)
     pred = torch.load(trained / "predictions.pt")
     return export_checkpoint(trained, work / "fuyu", progress=False), pred
 

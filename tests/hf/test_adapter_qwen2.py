@@ -14,12 +14,13 @@ from megatron_solo.hf.exporter import export_checkpoint
 from megatron_solo.hf.importer import import_hf
 from megatron_solo.hf.processor import SoloProcessor
 from megatron_solo.hf.source import ConversionError, read_hf_dir
-from megatron_solo.platform import spawn
 from megatron_solo.vocab import VPATCH_ID, default_tokenizer_path, load_tokenizer
 from tests.harness.ckpt_models import decoder_weights, load_safetensors_dir, save_hf, small_hf_model
 from tests.harness.ckpt_workers import megatron_logits, trained_export
+from tests.harness.worlds import run_world
 
-pytestmark = pytest.mark.multiprocess
+# The TP2 import and run start worker processes (gloo); one-rank worlds run in this process.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures("conversions_here")]
 
 TEXT_IDS = torch.tensor([[1, 415, 2936, 9060, 285, 1142, 28705, 28770, 28734, 28723, 851, 349, 264, 1369]])
 
@@ -51,7 +52,7 @@ def test_qwen2_logits_equal_transformers_at_tp1_and_tp2(qwen2, tmp_path, tp):
         mg = tmp_path / "mg_tp1"
         import_hf(hf_dir, mg, ParallelConfig(), tokenizer=default_tokenizer_path(), progress=False)
     torch.save(TEXT_IDS, tmp_path / "ids.pt")
-    spawn(megatron_logits, tp, str(mg), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt"), tp)
+    run_world(megatron_logits, tp, str(mg), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt"), tp)
     ours = torch.load(tmp_path / "logits.pt")[..., :32000]
     with torch.no_grad():
         ref = model(TEXT_IDS).logits
@@ -95,15 +96,15 @@ def test_qwen2_trained_as_solo_start_matches_its_fuyu_export(qwen2, tmp_path):
     assert torch.equal(out[:, inputs["input_ids"].shape[1]:], pred["greedy"])
 
 
-def test_qwen2_import_pretrains_as_a_solo_start_and_exports(qwen2, tmp_path):
+def test_qwen2_import_pretrains_as_a_solo_start_and_exports(qwen2, quickstart_shards, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from tests.harness import training as T
 
     _, hf_dir, mg, _ = qwen2
-    images, texts = T.build_shards(tmp_path)
+    images, texts = quickstart_shards
     run = tmp_path / "stage1"
-    spawn(T.run_init_job, 1, images, texts, str(run), 3, str(mg), str(tmp_path / "losses.json"))
+    run_world(T.run_init_job, 1, images, texts, str(run), 3, str(mg), str(tmp_path / "losses.json"))
     losses = json.loads((tmp_path / "losses.json").read_text())["losses"]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     model = json.loads((run / "solo_model.json").read_text())["model"]

@@ -16,8 +16,9 @@ from megatron_solo.vocab import VPATCH_ID, default_tokenizer_path, load_tokenize
 from tests.harness.ckpt_models import decoder_weights, load_safetensors_dir, save_hf, small_hf_model
 from tests.harness.ckpt_workers import trained_export
 
-# Conversions run in TP x PP worker processes (gloo); not part of the one-GPU check.
-pytestmark = pytest.mark.multiprocess
+# Conversions at TP x PP > 1 run in worker processes (gloo), one-rank ones in this process; not part of
+# the one-GPU check.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures("conversions_here")]
 
 SOLO_VOCAB = 32000 + 1029 + 2  # base + SOLO tokens + chat tokens
 
@@ -30,9 +31,9 @@ def _import(tmp, kind, tied=False, tp=2, pp=2):
 
 
 @pytest.fixture(scope="module")
-def mistral(tmp_path_factory):
-    """A random Mistral imported at TP2 PP2."""
-    return _import(tmp_path_factory.mktemp("mistral"), "mistral")
+def mistral(small_mistral_hf, small_mistral_tp2pp2):
+    """A random Mistral imported at TP2 PP2 (the session's, shared with other modules; read only)."""
+    return (small_mistral_hf, *small_mistral_tp2pp2)
 
 
 def _check_round_trip(hf_dir, export_dir, tied):

@@ -12,26 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.hf.exporter import EXPORT_META, IN_PROGRESS, export_checkpoint
-from megatron_solo.hf.importer import import_hf
 from megatron_solo.hf.source import ConversionError
-from megatron_solo.platform import spawn
-from megatron_solo.vocab import default_tokenizer_path
-from tests.harness.ckpt_models import load_safetensors_dir, save_hf, small_hf_model
+from tests.harness.ckpt_models import load_safetensors_dir
 from tests.harness.ckpt_workers import resave
+from tests.harness.worlds import run_world
 
-# Imports and exports run in worker processes (gloo); not part of the one-GPU check.
-pytestmark = pytest.mark.multiprocess
+# The shared TP2 PP2 import starts worker processes (gloo), the exports and the TP1 re-save run in this
+# process; not part of the one-GPU check.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures("conversions_here")]
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """A small Mistral imported at TP2: (save root, its iter_0000000 folder)."""
-    base = tmp_path_factory.mktemp("export_target")
-    hf = save_hf(small_hf_model("mistral", layers=2), base / "hf")
-    root = base / "runs" / "ckpt"
-    import_hf(hf, root, ParallelConfig(tensor_parallel=2), tokenizer=default_tokenizer_path(), progress=False)
+def saved(small_mistral_tp2pp2, tmp_path_factory):
+    """A small Mistral imported at TP2 PP2 (a copy of the session's, as the tests write beside it):
+    (save root, its iter_0000000 folder)."""
+    root = shutil.copytree(small_mistral_tp2pp2[0], tmp_path_factory.mktemp("export_target") / "runs" / "ckpt")
     return root, root / "iter_0000000"
 
 
@@ -105,10 +101,10 @@ def test_reexport_replaces_a_previous_export_and_survives_an_interrupted_one(sav
 
 
 def test_export_after_resuming_at_another_layout(saved, tmp_path):
-    """Saved at TP2 (solo_model.json says so), resumed and saved at TP1: the export reads the TP1 checkpoint."""
+    """Saved at TP2 PP2 (solo_model.json says so), resumed and saved at TP1: the export reads the TP1 checkpoint."""
     root = shutil.copytree(saved[0], tmp_path / "ckpt")
     assert json.loads((root / "solo_model.json").read_text())["tensor_parallel"] == 2
-    spawn(resave, 1, str(root), 1, 1)
+    run_world(resave, 1, str(root), 1, 1)
     meta = json.loads((root / "solo_model.json").read_text())
     assert (meta["tensor_parallel"], meta["pipeline_parallel"]) == (1, 1)
     out = export_checkpoint(root, tmp_path / "hf", progress=False)

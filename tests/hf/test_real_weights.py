@@ -14,13 +14,14 @@ from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.hf.exporter import export_checkpoint
 from megatron_solo.hf.importer import import_hf
 from megatron_solo.hf.source import ConversionError
-from megatron_solo.platform import spawn
 from tests.harness.ckpt_models import decoder_weights, load_safetensors_dir
 from tests.harness.ckpt_workers import megatron_logits
 from tests.harness.paths import REPO
+from tests.harness.worlds import run_world
 
-# Conversions run in TP x PP worker processes (gloo); not part of the one-GPU check.
-pytestmark = pytest.mark.multiprocess
+# The TP3 import and run start worker processes (gloo), the export runs in this process; the command-line
+# tools run as a user runs them. Not part of the one-GPU check.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures("conversions_here")]
 
 TEXT = "The capital of France is Paris. Photosynthesis turns sunlight, water and carbon dioxide into"
 
@@ -72,7 +73,7 @@ def test_smollm2_to_megatron_tp3_and_back(tmp_path):
 
     ids = torch.tensor([tok.encode(TEXT)])
     torch.save(ids, tmp_path / "ids.pt")
-    spawn(megatron_logits, 3, str(tmp_path / "mg"), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt"), 3)
+    run_world(megatron_logits, 3, str(tmp_path / "mg"), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt"), 3)
     ours = torch.load(tmp_path / "logits.pt")[..., :49152]
     with torch.no_grad():
         ref = hf(ids).logits
@@ -90,13 +91,12 @@ def test_smollm2_to_megatron_tp3_and_back(tmp_path):
 
 
 @pytest.mark.slow
-def test_command_line_tools(tmp_path):
+def test_command_line_tools(small_mistral_hf, tmp_path):
     from PIL import Image
 
     from megatron_solo.vocab import default_tokenizer_path
-    from tests.harness.ckpt_models import save_hf, small_hf_model
 
-    src = save_hf(small_hf_model("mistral", layers=2), tmp_path / "hf")
+    src = small_mistral_hf  # the session's small random Mistral; the tools only read it
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
 
     def run(tool, *args):
