@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -53,9 +54,9 @@ def run_spike_job(images: str, texts: str, save_dir: str | None, steps: int, spi
     from megatron_solo.training import forward_step as F
     from megatron_solo.training.loop import pretrain
 
-    if spike_at is not None:
-        F.solo_forward_step = _spiking_forward_step(spike_at, micro_batches=4)
-    summary = pretrain(guarded_job(images, texts, save_dir, steps, exit_after, **train))
+    forward = F.solo_forward_step if spike_at is None else _spiking_forward_step(spike_at, micro_batches=4)
+    with T.patched(F, "solo_forward_step", forward):
+        summary = pretrain(guarded_job(images, texts, save_dir, steps, exit_after, **train))
     _record(out, summary, save_dir)
 
 
@@ -79,8 +80,8 @@ def weights_of(images: str, texts: str, checkpoints: list[str], outs: list[str])
 
 
 def _slow_writer(iteration: int, on_rank: int, seconds: float, marker: str | None, usr1: bool):
-    """Patch megatron-core's background shard writer: on ``on_rank``, the write of ``iter_<iteration>`` first
-    leaves ``marker``, sends the trainer SIGUSR1 when ``usr1``, and sleeps ``seconds``."""
+    """megatron-core's background shard writer, patched: on ``on_rank``, the write of ``iter_<iteration>`` first
+    sends the trainer SIGUSR1 when ``usr1``, leaves ``marker``, and sleeps ``seconds``."""
     import torch
     from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
 
@@ -90,25 +91,55 @@ def _slow_writer(iteration: int, on_rank: int, seconds: float, marker: str | Non
     def write(transform_list, use_msc, rank, write_buckets, results_queue):
         folder = str(write_buckets[0][0]) if write_buckets else ""
         if f"iter_{iteration:07d}" in folder and torch.distributed.get_rank() == on_rank:
-            if marker:
-                Path(f"{marker}.{on_rank}").write_text(folder)
             if usr1:
                 os.kill(trainer, signal.SIGUSR1)
+            if marker:  # after the signal: a marker seen means the signal is sent
+                Path(f"{marker}.{on_rank}").write_text(folder)
             time.sleep(seconds)
         return real(transform_list, use_msc, rank, write_buckets, results_queue)
 
-    FileSystemWriterAsync.write_preloaded_data_multiproc = staticmethod(write)
+    return T.patched(FileSystemWriterAsync, "write_preloaded_data_multiproc", staticmethod(write))
+
+
+def _after_the_signal(iteration: int, sent: Path, micro_batches: int):
+    """solo_forward_step whose steps after ``iteration`` first wait (up to 300 s) for ``sent`` to exist.
+
+    The slowed write leaves ``sent`` once it has sent its USR1: the signal then lands during the step
+    after the save, not one or two steps later on a loaded machine.
+    """
+    from megatron_solo.training import forward_step as F
+
+    real, calls = F.solo_forward_step, [0]
+
+    def step(data_iterator, model):
+        calls[0] += 1
+        deadline = time.monotonic() + 300
+        while calls[0] > iteration * micro_batches and not sent.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return real(data_iterator, model)
+
+    return step
 
 
 def run_async_job(images: str, texts: str, save_dir: str, steps: int, slow: dict | None, out: str,
                   train: dict) -> None:
-    """Worker (DP2): small_job with --async-save, one rank's write of one checkpoint slowed; records the outcome."""
+    """Worker (DP2): small_job with --async-save, one rank's write of one checkpoint slowed; records the outcome.
+
+    When the slowed write sends USR1 and leaves a marker, the steps after its save wait for the marker.
+    """
     import torch
 
+    from megatron_solo.training import forward_step as F
     from megatron_solo.training.loop import pretrain
 
-    if slow is not None:
-        _slow_writer(**slow)
-    summary = pretrain(guarded_job(images, texts, save_dir, steps, None, async_save=True, **train))
+    job = guarded_job(images, texts, save_dir, steps, None, async_save=True, **train)
+    micro = job.train.global_batch_size // (job.train.micro_batch_size * torch.distributed.get_world_size())
+    with contextlib.ExitStack() as patches:
+        if slow is not None:
+            patches.enter_context(_slow_writer(**slow))
+        if slow is not None and slow["usr1"] and slow["marker"]:
+            gate = _after_the_signal(slow["iteration"], Path(f"{slow['marker']}.{slow['on_rank']}"), micro)
+            patches.enter_context(T.patched(F, "solo_forward_step", gate))
+        summary = pretrain(job)
     if torch.distributed.get_rank() == 0:
         _record(out, summary, save_dir)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 from megatron_solo.config import ParallelConfig
@@ -29,6 +31,17 @@ def build_shards(root: Path) -> tuple[str, str]:
     return images, texts
 
 
+@contextlib.contextmanager
+def patched(owner, name: str, value):
+    """``owner.name`` is ``value`` inside the block: a worker may run in the pytest process, or run again."""
+    real = vars(owner)[name]  # as stored: a class's staticmethod stays one
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, real)
+
+
 def small_job(images: str, texts: str, save_dir: str, steps: int, exit_after: int | None) -> JobConfig:
     """solo-tiny (real SOLO vocabulary), DP2 with the distributed optimizer, fp32."""
     train = recipe("stage1", seq_length=SEQ, global_batch_size=4, train_steps=steps, bf16=False, seed=5,
@@ -50,6 +63,27 @@ def run_job(images: str, texts: str, save_dir: str, steps: int, exit_after: int 
                        "resumed_from": summary.resumed_from, "preempted": summary.preempted}, f)
 
 
+def loop_runs(images: str, texts: str, root: str, steps: int) -> None:
+    """Worker: the loop test's four runs in one world, each recorded in ROOT/<name>.json as :func:`run_job` does.
+
+    ``straight`` runs ``steps`` steps; ``resumed`` stops after 2 (``first_half``), then ``copied`` is made: its
+    copy without the latest file (and ``iter2_before``, a copy of its iter_2 as it was before ``copied`` ran);
+    ``resumed`` goes on to ``steps`` (``second_half``) and ``copied`` runs from its newest checkpoint.
+    """
+    import torch
+
+    out = Path(root)
+    run_job(images, texts, str(out / "straight"), steps, None, str(out / "straight.json"))
+    run_job(images, texts, str(out / "resumed"), steps, 2, str(out / "first_half.json"))
+    if torch.distributed.get_rank() == 0:
+        shutil.copytree(out / "resumed", out / "copied")
+        (out / "copied" / "latest_checkpointed_iteration.txt").unlink()
+        shutil.copytree(out / "copied" / "iter_0000002", out / "iter2_before")
+    torch.distributed.barrier()
+    run_job(images, texts, str(out / "resumed"), steps, None, str(out / "second_half.json"))
+    run_job(images, texts, str(out / "copied"), steps, None, str(out / "copied.json"))
+
+
 def run_eval_job(images: str, texts: str, save_dir: str, steps: int, tp: int, pp: int, init_from: str | None,
                  out: str) -> None:
     """Worker: small_job with the training blend as eval data, validated every 2 steps; records the losses.
@@ -69,6 +103,12 @@ def run_eval_job(images: str, texts: str, save_dir: str, steps: int, tp: int, pp
     if summary.is_log_rank:
         with open(out, "w") as f:
             json.dump({"losses": summary.losses, "val_losses": summary.val_losses}, f)
+
+
+def run_eval_jobs(images: str, texts: str, steps: int, init_from: str, cases: list[tuple[str, int, int, str]]) -> None:
+    """Worker: :func:`run_eval_job` for each (save_dir, tp, pp, out) of ``cases``, one after another in one world."""
+    for save_dir, tp, pp, out in cases:
+        run_eval_job(images, texts, save_dir, steps, tp, pp, init_from, out)
 
 
 def run_init_job(images: str, texts: str, save_dir: str, steps: int, init_from: str, out: str) -> None:
@@ -137,13 +177,19 @@ def run_nan_job(images: str, texts: str, save_dir: str, steps: int, policy: str,
     from megatron_solo.training.guard import DivergenceError
     from megatron_solo.training.loop import pretrain
 
-    F.solo_forward_step = _nan_forward_step(at_call, on_rank=1)
     job = small_job(images, texts, save_dir, steps, None)
     job = dataclasses.replace(job, train=dataclasses.replace(job.train, save_interval=2, on_nonfinite=policy))
     record: dict = {"error": None}
     try:
-        summary = pretrain(job)
+        with patched(F, "solo_forward_step", _nan_forward_step(at_call, on_rank=1)):
+            summary = pretrain(job)
         record.update(iteration=summary.iteration, losses=summary.losses)
     except DivergenceError as err:
         record["error"] = str(err)
     Path(f"{out}.{torch.distributed.get_rank()}").write_text(json.dumps(record))
+
+
+def run_nan_jobs(images: str, texts: str, steps: int, cases: list[tuple[str, str, int, str]]) -> None:
+    """Worker: :func:`run_nan_job` for each (save_dir, policy, at_call, out) of ``cases``, in one world."""
+    for save_dir, policy, at_call, out in cases:
+        run_nan_job(images, texts, save_dir, steps, policy, at_call, out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,26 +21,25 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from tests.harness import training as T
-
-    root = tmp_path_factory.mktemp("async_save")
-    return root, T.build_shards(root)
+def shards(tmp_path_factory, world1, quickstart_shards):
+    return tmp_path_factory.mktemp("async_save"), quickstart_shards
 
 
 def _run(world, images, texts, save, steps, slow, out, **train) -> dict:
-    from megatron_solo.platform import spawn
+    """The async job on ``world`` ranks (one rank: in the pytest process, which gets the USR1)."""
     from tests.harness import guarded_run as G
+    from tests.harness.worlds import run_world
 
-    spawn(G.run_async_job, world, images, texts, str(save), steps, slow, str(out), train)
+    run_world(G.run_async_job, world, images, texts, str(save), steps, slow, str(out), train)
     return json.loads(Path(out).read_text())
 
 
 def test_a_usr1_stop_and_the_end_of_the_run_wait_for_the_write_in_flight(shards):
     root, (images, texts) = shards
     save = root / "usr1"
-    # iter_2's write takes 3 s more and sends USR1 as it starts: the run stops after step 3, saving it too
-    slow = {"iteration": 2, "on_rank": 0, "seconds": 3.0, "marker": None, "usr1": True}
+    # iter_2's write takes 3 s more and sends USR1 as it starts (step 3 waits for it to be sent): the run
+    # stops after step 3, saving it too
+    slow = {"iteration": 2, "on_rank": 0, "seconds": 3.0, "marker": str(root / "usr1_sent"), "usr1": True}
     first = _run(1, images, texts, save, 6, slow, root / "usr1_a.json", save_interval=2)
     assert first["preempted"] and first["iteration"] == 3
     assert first["latest"] == 3 and first["folders"] == ["iter_0000002", "iter_0000003"]
@@ -49,12 +49,23 @@ def test_a_usr1_stop_and_the_end_of_the_run_wait_for_the_write_in_flight(shards)
     assert second["latest"] == 6 and second["folders"] == [f"iter_000000{i}" for i in (2, 3, 4, 6)]
 
 
-_KILLED_RUN = """
+# One rank of the killed DP2 run, its rank and port from the environment: the ranks are started straight
+# from a shell (no launcher process to start, and one process group to kill).
+_KILLED_RANK = """
+import os
+
+import torch
+
+from megatron_solo.platform import init_distributed, teardown
 from tests.harness import guarded_run as G
-from megatron_solo.platform import spawn
 
 if __name__ == "__main__":
-    spawn(G.run_async_job, 2, {images!r}, {texts!r}, {save!r}, 6, {slow!r}, {out!r}, {{"save_interval": 2}})
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    init_distributed()
+    try:
+        G.run_async_job({images!r}, {texts!r}, {save!r}, 6, {slow!r}, {out!r}, {{"save_interval": 2}})
+    finally:
+        teardown()
 """
 
 
@@ -68,17 +79,22 @@ def _wait_for(predicate, seconds: float, what: str) -> None:
 
 def test_sigkill_during_an_async_write_resumes_from_the_previous_checkpoint(shards):
     from megatron_solo.checkpoint.layout import latest_iteration
+    from megatron_solo.platform import free_port
 
     root, (images, texts) = shards
     save, marker, log = root / "killed", root / "writing", root / "killed.log"
     # rank 1's write of iter_4 never ends; rank 0's ends at once: iter_4 must not become the latest
     slow = {"iteration": 4, "on_rank": 1, "seconds": 600.0, "marker": str(marker), "usr1": False}
-    script = root / "killed_run.py"
-    script.write_text(textwrap.dedent(_KILLED_RUN.format(images=images, texts=texts, save=str(save), slow=slow,
-                                                         out=str(root / "killed.json"))))
+    script = root / "killed_rank.py"
+    script.write_text(textwrap.dedent(_KILLED_RANK.format(images=images, texts=texts, save=str(save), slow=slow,
+                                                          out=str(root / "killed.json"))))
+    # the shell returns as soon as either rank does, so a rank that fails is seen at once
+    ranks = " & ".join(f"RANK={r} LOCAL_RANK={r} {shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+                       for r in range(2))
     with open(log, "w") as stdout:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env, stdout=stdout,
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+        proc = subprocess.Popen(["bash", "-c", f"{ranks} & wait -n"], cwd=REPO, env=env, stdout=stdout,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_for(lambda: Path(f"{marker}.1").exists() or proc.poll() is not None, 400, "the write of iter_4")

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from megatron_solo.platform import spawn
 from tests.harness import training as T
+from tests.harness.worlds import run_world
 
 pytestmark = pytest.mark.multiprocess
 
@@ -17,22 +17,26 @@ MICRO = 2  # micro-batches per step and rank: global batch 4 over DP2
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
+def runs(tmp_path_factory, quickstart_shards):
+    """Both 3-step runs in one DP2 world: "skip" with NaN at step 2, micro-batch 0 of rank 1 (--on-nonfinite
+    skip), then "stop" with NaN at step 3, micro-batch 1 of rank 1 (stop)."""
     root = tmp_path_factory.mktemp("guard")
-    return root, T.build_shards(root)
+    images, texts = quickstart_shards
+    cases = [(str(root / "skip"), "skip", MICRO, str(root / "skip.json")),
+             (str(root / "stop"), "stop", 2 * MICRO + 1, str(root / "stop.json"))]
+    run_world(T.run_nan_jobs, 2, images, texts, 3, cases)
+    return root
 
 
 def _outcomes(out) -> list[dict]:
     return [json.loads(open(f"{out}.{rank}").read()) for rank in range(2)]
 
 
-def test_a_nan_in_one_micro_batch_stops_every_rank_naming_its_data(shards):
+def test_a_nan_in_one_micro_batch_stops_every_rank_naming_its_data(runs):
     from megatron_solo.checkpoint.layout import latest_iteration
     from megatron_solo.checkpoint.train_state import read_train_state
 
-    root, (images, texts) = shards
-    save, out = root / "stop", str(root / "stop.json")
-    spawn(T.run_nan_job, 2, images, texts, str(save), 3, "stop", 2 * MICRO + 1, out)  # step 3, micro-batch 1
+    save, out = runs / "stop", str(runs / "stop.json")  # NaN at step 3, micro-batch 1
     errors = [o["error"] for o in _outcomes(out)]
     assert errors[0] == errors[1] and errors[0] is not None
     assert errors[0].startswith("iteration 3: not finite:") and "rank 1's micro-batch 1" in errors[0]
@@ -42,12 +46,10 @@ def test_a_nan_in_one_micro_batch_stops_every_rank_naming_its_data(shards):
     assert read_train_state(save / "iter_0000002").skipped_steps == 0
 
 
-def test_skip_leaves_the_step_without_its_update_and_counts_it(shards):
+def test_skip_leaves_the_step_without_its_update_and_counts_it(runs):
     from megatron_solo.checkpoint.train_state import read_train_state
 
-    root, (images, texts) = shards
-    save, out = root / "skip", str(root / "skip.json")
-    spawn(T.run_nan_job, 2, images, texts, str(save), 3, "skip", MICRO, out)  # step 2, micro-batch 0
+    save, out = runs / "skip", str(runs / "skip.json")  # NaN at step 2, micro-batch 0
     first = _outcomes(out)[0]
     assert first["error"] is None and first["iteration"] == 3
     assert math.isnan(first["losses"][1]) and all(math.isfinite(v) for v in first["losses"][::2])

@@ -10,21 +10,22 @@ import torch
 from safetensors.torch import load_file
 
 from megatron_solo.errors import UserInputError
-from megatron_solo.platform import spawn
 from tests.harness import training as T
 from tests.harness.paths import REPO, user_env
+from tests.harness.worlds import run_world
 
-pytestmark = pytest.mark.multiprocess
 
+@pytest.mark.slow
+def test_init_from_in_bf16_trains_the_loaded_weights(tmp_path, world1, quickstart_shards):
+    from tests.harness.guarded_run import weights_of
 
-def test_init_from_in_bf16_trains_the_loaded_weights(tmp_path):
-    images, texts = T.build_shards(tmp_path)
+    images, texts = quickstart_shards
     stage_a, stage_b = str(tmp_path / "stage_a"), str(tmp_path / "stage_b")
-    spawn(T.run_bf16_job, 1, images, texts, stage_a, 5, 2e-3, None)
+    run_world(T.run_bf16_job, 1, images, texts, stage_a, 5, 2e-3, None)
     # Built from another seed, then loaded from stage A; a step this small leaves the weights as loaded.
-    spawn(T.run_bf16_job, 1, images, texts, stage_b, 6, 1e-9, stage_a)
-    for name in ("stage_a", "stage_b"):
-        spawn(T.final_weights, 1, images, texts, str(tmp_path / name), str(tmp_path / f"{name}.safetensors"))
+    run_world(T.run_bf16_job, 1, images, texts, stage_b, 6, 1e-9, stage_a)
+    run_world(weights_of, 1, images, texts, [stage_a, stage_b],
+              [str(tmp_path / f"{name}.safetensors") for name in ("stage_a", "stage_b")])
     a, b = (load_file(tmp_path / f"{name}.safetensors") for name in ("stage_a", "stage_b"))
     assert a.keys() == b.keys() and len(a) > 10
     for key in a:
@@ -33,6 +34,7 @@ def test_init_from_in_bf16_trains_the_loaded_weights(tmp_path):
         torch.testing.assert_close(b[key], a[key], rtol=1e-2, atol=1e-4, msg=key)
 
 
+@pytest.mark.slow  # an HF model imported
 def test_init_from_is_checked_against_the_model_before_it_is_built(tmp_path):
     from megatron_solo.config import ParallelConfig
     from megatron_solo.config.job import JobConfig
@@ -54,6 +56,7 @@ def test_init_from_is_checked_against_the_model_before_it_is_built(tmp_path):
         job_model_config(job)
 
 
+@pytest.mark.multiprocess
 def test_a_failed_start_tears_its_process_world_down(tmp_path):
     script = (
         "import torch\n"

@@ -3,51 +3,50 @@
 from __future__ import annotations
 
 import json
-import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from megatron_solo.platform import spawn
 from tests.harness import training as T
-
-pytestmark = pytest.mark.multiprocess
+from tests.harness.worlds import run_world
 
 STEPS = 4
 
 
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One uninterrupted DP2 run of STEPS steps, and one stopped after 2 steps then resumed."""
+def runs(tmp_path_factory, world1, quickstart_shards):
+    """One uninterrupted DP2 run of STEPS steps, one stopped after 2 steps then resumed, and a copy of the
+    stopped run without its latest file, resumed: all in one DP2 world; the weights read back here."""
+    from tests.harness.guarded_run import weights_of
+
     root = tmp_path_factory.mktemp("loop")
-    images, texts = T.build_shards(root)
-    straight, resumed = str(root / "straight"), str(root / "resumed")
-    spawn(T.run_job, 2, images, texts, straight, STEPS, None, str(root / "straight.json"))
-    spawn(T.run_job, 2, images, texts, resumed, STEPS, 2, str(root / "first_half.json"))
-    copied = root / "copied"  # a copy that skipped the latest file: it must resume, never overwrite iter_2
-    shutil.copytree(resumed, copied)
-    (copied / "latest_checkpointed_iteration.txt").unlink()
-    iter2 = {p.relative_to(copied): p.read_bytes() for p in (copied / "iter_0000002").rglob("*") if p.is_file()}
-    spawn(T.run_job, 2, images, texts, resumed, STEPS, None, str(root / "second_half.json"))
-    spawn(T.run_job, 2, images, texts, str(copied), STEPS, None, str(root / "copied.json"))
-    iter2_after = {p.relative_to(copied): p.read_bytes() for p in (copied / "iter_0000002").rglob("*") if p.is_file()}
-    for name, ckpt in (("straight", straight), ("resumed", resumed)):
-        spawn(T.final_weights, 1, images, texts, ckpt, str(root / f"{name}.safetensors"))
+    images, texts = quickstart_shards
+    run_world(T.loop_runs, 2, images, texts, str(root), STEPS)
+    outs = [str(root / f"{name}.safetensors") for name in ("straight", "resumed")]
+    run_world(weights_of, 1, images, texts, [str(root / "straight"), str(root / "resumed")], outs)
     read = lambda name: json.loads((root / f"{name}.json").read_text())  # noqa: E731
     return {
         "straight": read("straight"), "first": read("first_half"), "second": read("second_half"),
-        "copied": read("copied"), "iter2_kept": iter2 == iter2_after,
-        "w_straight": load_file(str(root / "straight.safetensors")),
-        "w_resumed": load_file(str(root / "resumed.safetensors")),
+        "copied": read("copied"),
+        # the copy must resume, never overwrite its iter_2
+        "iter2_kept": _files(root / "iter2_before") == _files(root / "copied" / "iter_0000002"),
+        "w_straight": load_file(outs[0]), "w_resumed": load_file(outs[1]),
     }
 
 
+@pytest.mark.multiprocess
 def test_loss_goes_down(runs):
     losses = runs["straight"]["losses"]
     assert len(losses) == STEPS and losses[-1] < losses[0]
 
 
+@pytest.mark.multiprocess
 def test_stop_and_resume_loses_no_step(runs):
     first, second = runs["first"], runs["second"]
     assert first["preempted"] and first["iteration"] == 2
@@ -58,6 +57,7 @@ def test_stop_and_resume_loses_no_step(runs):
         torch.testing.assert_close(runs["w_resumed"][k], v, rtol=1e-6, atol=1e-7), k
 
 
+@pytest.mark.multiprocess
 def test_a_save_folder_without_its_latest_file_resumes_from_its_newest_checkpoint(runs):
     assert runs["copied"]["resumed_from"] == 2 and runs["copied"]["losses"] == runs["second"]["losses"]
     assert runs["iter2_kept"]

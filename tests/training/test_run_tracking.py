@@ -7,13 +7,12 @@ import re
 
 import pytest
 
-from megatron_solo.platform import spawn
 from megatron_solo.training.curve import CURVE_FILE, read_scalars
 from megatron_solo.training.profiling import PROFILE_SUBDIR
 from megatron_solo.training.progress import RANK_TIME_TAGS
-from tests.harness import training as T
 from tests.harness.tracked_run import SLOW_RANK, SLOW_SECONDS, tracked_job
 from tests.harness.wandb_files import offline_runs
+from tests.harness.worlds import run_world
 
 pytestmark = pytest.mark.multiprocess
 pytest.importorskip("wandb")
@@ -22,15 +21,15 @@ STEPS = 3  # attempt 1 stops after step 2, attempt 2 resumes for step 3 (profile
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, quickstart_shards):
     """Both attempts' outputs, their stdout, and the folders they wrote."""
     root = tmp_path_factory.mktemp("tracked")
-    images, texts = T.build_shards(root)
+    images, texts = quickstart_shards
     mp = pytest.MonkeyPatch()
     mp.setenv("WANDB_MODE", "offline")
     mp.setenv("WANDB_SILENT", "true")
     try:
-        spawn(tracked_job, 2, images, texts, str(root), STEPS, 2)
+        run_world(tracked_job, 2, images, texts, str(root), STEPS, 2)
     finally:
         mp.undo()
     read = lambda name: json.loads((root / f"{name}.json").read_text())  # noqa: E731

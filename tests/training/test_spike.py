@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from megatron_solo.checkpoint.train_state import TrainState
 from megatron_solo.config.train import OptimConfig, TrainConfig
 from megatron_solo.training.spike import SpikePolicy, robust_level
+from tests.harness.worlds import run_world
 
 # the runs below: detection from step 5 (warm-up 1, window 3); a wide margin: only the injected 30x is a spike
 SPIKE = dict(spike_window=3, spike_mad_factor=100.0)
@@ -55,32 +56,28 @@ def test_off_never_looks():
     assert policy.check(5, 1e9, state) is None and state.spikes == 0
 
 
-# ---- real runs: solo-tiny on one process, global batch 4 (4 packs a step), a spike injected at step 5
+# ---- real runs: solo-tiny on one process (the pytest process), global batch 4 (4 packs a step), a spike
+# injected at step 5
 
-pytestmark_runs = pytest.mark.multiprocess
+pytestmark_runs = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from tests.harness import training as T
-
-    root = tmp_path_factory.mktemp("spike")
-    return root, T.build_shards(root)
+def shards(tmp_path_factory, world1, quickstart_shards):
+    return tmp_path_factory.mktemp("spike"), quickstart_shards
 
 
 def _run(root, images, texts, name, steps, spike_at, exit_after, save_dir=None, **train):
-    from megatron_solo.platform import spawn
     from tests.harness import guarded_run as G
 
     out = root / f"{name}.json"
-    spawn(G.run_spike_job, 1, images, texts, save_dir, steps, spike_at, exit_after, str(out), train)
+    run_world(G.run_spike_job, 1, images, texts, save_dir, steps, spike_at, exit_after, str(out), train)
     return json.loads(out.read_text())
 
 
 @pytestmark_runs
 def test_skip_leaves_the_spiking_step_without_its_update_and_names_its_data(shards, capfd):
     from megatron_solo.checkpoint.train_state import read_train_state
-    from megatron_solo.platform import spawn
     from tests.harness import guarded_run as G
 
     root, (images, texts) = shards
@@ -93,7 +90,7 @@ def test_skip_leaves_the_spiking_step_without_its_update_and_names_its_data(shar
     state = read_train_state(save / "iter_0000005")
     assert (state.spikes, state.skipped_steps, state.rewinds) == (1, 1, 0)
     outs = [str(root / "skip4.safetensors"), str(root / "skip5.safetensors")]
-    spawn(G.weights_of, 1, images, texts, [str(save / "iter_0000004"), str(save / "iter_0000005")], outs)
+    run_world(G.weights_of, 1, images, texts, [str(save / "iter_0000004"), str(save / "iter_0000005")], outs)
     before, after = load_file(outs[0]), load_file(outs[1])
     assert all(torch.equal(before[k], after[k]) for k in before)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -112,7 +109,6 @@ def test_rewind_reruns_from_the_checkpoint_skipping_the_data_and_resumes_bit_exa
     skip an operator would make), resumed to 7.
     """
     from megatron_solo.checkpoint.train_state import read_train_state, write_train_state
-    from megatron_solo.platform import spawn
     from tests.harness import guarded_run as G
 
     root, (images, texts) = shards
@@ -134,6 +130,6 @@ def test_rewind_reruns_from_the_checkpoint_skipping_the_data_and_resumes_bit_exa
     assert final.skipped_data == [[12, 20]] and (final.spikes, final.rewinds, final.skipped_steps) == (1, 1, 1)
     assert final.data.consumed_packs == 36
     outs = [str(root / "rewound.safetensors"), str(root / "reference.safetensors")]
-    spawn(G.weights_of, 1, images, texts, [str(rewound), str(reference)], outs)
+    run_world(G.weights_of, 1, images, texts, [str(rewound), str(reference)], outs)
     got, want = load_file(outs[0]), load_file(outs[1])
     assert all(torch.equal(got[k], want[k]) for k in want)

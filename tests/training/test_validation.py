@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from megatron_solo.platform import spawn
 from tests.harness import training as T
+from tests.harness.worlds import run_world
 
 pytestmark = pytest.mark.multiprocess
 
@@ -16,18 +16,20 @@ STEPS = 4  # validated after steps 2 and 4
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The same job (eval data = the training blend) on one process, at DP2 and at PP2, from the same weights."""
+def runs(tmp_path_factory, world1, quickstart_shards):
+    """The same job (eval data = the training blend) on one process, at DP2 and at PP2, from the same weights.
+
+    The initial weights and the one-process run train here, in the pytest process; DP2 and PP2 share one
+    two-process world.
+    """
     root = tmp_path_factory.mktemp("validation")
-    images, texts = T.build_shards(root)
+    images, texts = quickstart_shards
     init = str(root / "init")
-    spawn(T.run_eval_job, 1, images, texts, init, 1, 1, 1, None, str(root / "init.json"))
-    out = {}
-    for name, world, tp, pp in (("single", 1, 1, 1), ("dp2", 2, 1, 1), ("pp2", 2, 1, 2)):
-        spawn(T.run_eval_job, world, images, texts, str(root / name), STEPS, tp, pp, init,
-              str(root / f"{name}.json"))
-        out[name] = json.loads((root / f"{name}.json").read_text())
-    return out
+    run_world(T.run_eval_job, 1, images, texts, init, 1, 1, 1, None, str(root / "init.json"))
+    run_world(T.run_eval_job, 1, images, texts, str(root / "single"), STEPS, 1, 1, init, str(root / "single.json"))
+    run_world(T.run_eval_jobs, 2, images, texts, STEPS, init,
+              [(str(root / name), 1, pp, str(root / f"{name}.json")) for name, pp in (("dp2", 1), ("pp2", 2))])
+    return {name: json.loads((root / f"{name}.json").read_text()) for name in ("single", "dp2", "pp2")}
 
 
 def test_val_losses_at_the_interval_and_the_end(runs):
