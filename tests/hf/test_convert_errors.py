@@ -14,13 +14,12 @@ from megatron_solo.hf.exporter import export_checkpoint
 from megatron_solo.hf.importer import import_hf
 from megatron_solo.hf.source import ConversionError
 from megatron_solo.vocab import TokenizerMismatchError, check_solo_tokens, default_tokenizer_path
-from tests.harness.ckpt_models import save_hf, small_hf_model
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    """A small random Mistral saved in two or more shards."""
-    return save_hf(small_hf_model("mistral", layers=2), tmp_path_factory.mktemp("hf") / "m", max_shard_size="2MB")
+def hf_dir(small_mistral_hf):
+    """A small random Mistral saved in two or more shards (the session's; tests edit copies)."""
+    return small_mistral_hf
 
 
 def _copy(src, dst):
@@ -88,13 +87,14 @@ def test_tokenizer_without_solo_tokens(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def imported(hf_dir, tmp_path_factory):
-    """hf_dir imported at TP2 PP1."""
+def imported(hf_dir, conversions_here, tmp_path_factory):
+    """hf_dir imported at TP2 PP1 (a two-rank world); the exports of the tests that read it run in this process."""
     out = tmp_path_factory.mktemp("mg") / "ckpt"
     import_hf(hf_dir, out, ParallelConfig(tensor_parallel=2), tokenizer=default_tokenizer_path(), progress=False)
     return out
 
 
+@pytest.mark.multiprocess
 def test_solo_release_with_plain_tokenizer(imported, tmp_path):
     release = export_checkpoint(imported, tmp_path / "solo", fmt="solo", progress=False)
     for f in release.glob("tokenizer*"):
@@ -105,11 +105,13 @@ def test_solo_release_with_plain_tokenizer(imported, tmp_path):
         import_hf(release, tmp_path / "again", progress=False)
 
 
+@pytest.mark.multiprocess
 def test_export_with_tokenizer_lacking_solo_tokens(imported, tmp_path):
     with pytest.raises(TokenizerMismatchError, match=r"solo_tokenizer\.json: missing"):
         export_checkpoint(imported, tmp_path / "out", tokenizer_dir=_plain_tokenizer_dir(tmp_path), progress=False)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("field,value", [("tensor_parallel", 4), ("pipeline_parallel", 2)])
 def test_the_checkpoints_own_layout_wins_over_the_save_roots(imported, tmp_path, field, value):
     ckpt = _copy(imported, tmp_path / "ckpt")
@@ -119,6 +121,7 @@ def test_the_checkpoints_own_layout_wins_over_the_save_roots(imported, tmp_path,
     assert export_checkpoint(ckpt, tmp_path / "out", progress=False).is_dir()
 
 
+@pytest.mark.multiprocess
 def test_model_config_not_matching_checkpoint(imported, tmp_path):
     ckpt = _copy(imported, tmp_path / "ckpt")
     meta = json.loads((ckpt / "solo_model.json").read_text())

@@ -39,6 +39,23 @@ def _smollm2_gguf() -> Path:
     return files[0]
 
 
+def _read_gguf_once(monkeypatch) -> None:
+    """transformers parses the GGUF file's metadata (49k-token vocabulary, merges) anew for the config, the
+    weights and the tokenizer, seconds each; the file is read only, so one reader serves all three."""
+    import gguf
+
+    readers: dict = {}
+    read = gguf.GGUFReader
+
+    def reader(path, mode="r"):
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = read(path, mode)
+        return readers[key]
+
+    monkeypatch.setattr(gguf, "GGUFReader", reader)
+
+
 def _save_dequantized(model, directory: Path) -> None:
     """Write the de-quantized GGUF model as a plain safetensors HF directory (save_pretrained refuses GGUF)."""
     import json
@@ -55,10 +72,11 @@ def _save_dequantized(model, directory: Path) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_to_megatron_tp3_and_back(tmp_path):
+def test_smollm2_to_megatron_tp3_and_back(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = _smollm2_gguf()
+    _read_gguf_once(monkeypatch)
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     src = tmp_path / "smollm2"
