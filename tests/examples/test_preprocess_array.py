@@ -50,21 +50,17 @@ def _files(folder) -> dict:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("shard-*")) if p.is_file()}
 
 
-def test_array_of_three_equals_one_process_run(tmp_path):
+def test_array_of_three_equals_one_process_run(tmp_path, slurm_cluster):
     folder, names = classification_folder(tmp_path / "photos" / "train")
     args = ["--kind", "classification", "--input", str(folder), "--class-names", str(names), "--shard-size", "2",
             "--holdout", "3", "--max-skip-share", "1"]
-    cluster = SlurmCluster(tmp_path / "slurm")
-    cluster.start()
-    try:
-        job = cluster.sbatch(SCRIPT, *args, "--output", "shards", cwd=tmp_path, options=("--array=0-2",))
-        _wait_array(cluster, job, timeout=400)
-        logs = _logs(tmp_path, job)
-        parts = [_last_json(log) for log in logs]
-        assert sorted(p["part"] for p in parts) == ["0/3", "1/3", "2/3"], logs
-        assert cluster.node_state() == "idle"  # not drained (the trap: COMPLETED with nothing done)
-    finally:
-        cluster.stop()
+    cluster = slurm_cluster
+    job = cluster.sbatch(SCRIPT, *args, "--output", "shards", cwd=tmp_path, options=("--array=0-2",))
+    _wait_array(cluster, job, timeout=400)
+    logs = _logs(tmp_path, job)
+    parts = [_last_json(log) for log in logs]
+    assert sorted(p["part"] for p in parts) == ["0/3", "1/3", "2/3"], logs
+    assert cluster.node_state() == "idle"  # not drained (the trap: COMPLETED with nothing done)
     shards = tmp_path / "shards"
     whole = tmp_path / "whole"
     preprocess(PreprocessConfig(kind="classification", inputs=[str(folder)], class_names=str(names), shard_size=2,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.paths import REPO
-from tests.harness.slurm_cluster import SlurmCluster, slurm_available
+from tests.harness.slurm_cluster import slurm_available
 
 pytestmark = [
     pytest.mark.multiprocess,
@@ -22,12 +22,9 @@ SCRIPT = str(SLURM / "cpu_smoke.sbatch")
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Slurm daemons for this module."""
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    c.start()
-    yield c
-    c.stop()
+def cluster(slurm_cluster):
+    """The session's Slurm daemons."""
+    return slurm_cluster
 
 
 @pytest.fixture(scope="module")

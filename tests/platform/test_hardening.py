@@ -171,10 +171,8 @@ def train_tp2_one_query_group(images: str, texts: str, save_dir: str, out: str) 
 
 
 @pytest.mark.multiprocess
-def test_tp2_trains_with_one_query_group(tmp_path):
-    from tests.harness import training as T
-
-    images, texts = T.build_shards(tmp_path)
+def test_tp2_trains_with_one_query_group(tmp_path, quickstart_shards):
+    images, texts = quickstart_shards
     out = tmp_path / "run.json"
     spawn(train_tp2_one_query_group, 2, images, texts, str(tmp_path / "ckpt"), str(out))
     run = json.loads(out.read_text())
