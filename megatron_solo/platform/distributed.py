@@ -114,6 +114,32 @@ def init_distributed(timeout_minutes: int = 10) -> tuple[int, int]:
     return rank, world
 
 
+# The process groups megatron-core made for the current layout (see _destroy_layout).
+_LAYOUT_GROUPS: list[dist.ProcessGroup] = []
+
+
+def _group_map() -> dict:
+    return dist.distributed_c10d._world.pg_map
+
+
+def _destroy_layout() -> None:
+    """Forget megatron-core's groups and destroy them.
+
+    megatron-core's destroy_model_parallel only drops its references; each group it made stays
+    registered with torch.distributed with its own communication threads (about 50 threads per
+    layout with gloo), so a process that changes layout (a test, a worker trying several) would
+    gather them.
+    """
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    while _LAYOUT_GROUPS:
+        group = _LAYOUT_GROUPS.pop()
+        if group in _group_map():
+            dist.destroy_process_group(group)
+
+
 def init_parallel(cfg: ParallelConfig, seed: int = 1234) -> int:
     """Create megatron-core's TP/PP/DP groups for ``cfg`` and seed its RNG tracker; return DP size."""
     from megatron.core import parallel_state
@@ -128,23 +154,21 @@ def init_parallel(cfg: ParallelConfig, seed: int = 1234) -> int:
             "sequence_parallel needs Transformer Engine or Apex norms and a GPU; "
             "megatron-core's local spec refuses it on CPU"
         )
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+    _destroy_layout()
+    before = set(_group_map())
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=cfg.tensor_parallel,
         pipeline_model_parallel_size=cfg.pipeline_parallel,
         virtual_pipeline_model_parallel_size=cfg.vpp,
     )
+    _LAYOUT_GROUPS.extend(group for group in _group_map() if group not in before)
     model_parallel_cuda_manual_seed(seed)
     return data_parallel
 
 
 def teardown() -> None:
     """Destroy megatron-core's groups and the process group (safe to call twice)."""
-    from megatron.core import parallel_state
-
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+    _destroy_layout()
     if dist.is_initialized():
         dist.destroy_process_group()
 

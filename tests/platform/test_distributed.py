@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +107,20 @@ def test_one_process_world_leaves_the_environment_to_child_tools():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "(0, 1) []"  # a later tool must not see RANK=0
+
+
+def test_a_new_layout_destroys_the_groups_of_the_last(world1):
+    """megatron-core's own destroy only forgets its groups; each keeps its gloo threads alive."""
+    import torch.distributed as dist
+
+    from megatron_solo.platform import init_parallel
+
+    def counts() -> tuple[int, int]:  # (groups registered, this process's threads); no group held here
+        return len(dist.distributed_c10d._world.pg_map), len(list(Path("/proc/self/task").iterdir()))
+
+    init_parallel(ParallelConfig())
+    first = counts()
+    assert first[0] > 2  # megatron-core made its groups
+    for _ in range(3):
+        init_parallel(ParallelConfig())
+        assert counts() == first
