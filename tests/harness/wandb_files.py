@@ -21,6 +21,7 @@ class OfflineRun:
     project: str
     name: str
     config: dict
+    started: str  # the start time W&B recorded, ISO 8601 to the microsecond (a resume has its own)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # tag -> (step, value)
 
 
@@ -34,14 +35,19 @@ def _records(path: Path) -> list[dict]:
 
 
 def offline_runs(root: str | Path) -> list[OfflineRun]:
-    """Every offline run under ``root`` (ROOT/wandb/offline-run-*), oldest first."""
+    """Every offline run under ``root`` (ROOT/wandb/offline-run-*), oldest first.
+
+    Ordered by the start time in the run record: the folder names hold whole seconds, and two runs
+    started within one second would sort by their random ids.
+    """
     runs = []
     for folder in sorted(Path(root).glob("wandb/offline-run-*")):
         (path,) = folder.glob("run-*.wandb")
         records = _records(path)
         (run,) = [r["run"] for r in records if r["type"] == "run"]
         config = (run.get("config") or {}).get("update", {})
-        found = OfflineRun(folder, run["run_id"], run["project"], run.get("display_name", ""), config)
+        found = OfflineRun(folder, run["run_id"], run["project"], run.get("display_name", ""), config,
+                           run["start_time"])
         for r in records:
             if r["type"] != "history":
                 continue
@@ -50,4 +56,4 @@ def offline_runs(root: str | Path) -> list[OfflineRun]:
                 if not tag.startswith("_"):  # W&B's own _step, _runtime, _timestamp
                     found.history.setdefault(tag, []).append((step, value))
         runs.append(found)
-    return runs
+    return sorted(runs, key=lambda r: r.started)
