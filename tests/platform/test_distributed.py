@@ -96,6 +96,7 @@ def test_srun_task_variables_become_the_process_group(monkeypatch):
         env_from_slurm()
 
 
+@pytest.mark.multiprocess  # a child interpreter is what it checks
 def test_one_process_world_leaves_the_environment_to_child_tools():
     import os
     import subprocess
