@@ -182,12 +182,6 @@ def reshard_round_trip(root: str) -> None:
         save_checkpoint(os.path.join(root, name), TrainState(iteration=1), chunks)
 
 
-def train_layout_sets(sets: list[tuple[list, str, bool]], init_dir: str, kind: str = "gpt") -> None:
-    """Worker: :func:`train_layouts` for each (layouts, out_root, corrupt) of ``sets``, in one world."""
-    for layouts, out_root, corrupt in sets:
-        train_layouts(layouts, init_dir, out_root, corrupt, kind)
-
-
 def run_layouts(root, kind: str, worlds: dict[int, list], corrupt_tp2: bool = False) -> dict:
     """Train the reference and every layout in ``worlds`` (world size -> layouts) from one init.
 
@@ -200,17 +194,17 @@ def run_layouts(root, kind: str, worlds: dict[int, list], corrupt_tp2: bool = Fa
 
     from safetensors.torch import load_file
 
-    from tests.harness.worlds import run_world
+    from tests.harness.worlds import each_case, run_world
 
     root = Path(root)
     init = str(root / "init")
     run_world(save_initial, 1, init, kind)
     run_world(train_layouts, 1, [(1, 1, None)], init, str(root), False, kind)
     names = ["TP1PP1DP1"]
-    corrupt = {2: [([(2, 1, None)], str(root / "corrupt"), True)]} if corrupt_tp2 else {}
+    corrupt = {2: [([(2, 1, None)], init, str(root / "corrupt"), True, kind)]} if corrupt_tp2 else {}
     for world in sorted(set(worlds) | set(corrupt)):
         layouts = worlds.get(world, [])
-        run_world(train_layout_sets, world, [(layouts, str(root), False), *corrupt.get(world, [])], init, kind)
+        run_world(each_case, world, train_layouts, [(layouts, init, str(root), False, kind), *corrupt.get(world, [])])
         names += [ParallelConfig(tp, pp, vp).describe(world) for tp, pp, vp in layouts]
     names += ["corrupt/TP2PP1DP1"] if corrupt_tp2 else []
     out = {}

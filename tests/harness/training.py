@@ -105,12 +105,6 @@ def run_eval_job(images: str, texts: str, save_dir: str, steps: int, tp: int, pp
             json.dump({"losses": summary.losses, "val_losses": summary.val_losses}, f)
 
 
-def run_eval_jobs(images: str, texts: str, steps: int, init_from: str, cases: list[tuple[str, int, int, str]]) -> None:
-    """Worker: :func:`run_eval_job` for each (save_dir, tp, pp, out) of ``cases``, one after another in one world."""
-    for save_dir, tp, pp, out in cases:
-        run_eval_job(images, texts, save_dir, steps, tp, pp, init_from, out)
-
-
 def run_init_job(images: str, texts: str, save_dir: str, steps: int, init_from: str, out: str) -> None:
     """Worker: small_job started from ``init_from`` (its model, not the preset's), recording the losses."""
     from megatron_solo.training.loop import pretrain
@@ -188,8 +182,3 @@ def run_nan_job(images: str, texts: str, save_dir: str, steps: int, policy: str,
         record["error"] = str(err)
     Path(f"{out}.{torch.distributed.get_rank()}").write_text(json.dumps(record))
 
-
-def run_nan_jobs(images: str, texts: str, steps: int, cases: list[tuple[str, str, int, str]]) -> None:
-    """Worker: :func:`run_nan_job` for each (save_dir, policy, at_call, out) of ``cases``, in one world."""
-    for save_dir, policy, at_call, out in cases:
-        run_nan_job(images, texts, save_dir, steps, policy, at_call, out)

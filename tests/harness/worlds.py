@@ -24,3 +24,9 @@ def run_world(fn: Callable[..., Any], world_size: int, *args: Any) -> None:
     if dist.get_world_size() != 1:
         raise RuntimeError("run_world(fn, 1) needs this process's one-rank world, not a larger one")
     fn(*args)
+
+
+def each_case(fn: Callable[..., Any], cases: list[tuple]) -> None:
+    """Worker: ``fn(*case)`` for each of ``cases``, one after another, so one world runs them all."""
+    for case in cases:
+        fn(*case)

@@ -23,7 +23,7 @@ from megatron_solo.training.optimizer import build_optimizer, build_scheduler
 from megatron_solo.training.step import train_step
 from tests.harness import layouts as H
 from tests.harness import solo_batches as SB
-from tests.harness.worlds import run_world
+from tests.harness.worlds import each_case, run_world
 
 pytestmark = pytest.mark.multiprocess
 
@@ -38,12 +38,6 @@ def _micro_batches(step: int) -> list[dict]:
         p = SB.pack(g, SEQ)
         packs.append({k: (v[0] if k in ("tokens", "labels", "loss_mask", "position_ids") else v) for k, v in p.items()})
     return [collate_packs(packs[i:i + MICRO]) for i in range(0, GLOBAL, MICRO)]
-
-
-def train_formats(init_dir: str, runs: list[tuple[str, int, int, str]]) -> None:
-    """Worker: :func:`train_format` for each (out_dir, tp, pp, packed_format) of ``runs``, in one world."""
-    for out_dir, tp, pp, packed_format in runs:
-        train_format(init_dir, out_dir, tp, pp, packed_format)
 
 
 def train_format(init_dir: str, out_dir: str, tp: int, pp: int, packed_format: str) -> None:
@@ -81,8 +75,8 @@ def runs(tmp_path_factory):
     run_world(H.save_initial, 1, init, "solo")
     plan = {"sbhd": (1, 1, "sbhd"), "thd": (1, 1, "thd"), "thd_TP2": (2, 1, "thd"), "thd_PP2": (1, 2, "thd")}
     for world in (1, 2):  # one world per size, running each of its layouts in turn
-        run_world(train_formats, world, init, [(str(root / name), tp, pp, fmt)
-                                               for name, (tp, pp, fmt) in plan.items() if tp * pp == world])
+        run_world(each_case, world, train_format, [(init, str(root / name), tp, pp, fmt)
+                                                   for name, (tp, pp, fmt) in plan.items() if tp * pp == world])
     out = {}
     for name in [*plan, "init"]:
         weights = str(root / f"{name}.safetensors")

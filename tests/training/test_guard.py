@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.harness import training as T
-from tests.harness.worlds import run_world
+from tests.harness.worlds import each_case, run_world
 
 pytestmark = pytest.mark.multiprocess
 
@@ -22,9 +22,9 @@ def runs(tmp_path_factory, quickstart_shards):
     skip), then "stop" with NaN at step 3, micro-batch 1 of rank 1 (stop)."""
     root = tmp_path_factory.mktemp("guard")
     images, texts = quickstart_shards
-    cases = [(str(root / "skip"), "skip", MICRO, str(root / "skip.json")),
-             (str(root / "stop"), "stop", 2 * MICRO + 1, str(root / "stop.json"))]
-    run_world(T.run_nan_jobs, 2, images, texts, 3, cases)
+    cases = [(images, texts, str(root / "skip"), 3, "skip", MICRO, str(root / "skip.json")),
+             (images, texts, str(root / "stop"), 3, "stop", 2 * MICRO + 1, str(root / "stop.json"))]
+    run_world(each_case, 2, T.run_nan_job, cases)
     return root
 
 

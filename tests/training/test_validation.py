@@ -8,7 +8,7 @@ import math
 import pytest
 
 from tests.harness import training as T
-from tests.harness.worlds import run_world
+from tests.harness.worlds import each_case, run_world
 
 pytestmark = pytest.mark.multiprocess
 
@@ -27,8 +27,8 @@ def runs(tmp_path_factory, world1, quickstart_shards):
     init = str(root / "init")
     run_world(T.run_eval_job, 1, images, texts, init, 1, 1, 1, None, str(root / "init.json"))
     run_world(T.run_eval_job, 1, images, texts, str(root / "single"), STEPS, 1, 1, init, str(root / "single.json"))
-    run_world(T.run_eval_jobs, 2, images, texts, STEPS, init,
-              [(str(root / name), 1, pp, str(root / f"{name}.json")) for name, pp in (("dp2", 1), ("pp2", 2))])
+    run_world(each_case, 2, T.run_eval_job, [(images, texts, str(root / name), STEPS, 1, pp, init, str(root / f"{name}.json"))
+                                             for name, pp in (("dp2", 1), ("pp2", 2))])
     return {name: json.loads((root / f"{name}.json").read_text()) for name in ("single", "dp2", "pp2")}
 
 
