@@ -57,6 +57,7 @@ def test_user_error_inside_a_worker_keeps_its_class_and_message():
 
 
 # ----------------------------------------------------------------------------- the tools
+@pytest.mark.multiprocess  # the real entry points, each in a process of its own
 @pytest.mark.parametrize("tool,env", [
     ("convert_hf_to_megatron.py", {"TORCHELASTIC_RUN_ID": "abc", "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}),
     ("export_to_hf.py", {"RANK": "1", "WORLD_SIZE": "2"}),
