@@ -5,7 +5,7 @@ Examples:
   torchrun --nproc-per-node 2 tools/evaluate.py --checkpoint ckpt/stage1 --tensor-parallel 2 \\
       --val-data shards/imagenet/heldout:imagenet shards/text/heldout:text --classify shards/imagenet/heldout \\
       --mcq mmstar.jsonl --caption-images cat.jpg --out report.json
-  python tools/evaluate.py --hf solo-hf --benchmark mme=MME.tsv pope=POPE.parquet mmbench=MMBench_DEV_EN.tsv \
+  python tools/evaluate.py --hf solo-hf --benchmark MME.tsv MMBench_DEV_EN.tsv pope=test-00000-of-00001.parquet \
       --benchmark-mode both --out bench.json
   python tools/evaluate.py --hf solo-hf --val-data shards/imagenet/heldout --out report_hf.json
 """
@@ -28,7 +28,10 @@ COMMAND = Command(__doc__, Section(
     EvalConfig, skip=TRAINING_LAYOUT, one_of=("checkpoint", "hf"),
     choices={"dtype": sorted(DTYPES), "mcq_mode": MODES, "benchmark_mode": MODES, "template": TEMPLATES},
     help={"benchmark": "benchmark files as VLMEvalKit (TSV) or lmms-eval (parquet, saved datasets folder) "
-                       f"distribute them, or JSONL: NAME=PATH, NAME one of {', '.join(BENCHMARKS)}"},
+                       f"distribute them, or JSONL: NAME=PATH, NAME one of {', '.join(BENCHMARKS)} or the "
+                       "harness's name of it (MME, MMBench_DEV_EN, SEEDBench_IMG, mmbench_en_dev, ...; any case), "
+                       "or a PATH named so (MMBench_DEV_EN.tsv); answers are read and scored by the rules of the "
+                       "harness whose file it is (JSONL: VLMEvalKit's)"},
 ))
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.evaluation.benchmarks import BENCHMARKS, parse_benchmark, run_benchmark
 from megatron_solo.evaluation.errors import EvaluationError
+from megatron_solo.evaluation.harnesses import TITLES
 from megatron_solo.evaluation.mcq import multiple_choice
 from megatron_solo.evaluation.scoring import Backend
 from megatron_solo.evaluation.tasks import Settings, captions, classification, validation_loss
@@ -105,8 +106,31 @@ def _score(value: float, key: str) -> str:
     return f"{value:.2f}" if key in ("perception", "cognition") else f"{100 * value:.2f}"
 
 
+def _evaluated(b: dict, score: dict) -> str:
+    """What a benchmark's headline counts: circular groups and rows (MMBench), else questions; what was left out."""
+    if "groups" in score:
+        return f"{score['groups']} circular groups ({score['rows']} rows)"
+    video = b.get("skipped_video", 0)
+    return f"{b['questions']} questions" + (f", {video} video question{'s' * (video != 1)} left out" if video else "")
+
+
+def _part_rows(score: dict) -> list[Row]:
+    """A benchmark's rows below its headline: MME's subtasks, or the categories and l2 categories."""
+    rows: list[Row] = []
+    for cat, v in (score.get("subtasks") or score.get("categories") or {}).items():
+        if isinstance(v, dict) and "score" in v:  # an MME subtask: acc + acc+, in points
+            rows.append((f"  {cat}", "acc + acc+", f"{v['score']:.2f}", f"{v['questions']} questions", ""))
+        else:
+            acc = v["accuracy"] if isinstance(v, dict) else v
+            rows.append((f"  {cat}", "accuracy", _score(acc, "accuracy"), "", ""))
+    for cat, acc in (score.get("l2_categories") or {}).items():
+        rows.append((f"  {cat} (l2)", "accuracy", _score(acc, "accuracy"), "", ""))
+    return rows
+
+
 def _benchmark_rows(result: dict) -> list[Row]:
-    """The paper's layout: benchmark, metric, score (percent; MME in points), per mode; categories below."""
+    """The paper's layout: benchmark, metric, score (percent; MME in points), per mode and the harness whose rules
+    read the answers; categories below."""
     order = list(BENCHMARKS)
     rows: list[Row] = []
     for name in sorted(result, key=order.index):
@@ -114,16 +138,10 @@ def _benchmark_rows(result: dict) -> list[Row]:
         for mode in ("loglik", "generate"):
             if mode not in b:
                 continue
+            task = f"{bench.title} ({mode}, {TITLES[b['answer_rule']]} rules)"
             for label, key in bench.headline:
-                rows.append((f"{bench.title} ({mode})", label, _score(b[mode][key], key),
-                             f"{b['questions']} questions", rate(b)))
-            parts = b[mode].get("subtasks") or b[mode].get("categories") or {}
-            for cat, v in parts.items():
-                if isinstance(v, dict) and "score" in v:  # an MME subtask: acc + acc+, in points
-                    rows.append((f"  {cat}", "acc + acc+", f"{v['score']:.2f}", f"{v['questions']} questions", ""))
-                else:
-                    acc = v["accuracy"] if isinstance(v, dict) else v
-                    rows.append((f"  {cat}", "accuracy", _score(acc, "accuracy"), "", ""))
+                rows.append((task, label, _score(b[mode][key], key), _evaluated(b, b[mode]), rate(b)))
+            rows.extend(_part_rows(b[mode]))
     return rows
 
 
