@@ -5,9 +5,41 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from megatron_solo.errors import UserInputError
 from megatron_solo.vocab.ids import SOLO_VOCAB_SIZE, VISION_START_ID, VPATCH_ID
+
+ROPE_SCALING_KINDS = ("llama3", "yarn")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """How RoPE frequencies stretch past the context a base was pre-trained at (Llama-3.1's "llama3", YaRN)."""
+
+    kind: Literal["llama3", "yarn"]
+    factor: float
+    original_max_positions: int  # the pre-training context (HF's original_max_position_embeddings)
+    # llama3: wavelengths over original / low_freq_factor are divided by factor, under original /
+    # high_freq_factor kept, and blended between
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    # yarn: the rotation counts bounding the blend of interpolated and original frequencies
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    # yarn: the cos/sin factor is 0.1 ln(factor) + 1, or the ratio of those with mscale and mscale_all_dim
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    truncate: bool = True  # yarn: round the blend's bounds to whole dimensions
+
+    def validate(self) -> None:
+        """Raise ValueError on values no scaling is defined for."""
+        if self.kind not in ROPE_SCALING_KINDS:
+            raise ValueError(f"rope_scaling.kind must be one of {ROPE_SCALING_KINDS}, got {self.kind!r}")
+        if self.factor < 1 or self.original_max_positions < 1:
+            raise ValueError(f"rope_scaling needs factor >= 1 and original_max_positions >= 1, got {self}")
+        if self.kind == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(f"rope_scaling (llama3) needs high_freq_factor > low_freq_factor, got {self}")
 
 
 @dataclass
@@ -26,6 +58,13 @@ class SoloModelConfig:
     sliding_window: int | None = 4096
     untie_embeddings: bool = True
     qkv_bias: bool = False  # q/k/v projections with biases (Qwen2): megatron-core's add_qkv_bias
+    # Width of one attention head where it is not hidden_size / num_attention_heads (Qwen3, Mistral-NeMo):
+    # megatron-core's kv_channels; None derives it.
+    head_dim: int | None = None
+    qk_layernorm: bool = False  # RMSNorm over each head's queries and keys (Qwen3): megatron-core's qk_layernorm
+    # None: plain RoPE; else Llama-3's scaling (megatron-core's rope_scaling) or YaRN
+    # (position_embedding_type="yarn"); a dict (as solo_model.json stores it) is read as RopeScaling
+    rope_scaling: RopeScaling | None = None
     # The HF decoder family the weights map to: the importer's and the export's text model
     # (a registered adapter's name in megatron_solo.hf.adapters).
     decoder_family: str = "mistral"
@@ -48,6 +87,10 @@ class SoloModelConfig:
     fp8_amax_history_len: int = 1024
     fp8_amax_compute_algo: str = "max"
 
+    def __post_init__(self) -> None:
+        if isinstance(self.rope_scaling, dict):  # TypeError on an unknown or missing key
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+
     @property
     def patch_dim(self) -> int:
         """Length of one flattened patch (3 * 32 * 32 = 3072)."""
@@ -55,8 +98,8 @@ class SoloModelConfig:
 
     @property
     def kv_channels(self) -> int:
-        """Width of one attention head."""
-        return self.hidden_size // self.num_attention_heads
+        """Width of one attention head: ``head_dim``, else hidden_size / num_attention_heads."""
+        return self.head_dim or self.hidden_size // self.num_attention_heads
 
     def padded_vocab_size(self, tensor_parallel: int) -> int:
         """Vocabulary padded to a multiple of 128 x lcm(8, tensor_parallel).
@@ -78,12 +121,16 @@ class SoloModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError on shapes that cannot form a model."""
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads (or head_dim given)")
+        if self.head_dim is not None and (self.head_dim < 2 or self.head_dim % 2):
+            raise ValueError(f"head_dim must be even and positive (RoPE rotates pairs), got {self.head_dim}")
         if self.num_attention_heads % self.num_query_groups:
             raise ValueError("num_attention_heads must be divisible by num_query_groups")
         if not 0 <= self.vpatch_token_id < self.vocab_size:
             raise ValueError(f"vpatch_token_id {self.vpatch_token_id} outside vocabulary {self.vocab_size}")
+        if self.rope_scaling is not None:
+            self.rope_scaling.validate()
 
 
 # SoloModelConfig fields that say how a run computes the model, not what the model is
@@ -124,11 +171,11 @@ def with_overrides(base: SoloModelConfig, overrides: dict, what: str) -> SoloMod
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise UserInputError(f"unknown SoloModelConfig field(s) {unknown}")
-    cfg = dataclasses.replace(base, **overrides)
     try:
+        cfg = dataclasses.replace(base, **overrides)
         cfg.validate()
     except UserInputError:
         raise
-    except ValueError as err:  # validate() states what is wrong with the shape the user asked for
+    except (TypeError, ValueError) as err:  # what is wrong with the shape (or rope_scaling) the user asked for
         raise UserInputError(f"{what} with overrides {overrides}: {err}") from err
     return cfg

@@ -20,6 +20,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron_solo.config.model import SoloModelConfig
 from megatron_solo.model import thd as T
 from megatron_solo.model.batch_checks import check_batch
+from megatron_solo.model.gpt import fit_llama3_frequencies
 
 
 class SoloModel(GPTModel):
@@ -37,6 +38,7 @@ class SoloModel(GPTModel):
         if packed_format not in ("sbhd", "thd"):
             raise ValueError(f"packed_format must be 'sbhd' or 'thd', got {packed_format!r}")
         self.solo = solo
+        fit_llama3_frequencies(self, solo)
         # "thd" when Transformer Engine attention takes packed documents, "sbhd" for the local spec.
         self.packed_format = packed_format
         if self.pre_process:
@@ -82,12 +84,11 @@ class SoloModel(GPTModel):
         rotary = out[1]
         thd = packed_seq_params is not None and packed_seq_params.qkv_format == "thd"
         if rotary is not None and position_ids is not None and not thd:
-            # megatron-core numbers positions 0..S-1 over the whole pack; SOLO restarts
-            # them per document, so build the frequencies from position_ids instead.
-            inv_freq = self.rotary_pos_emb.inv_freq.to(torch.float32)
-            freqs = position_ids.to(torch.float32)[..., None] * inv_freq  # [B, S, D/2]
-            emb = torch.cat((freqs, freqs), dim=-1).transpose(0, 1)[:, :, None, :]  # [S, B, 1, D]
-            out = (out[0], emb.to(rotary.dtype), *out[2:])
+            # megatron-core numbers positions 0..S-1 over the whole pack; SOLO restarts them per
+            # document, so each token takes the row of its own position from megatron-core's table
+            # ([S, 1, 1, D], plain, Llama-3-scaled or YaRN frequencies alike; positions are < S).
+            emb = rotary[:, 0, 0, :][position_ids].transpose(0, 1)[:, :, None, :]  # [S, B, 1, D]
+            out = (out[0], emb, *out[2:])
         return out
 
     def forward(

@@ -42,13 +42,14 @@ def build_transformer_config(
     if model.sliding_window is not None:
         # Causal sliding window: each token sees itself and the (window - 1) before it.
         extra["window_size"] = (model.sliding_window - 1, 0)
-    return TransformerConfig(
+    config = TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         num_attention_heads=model.num_attention_heads,
         num_query_groups=model.num_query_groups,
         ffn_hidden_size=model.ffn_hidden_size,
         kv_channels=model.kv_channels,
+        qk_layernorm=model.qk_layernorm,
         normalization="RMSNorm",
         layernorm_epsilon=model.norm_epsilon,
         gated_linear_unit=True,
@@ -79,4 +80,23 @@ def build_transformer_config(
         gradient_accumulation_fusion=False,
         **pipeline_comm_settings(),
         **extra,
+    )
+    for name, value in yarn_attributes(model).items():
+        setattr(config, name, value)
+    return config
+
+
+def yarn_attributes(model: SoloModelConfig) -> dict:
+    """The ``yarn_*`` config attributes megatron-core's GPTModel and attention read for YaRN RoPE ({} otherwise).
+
+    TransformerConfig declares no fields for them: GPTModel reads them with getattr when built with
+    ``position_embedding_type="yarn"``, and attention scales cos/sin by the mscale they give.
+    """
+    s = model.rope_scaling
+    if s is None or s.kind != "yarn":
+        return {}
+    return dict(
+        yarn_rotary_scaling_factor=s.factor, yarn_original_max_position_embeddings=s.original_max_positions,
+        yarn_beta_fast=s.beta_fast, yarn_beta_slow=s.beta_slow, yarn_mscale=s.mscale,
+        yarn_mscale_all_dim=s.mscale_all_dim, yarn_correction_range_round_to_int=s.truncate,
     )
