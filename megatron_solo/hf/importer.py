@@ -96,8 +96,9 @@ def check_layout(cfg: SoloModelConfig, parallel: ParallelConfig, config_file) ->
             raise ConversionError(f"{config_file}: field {name!r} = {value} is not divisible by tensor_parallel {tp}")
 
 
-def _import_worker(src_dir: str, out_dir: str, cfg_dict: dict, parallel: ParallelConfig, std: float, seed: int,
+def import_weights(src_dir: str, out_dir: str, cfg_dict: dict, parallel: ParallelConfig, std: float, seed: int,
                    progress: bool) -> None:
+    """Rank worker: build this rank's chunks of ``cfg_dict``'s model, fill them from ``src_dir``, save into OUT."""
     quiet_workers()
     init_parallel(parallel, seed=seed)
     cfg = SoloModelConfig(**cfg_dict)
@@ -110,6 +111,38 @@ def _import_worker(src_dir: str, out_dir: str, cfg_dict: dict, parallel: Paralle
     prebuilt = [Prebuilt(own_storage_sharded_state_dict(c)) for c in chunks]
     del chunks
     save_checkpoint(out_dir, TrainState(iteration=0), prebuilt)
+
+
+@dataclasses.dataclass
+class ImportPlan:
+    """What an import writes besides the weights, decided before any worker starts."""
+
+    cfg: SoloModelConfig
+    source: Path  # the HF folder
+    architecture: str | None
+    tokenizer: object  # SoloTokenizer / HFSoloTokenizer with the SOLO tokens
+
+    def write_files(self, out_dir: Path, parallel: ParallelConfig) -> None:
+        """OUT/solo_model.json and OUT/tokenizer/ (OUT made if missing)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_metadata(out_dir, self.cfg, parallel, source=str(self.source), architecture=self.architecture)
+        self.tokenizer.save_pretrained(out_dir / TOKENIZER_DIR)
+
+
+def plan_import(src_dir: str | os.PathLike, parallel: ParallelConfig, *, tokenizer: str | None = None,
+                chat_tokens: bool = True, close_with_vision: bool = False) -> ImportPlan:
+    """The model an import of ``src_dir`` at ``parallel`` builds; ConversionError naming what does not fit."""
+    src = open_hf(src_dir)
+    adapter = adapter_for(src)
+    tok = adapter.tokenizer(src, tokenizer, chat_tokens, close_with_vision)
+    cfg, src_vocab = adapter.config_from_hf(src, len(tok.added_tokens))
+    cfg = adapter.fit_tokenizer(src, cfg, src_vocab, tok)
+    src.close()
+    check_layout(cfg, parallel, src.config_file)
+    if cfg.num_layers % parallel.pipeline_parallel:
+        raise ConversionError(f"num_hidden_layers {cfg.num_layers} not divisible by pipeline_parallel "
+                              f"{parallel.pipeline_parallel}")
+    return ImportPlan(cfg, src.directory, src.architecture, tok)
 
 
 def import_hf(
@@ -131,21 +164,12 @@ def import_hf(
     N(0, init_std) with ``seed`` (the SOLO-7B release keeps its own rows and projection).
     """
     parallel = parallel or ParallelConfig()
-    src = open_hf(src_dir)
-    adapter = adapter_for(src)
-    tok = adapter.tokenizer(src, tokenizer, chat_tokens, close_with_vision)
-    cfg, src_vocab = adapter.config_from_hf(src, len(tok.added_tokens))
-    cfg = adapter.fit_tokenizer(src, cfg, src_vocab, tok)
-    src.close()
-    check_layout(cfg, parallel, src.config_file)
-    if cfg.num_layers % parallel.pipeline_parallel:
-        raise ConversionError(f"num_hidden_layers {cfg.num_layers} not divisible by pipeline_parallel "
-                              f"{parallel.pipeline_parallel}")
+    plan = plan_import(src_dir, parallel, tokenizer=tokenizer, chat_tokens=chat_tokens,
+                       close_with_vision=close_with_vision)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     world = parallel.tensor_parallel * parallel.pipeline_parallel
-    run_workers(_import_worker, world, str(src.directory), str(out_dir), dataclasses.asdict(cfg), parallel,
-          init_std, seed, progress)
-    write_metadata(out_dir, cfg, parallel, source=str(src.directory), architecture=src.architecture)
-    tok.save_pretrained(out_dir / TOKENIZER_DIR)
-    return cfg
+    run_workers(import_weights, world, str(plan.source), str(out_dir), dataclasses.asdict(plan.cfg), parallel,
+                init_std, seed, progress)
+    plan.write_files(out_dir, parallel)
+    return plan.cfg
