@@ -105,6 +105,12 @@ QKV_BIAS: dict[str, Rule] = {
                                                  "self_attn.v_proj.bias"),
 }
 
+# q/k RMSNorm over each head (Qwen3): one weight of head width, shared by every head
+QK_NORM: dict[str, Rule] = {
+    "self_attention.q_layernorm.weight": Direct("self_attn.q_norm.weight"),
+    "self_attention.k_layernorm.weight": Direct("self_attn.k_norm.weight"),
+}
+
 
 def megatron_layer_shapes(cfg: SoloModelConfig) -> dict[str, tuple[int, ...]]:
     """Full (unsharded) shape of each megatron tensor of one decoder layer, by canonical name."""
@@ -115,6 +121,8 @@ def megatron_layer_shapes(cfg: SoloModelConfig) -> dict[str, tuple[int, ...]]:
         "self_attention.linear_qkv.weight": (q + 2 * kv, h),
         "self_attention.linear_qkv.bias": (q + 2 * kv,),
         "self_attention.linear_proj.weight": (h, q),
+        "self_attention.q_layernorm.weight": (cfg.kv_channels,),
+        "self_attention.k_layernorm.weight": (cfg.kv_channels,),
         "mlp.linear_fc1.layer_norm_weight": (h,),
         "mlp.linear_fc1.weight": (2 * ffn, h),
         "mlp.linear_fc2.weight": (h, ffn),

@@ -10,27 +10,22 @@ import torch
 
 def small_hf_model(kind: str = "mistral", vocab: int = 32000, hidden: int = 64, layers: int = 4,
                    heads: int = 4, kv_heads: int = 2, ffn: int = 96, tied: bool = False, seed: int = 0,
-                   max_positions: int = 512):
-    """A random MistralForCausalLM / LlamaForCausalLM / Qwen2ForCausalLM (fp32)."""
-    from transformers import (
-        LlamaConfig,
-        LlamaForCausalLM,
-        MistralConfig,
-        MistralForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
+                   max_positions: int = 512, **extra):
+    """A random MistralForCausalLM / LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM (fp32).
+
+    ``extra``: more fields of the transformers config (``head_dim``, ``rope_scaling``, ``rope_theta``).
+    """
+    import transformers
 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
                   num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
                   tie_word_embeddings=tied, rms_norm_eps=1e-5)
-    if kind == "mistral":
-        model = MistralForCausalLM(MistralConfig(sliding_window=None, **common))
-    elif kind == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(rope_theta=100000.0, **common))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(rope_theta=50000.0, **common))
+    own = {"mistral": dict(sliding_window=None), "qwen2": dict(rope_theta=100000.0),
+           "qwen3": dict(rope_theta=100000.0, head_dim=hidden // heads), "llama": dict(rope_theta=50000.0)}[kind]
+    family = {"mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "llama": "Llama"}[kind]
+    config = getattr(transformers, f"{family}Config")(**common, **{**own, **extra})
+    model = getattr(transformers, f"{family}ForCausalLM")(config)
     with torch.no_grad():  # non-trivial norms and biases so a swapped one would show
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith(".bias"):

@@ -5,6 +5,8 @@ Also :func:`one_rank_conversions_here`, which runs the conversions' one-rank wor
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,12 +84,38 @@ def train_and_predict(ckpt_root: str, out_root: str, inputs_file: str, steps: in
     save_checkpoint(out_root, TrainState(iteration=steps), [model])
     write_metadata(out_root, cfg, parallel)
     shutil.copytree(Path(ckpt_root) / "tokenizer", Path(out_root) / "tokenizer", dirs_exist_ok=True)
+    torch.save(predictions(model, cfg, tokens, patches, new_tokens), Path(out_root) / "predictions.pt")
+
+
+def predictions(model, cfg, tokens: torch.Tensor, patches: torch.Tensor | None, new_tokens: int) -> dict:
+    """{"logits": of ``tokens``, "greedy": the next ``new_tokens`` ids chosen greedily} of a model in eval mode."""
     logits = forward_logits(model, cfg, tokens, patches)
     seq = tokens
     for _ in range(new_tokens):
         nxt = forward_logits(model, cfg, seq, patches)[:, -1].argmax(-1, keepdim=True)
         seq = torch.cat([seq, nxt], dim=1)
-    torch.save({"logits": logits, "greedy": seq[:, tokens.shape[1]:]}, Path(out_root) / "predictions.pt")
+    return {"logits": logits, "greedy": seq[:, tokens.shape[1]:]}
+
+
+def checkpoint_predictions(ckpt_root: str, inputs_file: str, out_file: str, new_tokens: int) -> None:
+    """Worker (one rank): :func:`predictions` of ``ckpt_root``'s latest checkpoint on a processor's saved inputs."""
+    quiet_workers()
+    parallel = ParallelConfig()
+    init_parallel(parallel, seed=5)
+    chunks, cfg = load_solo_model(ckpt_root, parallel)
+    inputs = torch.load(inputs_file)
+    torch.save(predictions(chunks[0].eval(), cfg, inputs["input_ids"], inputs["patches"], new_tokens), out_file)
+
+
+def import_and_logits(src_dir: str, out_dir: str, cfg_dict: dict, tokens_file: str, out_file: str, tp: int) -> None:
+    """Worker: import ``src_dir`` at TP ``tp`` into ``out_dir`` (its files already written), then its logits.
+
+    The rank part of ``import_hf``, so several imports share one world (see ``plan_import``).
+    """
+    from megatron_solo.hf.importer import import_weights
+
+    import_weights(src_dir, out_dir, cfg_dict, ParallelConfig(tensor_parallel=tp), 0.02, 1234, False)
+    megatron_logits(out_dir, tokens_file, out_file, tp)
 
 
 def trained_export(ckpt_root: Path, work: Path, inputs: dict, steps: int, new_tokens: int) -> tuple[Path, dict]:
@@ -135,3 +163,16 @@ def resave(ckpt_root: str, iteration: int, tp: int, pp: int = 1) -> None:
     init_parallel(parallel, seed=5)
     chunks, _ = load_solo_model(ckpt_root, parallel)
     save_checkpoint(ckpt_root, TrainState(iteration=iteration), chunks)
+
+
+def pretrain_from(images: str, texts: str, save_dir: str, steps: int, init_from: str, out: str) -> None:
+    """Worker: ``pretrain --init-from`` for ``steps`` steps of one 512-token pack each; (log rank) the losses to ``out``."""
+    from megatron_solo.training.loop import pretrain
+    from tests.harness.training import small_job
+
+    job = small_job(images, texts, save_dir, steps, None)
+    job = dataclasses.replace(job, model_overrides={}, init_from=init_from,
+                              train=dataclasses.replace(job.train, global_batch_size=1))
+    summary = pretrain(job)
+    if summary.is_log_rank:
+        Path(out).write_text(json.dumps({"losses": summary.losses}))

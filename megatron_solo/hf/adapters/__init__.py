@@ -15,7 +15,9 @@ from megatron_solo.hf.adapters.fuyu import FuyuExport
 from megatron_solo.hf.adapters.llama import LlamaAdapter
 from megatron_solo.hf.adapters.mistral import MistralAdapter
 from megatron_solo.hf.adapters.qwen2 import Qwen2Adapter
+from megatron_solo.hf.adapters.qwen3 import Qwen3Adapter
 from megatron_solo.hf.adapters.solo_release import SoloReleaseAdapter
+from megatron_solo.hf.adapters.unsupported import refuse_unsupported
 from megatron_solo.hf.source import ConversionError, HFSource, read_hf_dir
 
 # decoder families, by SoloModelConfig.decoder_family
@@ -24,6 +26,7 @@ DECODERS: dict[str, DecoderAdapter] = {
         MistralAdapter(),
         LlamaAdapter(),
         Qwen2Adapter(),
+        Qwen3Adapter(),
     )
 }
 # checked in order: the release first (it is a Mistral checkpoint with a patch projection)
@@ -39,6 +42,7 @@ def supported_architectures() -> list[str]:
 
 def adapter_for(src: HFSource) -> DecoderAdapter:
     """The importer of ``src``; ConversionError naming config.json's field when none reads it."""
+    refuse_unsupported(src)
     for adapter in IMPORTERS:
         if adapter.matches(src):
             return adapter

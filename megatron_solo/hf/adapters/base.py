@@ -22,8 +22,9 @@ from megatron_solo.checkpoint.names import (
     canonical_state_dict,
 )
 from megatron_solo.config.model import SoloModelConfig
+from megatron_solo.hf.rope import rope_from_hf, rope_to_hf
 from megatron_solo.hf.source import ConversionError, HFSource
-from megatron_solo.hf.weights import DECODER_LAYER, QKV_BIAS, Rule, hf_layer_shapes
+from megatron_solo.hf.weights import DECODER_LAYER, QK_NORM, QKV_BIAS, Rule, hf_layer_shapes
 from megatron_solo.vocab import BASE_VOCAB, HFSoloTokenizer, SoloTokenizer
 
 HF_EMBED = "model.embed_tokens.weight"
@@ -57,6 +58,7 @@ class DecoderAdapter:
     architectures: tuple[str, ...] = ()
     model_type = "mistral"  # transformers' config type of the exported decoder
     qkv_bias = False  # whether q/k/v carry biases (megatron-core's add_qkv_bias)
+    qk_layernorm = False  # whether each head's queries and keys are RMS-normed (megatron-core's qk_layernorm)
 
     def matches(self, src: HFSource) -> bool:
         """Whether this adapter reads ``src``."""
@@ -74,18 +76,14 @@ class DecoderAdapter:
         for key in ("attention_bias", "mlp_bias"):
             if c.get(key) is True:
                 raise ConversionError(f"{f}: field {key!r} = true is not supported ({self.name} has no such biases)")
-        act = c.get("hidden_act", "silu")
-        if act != "silu":
-            raise ConversionError(f"{f}: field 'hidden_act' = {act!r}; only SwiGLU ('silu') is supported")
         try:
             hidden, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
             layers, ffn = int(c["num_hidden_layers"]), int(c["intermediate_size"])
         except KeyError as err:
             raise ConversionError(f"{f}: missing field {err.args[0]!r}") from err
         kv = int(c.get("num_key_value_heads") or heads)
-        head_dim = c.get("head_dim") or hidden // heads
-        if head_dim * heads != hidden:
-            raise ConversionError(f"{f}: field 'head_dim' = {head_dim} != hidden_size / num_attention_heads")
+        head_dim = int(c.get("head_dim") or hidden // heads)
+        rotary_base, rope_scaling = rope_from_hf(c, f)
         rows, width = src.shape(HF_EMBED)
         if width != hidden:
             raise ConversionError(f"{f}: field 'hidden_size' = {hidden} but {HF_EMBED} is {rows}x{width}")
@@ -96,9 +94,10 @@ class DecoderAdapter:
             num_layers=layers, hidden_size=hidden, num_attention_heads=heads, num_query_groups=kv,
             ffn_hidden_size=ffn, vocab_size=rows + added_tokens,
             max_position_embeddings=int(c.get("max_position_embeddings", 4096)),
-            norm_epsilon=float(c.get("rms_norm_eps", 1e-5)), rotary_base=_rope_theta(c, f),
+            norm_epsilon=float(c.get("rms_norm_eps", 1e-5)), rotary_base=rotary_base, rope_scaling=rope_scaling,
+            head_dim=None if head_dim * heads == hidden else head_dim,  # stored only where it is not derived
             sliding_window=self.window_from_hf(src), untie_embeddings=not src.tied,
-            qkv_bias=self.qkv_bias, decoder_family=self.name,
+            qkv_bias=self.qkv_bias, qk_layernorm=self.qk_layernorm, decoder_family=self.name,
             vpatch_token_id=rows + 1,  # the SOLO tokens follow the source vocabulary
             first_special_id=rows,
             transformer_impl="local",
@@ -124,21 +123,22 @@ class DecoderAdapter:
         fields = dict(
             vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
             num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
-            num_key_value_heads=cfg.num_query_groups, rms_norm_eps=cfg.norm_epsilon, rope_theta=cfg.rotary_base,
+            num_key_value_heads=cfg.num_query_groups, head_dim=cfg.kv_channels, rms_norm_eps=cfg.norm_epsilon,
             max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=False,
+            **rope_to_hf(cfg.rotary_base, cfg.rope_scaling),
             bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, dtype=dtype,
         )
         return CONFIG_MAPPING[self.model_type](**fields, **self.window_to_hf(cfg)).to_dict()
 
     def window_to_hf(self, cfg: SoloModelConfig) -> dict:
-        """config.json fields of the sliding window (Mistral's: ``sliding_window``) and head width."""
-        return {"sliding_window": cfg.sliding_window, "head_dim": cfg.kv_channels}
+        """config.json fields of the sliding window (Mistral's: ``sliding_window``)."""
+        return {"sliding_window": cfg.sliding_window}
 
     # -- tensors, both ways -----------------------------------------------------------------------
 
     def layer_rules(self, cfg: SoloModelConfig) -> dict[str, Rule]:
         """Megatron layer tensor (canonical name after ``decoder.layers.N.``) -> the rule for its HF tensors."""
-        return {**DECODER_LAYER, **QKV_BIAS} if cfg.qkv_bias else dict(DECODER_LAYER)
+        return {**DECODER_LAYER, **(QKV_BIAS if cfg.qkv_bias else {}), **(QK_NORM if cfg.qk_layernorm else {})}
 
     def from_hf(self, src: HFSource, name: str, cfg: SoloModelConfig, fresh: FreshWeights) -> torch.Tensor:
         """Full megatron tensor of canonical parameter ``name`` (global layer numbering)."""
@@ -207,14 +207,6 @@ class DecoderAdapter:
 def has_hf_tokenizer(path: Path) -> bool:
     """Whether ``path`` is a folder holding a transformers tokenizer."""
     return path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-
-
-def _rope_theta(cfg: dict, cfg_file: Path) -> float:
-    params = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
-    if scaling:
-        raise ConversionError(f"{cfg_file}: field 'rope_scaling' = {scaling!r} is not supported (plain RoPE only)")
-    return float(cfg.get("rope_theta") or params.get("rope_theta") or 10000.0)
 
 
 def check_layers(src: HFSource, cfg: SoloModelConfig, rules: dict[str, Rule]) -> None:

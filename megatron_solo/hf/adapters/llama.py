@@ -22,4 +22,4 @@ class LlamaAdapter(DecoderAdapter):
         """Llama has no sliding window: a model trained with one cannot be written as Llama."""
         if cfg.sliding_window is not None:
             raise ConversionError(f"sliding_window = {cfg.sliding_window}: a Llama decoder has no sliding window")
-        return {"head_dim": cfg.kv_channels}
+        return {}

@@ -101,7 +101,9 @@ class SoloReleaseAdapter(MistralAdapter):
 
 
 def check_mistral_like(cfg: SoloModelConfig) -> None:
-    """ConversionError unless the release's Mistral code can hold ``cfg``'s decoder (no biases)."""
-    if cfg.qkv_bias:
-        raise ConversionError(f"a {cfg.decoder_family} decoder with q/k/v biases cannot be written in the SOLO "
-                              "release's (Mistral) format; export --format fuyu instead")
+    """ConversionError unless the release's Mistral code can hold ``cfg``'s decoder (no biases, q/k norms, RoPE scaling)."""
+    unheld = {"q/k/v biases": cfg.qkv_bias, "q/k norms": cfg.qk_layernorm, "RoPE scaling": cfg.rope_scaling}
+    for what, present in unheld.items():
+        if present:
+            raise ConversionError(f"a {cfg.decoder_family} decoder with {what} cannot be written in the SOLO "
+                                  "release's (Mistral) format; export --format fuyu instead")
