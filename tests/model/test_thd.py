@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from megatron_solo.config import ParallelConfig
+from megatron_solo.config.model import RopeScaling
 from megatron_solo.data.dataset import collate_packs
 from megatron_solo.model import thd as T
 from megatron_solo.model.builder import build_solo_model
@@ -139,6 +140,21 @@ def test_thd_model_equals_sbhd_model(world1, window):
     grads = [dict((n, p.grad) for n, p in m.named_parameters()) for m in (sbhd, thd)]
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(rope_scaling=RopeScaling("llama3", 8.0, 8)),
+    dict(rope_scaling=RopeScaling("yarn", 4.0, 8), head_dim=32, qk_layernorm=True),
+], ids=["llama3", "yarn-qk-norms-head-dim"])
+def test_thd_equals_sbhd_with_scaled_rope_qk_norms_and_a_head_width_of_its_own(world1, overrides):
+    """megatron-core's thd RoPE table (per document from cu_seqlens; YaRN's cos/sin factor applied in attention)
+    against the sbhd path's rows by position_ids, on documents longer than the original context."""
+    sbhd, thd = _pair(world1, **overrides)
+    b = _micro_batch(6, batch=2)
+    assert int((b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).max()) > 8
+    with torch.no_grad():
+        logits = [_run(m.eval(), b, labels=False) for m in (sbhd, thd)]
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
 
 
 def test_thd_pack_of_documents_equals_each_alone(world1):
