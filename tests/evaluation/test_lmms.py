@@ -1,11 +1,15 @@
-"""lmms-eval itself, offline, scoring our export through the ``solo`` model on lmms-eval's own MME task.
+"""lmms-eval itself, offline, scoring our export through the ``solo`` model on lmms-eval's own MME, POPE and
+MMBench tasks.
 
-The task is lmms-eval's stock ``mme.yaml`` (its prompt, its answer parsing, its perception / cognition
-aggregation), pointed at a tiny local parquet in lmms-eval's MME schema with real photos. The model can
-only say "Yes" or "No" (tests/harness/eval_workers.make_yes_no_export), which one depending on its input,
-so the score is neither trivial nor guessable (its head is built on the prompts tools/evaluate.py makes;
-lmms-eval's answers match only if lmms-eval feeds it the same ids and patches). tools/evaluate.py's score of the same file must equal
-lmms-eval's, and so must every answer.
+The tasks are lmms-eval's stock yamls (``mme.yaml``, ``pope.yaml``, ``mmbench_en_dev_static.yaml``: their
+prompts, their answer parsing, their aggregation), pointed at tiny local parquet files in the schemas of the
+datasets they load, with real photos. The model's head is rewritten so that its one-token answer to each
+question is a word the test chooses (tests/harness/eval_workers.make_answering_export): mixed Yes/No, some of
+them wrong, and for MMBench letters right in some rotations only, so no score is trivial. The head is fitted
+on the prompts tools/evaluate.py makes and on the ones lmms-eval's MMBench task makes (its own layout,
+rebuilt here); lmms-eval's answers match only if lmms-eval feeds the model those ids and patches.
+tools/evaluate.py's scores of the same files, read by lmms-eval's rules, must equal lmms-eval's, and so must
+every answer.
 
 lmms-eval 0.7 pulls a newer torch and an older protobuf than our pins: it runs in its own virtual
 environment (``.ci/run`` builds it and sets SOLO_LMMS_PYTHON); where neither that nor an importable
@@ -27,8 +31,9 @@ import torch
 
 from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.evaluation.run import evaluate
+from tests.harness import bench_rows as rows
 from tests.harness import eval_benchmarks as files
-from tests.harness.eval_workers import make_yes_no_export
+from tests.harness.eval_workers import make_answering_export
 from tests.harness.paths import REPO
 
 pytestmark = pytest.mark.multiprocess  # lmms-eval runs in processes of its own environment
@@ -43,77 +48,119 @@ def _lmms_python() -> str:
     pytest.skip("lmms-eval is not installed here (its own venv: .ci/run sets SOLO_LMMS_PYTHON)")
 
 
-def _stock_mme_yaml(python: str) -> str:
-    code = "import lmms_eval, os; print(os.path.join(os.path.dirname(lmms_eval.__file__), 'tasks', 'mme', 'mme.yaml'))"
-    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+def _stock_tasks(python: str) -> Path:
+    code = "import lmms_eval, os; print(os.path.join(os.path.dirname(lmms_eval.__file__), 'tasks'))"
+    return Path(subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip())
 
 
-def _lmms_eval(python: str, export: Path, task_dir: Path, out: Path) -> tuple[dict, list[dict]]:
+def _lmms_eval(python: str, export: Path, task_dir: Path, tasks: list[str], out: Path) -> tuple[dict, dict]:
+    """lmms-eval's results and its logged samples, per task."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_HOME": str(out / "hf"), "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1"}
     cmd = [python, "-m", "megatron_solo.evaluation.lmms", "--model", "solo", "--model_args",
-           f"pretrained={export},max_side=64", "--tasks", "solo_mme_local", "--include_path", str(task_dir),
+           f"pretrained={export},max_side=64", "--tasks", ",".join(tasks), "--include_path", str(task_dir),
            "--batch_size", "1", "--output_path", str(out), "--log_samples"]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    found = list(out.rglob("*_results.json"))
+    found = [f for f in out.rglob("*_results.json") if "submissions" not in f.parts]  # not MMBench's own file
     assert run.returncode == 0 and found, (run.stdout[-3000:], run.stderr[-3000:])  # lmms-eval exits 0 on errors
-    results = json.loads(found[0].read_text())["results"]["solo_mme_local"]
-    samples = [json.loads(line) for f in out.rglob("*samples_solo_mme_local*.jsonl") for line in f.open()]
+    results = json.loads(found[0].read_text())["results"]
+    samples = {t: [json.loads(line) for f in out.rglob(f"*samples_{t}*.jsonl") for line in f.open()] for t in tasks}
     return results, samples
 
 
-def _answer(sample: dict) -> str:
-    """The model's answer in one logged lmms-eval sample (lists of one response are nested or flattened)."""
-    value = sample.get("resps", sample.get("filtered_resps"))
-    while isinstance(value, list):
-        value = value[0]
-    return str(value).strip()
+def _answers(samples: list[dict]) -> list[str]:
+    """The model's answers in lmms-eval's logged samples, in document order (lists of one are nested or flat)."""
+    by_doc = {}
+    for sample in samples:
+        value = sample.get("resps", sample.get("filtered_resps"))
+        while isinstance(value, list):
+            value = value[0]
+        by_doc[sample["doc_id"]] = str(value).strip()
+    return [by_doc[k] for k in range(len(by_doc))]
 
 
-def _our_prompts(export: Path, parquet: Path) -> list:
-    """(ids, patches) of each MME question as tools/evaluate.py prompts it (what the yes/no head is built on)."""
+def _lmms_mmbench_context(question: str, hint: str | None, options: list[str]) -> str:
+    """The prompt lmms-eval's MMBench task builds (en_utils.mmbench_doc_to_text: its sys_prompt, default
+    post_prompt)."""
+    listed = "There are several options:\n" + "\n".join(f"{c}. {o}" for c, o in zip("ABCD", options))
+    body = f"{hint} {question} {listed}" if hint else f"{question} {listed}"
+    return f"{body}\n\nAnswer with the option's letter from the given choices directly."
+
+
+# the model's answer per row: MME's and POPE's mixed, some wrong; MMBench's cat wrong in its last rotation only
+MME_ANSWERS = ["Yes", "Yes", "No", "No", "Yes", "Yes", "No", "No"]
+POPE_ANSWERS = ["Yes", "No", "Yes", "Yes", "Yes", "No"]  # rows 0 and 2 are one prompt (two splits)
+MMBENCH_ANSWERS = ["C", "B", "A", "A", "A", "B", "B"]
+
+
+def _prompts(export: Path, files_: dict[str, Path]) -> tuple[list, list[str]]:
+    """(ids, patches) of every question as tools/evaluate.py and lmms-eval's MMBench prompt it, and its answer."""
     from megatron_solo.evaluation.bench_files import read_items
     from megatron_solo.evaluation.benchmarks import BENCHMARKS, _prompt
     from megatron_solo.hf.processor import SoloProcessor
 
     processor = SoloProcessor.from_pretrained(export)
     processor.max_side = 64
-    return [processor.encode_one(_prompt(BENCHMARKS["mme"], it, "plain", True), it.images, False)
-            for it in read_items(parquet)]
+    prompts, answers = [], []
+    for name, chosen in (("mme", MME_ANSWERS), ("pope", POPE_ANSWERS), ("mmbench", MMBENCH_ANSWERS)):
+        items = read_items(files_[name])
+        prompts += [processor.encode_one(_prompt(BENCHMARKS[name], it, "plain", True), it.images, False)
+                    for it in items]
+        answers += chosen
+        if name == "mmbench":
+            prompts += [processor.encode_one(_lmms_mmbench_context(it.question, it.hint, it.options), it.images,
+                                             False) for it in items]
+            answers += chosen
+    return prompts, answers
 
 
 @pytest.fixture(scope="module")
 def setup(request, tmp_path_factory):
-    """lmms-eval's python, the yes/no export (a copy of the session's ``sharp_mistral`` export, imported at TP1,
-    with its head rewritten) and the MME parquet."""
+    """lmms-eval's python, the answering export (a copy of the session's ``sharp_mistral`` export, imported at TP1,
+    with its head rewritten) and the MME, POPE and MMBench parquet files."""
     python = _lmms_python()  # before the shared model is asked for: a run without lmms-eval builds nothing
     root = tmp_path_factory.mktemp("lmms")
     export = shutil.copytree(request.getfixturevalue("sharp_mistral")["export"], root / "export")
-    parquet = files.mme_parquet(root / "mme.parquet")
-    make_yes_no_export(export, _our_prompts(export, parquet))
-    return {"python": python, "root": root, "export": export, "parquet": parquet}
+    bench = {"mme": files.mme_parquet(root / "mme.parquet"), "pope": rows.pope_parquet(root / "pope.parquet"),
+             "mmbench": rows.mmbench_parquet(root / "mmbench.parquet")}
+    make_answering_export(export, *_prompts(export, bench))
+    return {"python": python, "root": root, "export": export, "files": bench}
 
 
-def test_lmms_eval_with_our_solo_model_scores_mme_as_evaluate_does(setup):
-    root, export, parquet = setup["root"], setup["export"], setup["parquet"]
-    task_dir = root / "tasks"
-    task_dir.mkdir()
-    (task_dir / "solo_mme_local.yaml").write_text(
-        f"include: {_stock_mme_yaml(setup['python'])}\ntask: solo_mme_local\ndataset_path: parquet\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {parquet}\n"
+def _local_task(task_dir: Path, name: str, stock: Path, split: str, data: Path) -> str:
+    (task_dir / f"{name}.yaml").write_text(
+        f"include: {stock}\ntask: {name}\ndataset_path: parquet\ndataset_name: null\n"
+        f"dataset_kwargs:\n  data_files:\n    {split}: {data}\n"
         "generation_kwargs:\n  max_new_tokens: 1\n  temperature: 0\n  do_sample: false\n")
-    lmms, samples = _lmms_eval(setup["python"], export, task_dir, root / "lmms_out")
+    return name
 
-    cfg = EvalConfig(hf=str(export), benchmark=[f"mme={parquet}"], benchmark_max_new_tokens=1, max_side=64,
-                     progress=False)
-    ours = evaluate(cfg)["benchmarks"]["mme"]
-    answers = [i["generated"].strip() for i in ours["items"]]
-    assert set(answers) == {"Yes", "No"}  # the model's answer depends on its input
-    assert 0 < ours["generate"]["perception"] < 200 * len({r[3] for r in files.MME_ROWS})
-    assert lmms["mme_perception_score,none"] == pytest.approx(ours["generate"]["perception"])
-    by_doc = {s["doc_id"]: _answer(s) for s in samples if "doc_id" in s}
-    assert [by_doc[k] for k in range(len(files.MME_ROWS))] == answers
+
+def test_lmms_eval_with_our_solo_model_scores_mme_pope_and_mmbench_as_evaluate_does(setup):
+    root, export, bench = setup["root"], setup["export"], setup["files"]
+    stock, task_dir = _stock_tasks(setup["python"]), root / "tasks"
+    task_dir.mkdir()
+    tasks = [_local_task(task_dir, "solo_mme_local", stock / "mme" / "mme.yaml", "test", bench["mme"]),
+             _local_task(task_dir, "solo_pope_local", stock / "pope" / "pope.yaml", "test", bench["pope"]),
+             _local_task(task_dir, "solo_mmbench_local", stock / "mmbench" / "mmbench_en_dev_static.yaml", "dev",
+                         bench["mmbench"])]
+    lmms, samples = _lmms_eval(setup["python"], export, task_dir, tasks, root / "lmms_out")
+
+    cfg = EvalConfig(hf=str(export), benchmark=[f"{name}={path}" for name, path in bench.items()],
+                     benchmark_max_new_tokens=1, max_side=64, progress=False)
+    ours = evaluate(cfg)["benchmarks"]
+    for name, task, chosen in (("mme", tasks[0], MME_ANSWERS), ("pope", tasks[1], POPE_ANSWERS),
+                               ("mmbench", tasks[2], MMBENCH_ANSWERS)):
+        assert ours[name]["answer_rule"] == "lmms-eval"
+        assert [i["generated"].strip() for i in ours[name]["items"]] == chosen == _answers(samples[task]), name
+    mme, pope, mmb = (ours[n]["generate"] for n in ("mme", "pope", "mmbench"))
+    assert 0 < mme["perception"] < 200 * len({r[3] for r in files.MME_ROWS})
+    assert lmms[tasks[0]]["mme_perception_score,none"] == pytest.approx(mme["perception"])
+    for ours_key, lmms_key in (("accuracy", "pope_accuracy"), ("precision", "pope_precision"),
+                               ("recall", "pope_recall"), ("f1", "pope_f1_score"), ("truth_yes_ratio", "pope_yes_ratio")):
+        assert lmms[tasks[1]][f"{lmms_key},none"] == pytest.approx(pope[ours_key]), ours_key
+    assert 0 < pope["accuracy"] < 1 and 0 < mmb["circular_accuracy"] < 1
+    assert lmms[tasks[2]]["gpt_eval_score,none"] == pytest.approx(100 * mmb["circular_accuracy"])
 
 
 def test_solo_loglikelihood_is_the_exports_own_log_probability(setup):

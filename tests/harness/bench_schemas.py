@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import json
 from functools import cache
 from pathlib import Path
 
@@ -51,11 +52,16 @@ def write_tsv(path: Path, rows: list[dict]) -> Path:
 
 
 def write_parquet(path: Path, rows: list[dict]) -> Path:
-    """Rows as one parquet file (what ``datasets`` writes for a split)."""
+    """Rows as one parquet file, as ``datasets`` writes a split: an image struct column is recorded as an Image
+    feature in the schema's metadata (so ``datasets``, and lmms-eval, hand the task a PIL image)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    table = pa.Table.from_pylist(rows)
+    images = {f.name: {"_type": "Image"} for f in table.schema
+              if pa.types.is_struct(f.type) and {t.name for t in f.type} == {"bytes", "path"}}
+    meta = {b"huggingface": json.dumps({"info": {"features": images}}).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), path)
     return path
 
 

@@ -34,11 +34,14 @@ def sharp_hf_mistral(directory: Path, seed: int = 0) -> Path:
 
 
 
-def make_yes_no_export(export: Path, prompts: list[tuple[list[int], list[torch.Tensor]]]) -> None:
-    """Rewrite an export's output head so that it says only "Yes" or "No", which one depending on the input.
+def make_answering_export(export: Path, prompts: list[tuple[list[int], list[torch.Tensor]]],
+                          answers: list[str]) -> None:
+    """Rewrite an export's output head so that its first token after each of ``prompts`` (ids, patches) is the
+    word ``answers`` gives it ("Yes", "No", "A", ...).
 
-    The head's rows are zero but for "Yes" (+d) and "No" (-d), d a direction along which the final hidden
-    states of ``prompts`` (ids, patches) differ (orthogonal to their mean, so the answers are mixed).
+    The head's rows are zero but for the answer words' tokens, fitted by least squares on the prompts' final
+    hidden states (fewer prompts than hidden units: the fit is exact) to logit +10 for a prompt's answer and -10
+    for the other words; every other token keeps logit 0.
     """
     from safetensors.torch import load_file, save_file
 
@@ -52,17 +55,18 @@ def make_yes_no_export(export: Path, prompts: list[tuple[list[int], list[torch.T
         with torch.no_grad():
             out = backend.model(input_ids=torch.tensor([ids]), output_hidden_states=True,
                                 **backend._images(doc.patches))
-        states.append(out.hidden_states[-1][0, -1].float())
+        states.append(out.hidden_states[-1][0, -1].double())
     h = torch.stack(states)
-    mean = h.mean(0)
-    d = h[0] - mean
-    d = d - (d @ mean) / (mean @ mean) * mean
-    d = d * 10.0 / ((h - mean) @ d).abs().median().clamp_min(1e-6)  # logits of about +-10
-    yes, no = (backend.tokenizer.encode(w)[0] for w in ("Yes", "No"))
+    words = sorted(set(answers))
+    target = torch.full((len(prompts), len(words)), -10.0, dtype=torch.float64)
+    target[range(len(answers)), [words.index(a) for a in answers]] = 10.0
+    rows = (torch.linalg.pinv(h) @ target).T  # (words, hidden)
+    assert torch.allclose(h @ rows.T, target, atol=0.5), "the prompts' hidden states are not independent"
+    tokens = [backend.tokenizer.encode(w)[0] for w in words]
     for f in Path(export).glob("*.safetensors"):
         tensors = load_file(f)
         for key in [k for k in tensors if k.endswith("lm_head.weight")]:
             w = torch.zeros_like(tensors[key])
-            w[yes], w[no] = d.to(w.dtype), -d.to(w.dtype)
+            w[tokens] = rows.to(w.dtype)
             tensors[key] = w
         save_file(tensors, f, metadata={"format": "pt"})
