@@ -32,7 +32,7 @@ from megatron_solo.evaluation.answers import short_answer_matches, vlmevalkit_op
 from megatron_solo.evaluation.bench_files import BenchItem, read_items
 from megatron_solo.evaluation.documents import continuation_doc, prompt_doc
 from megatron_solo.evaluation.errors import EvaluationError
-from megatron_solo.evaluation.harnesses import JSONL, LMMS_EVAL, RULES, default_rule
+from megatron_solo.evaluation.harnesses import JSONL, LMMS_EVAL, RULES, TITLES, default_rule
 from megatron_solo.evaluation.mcq import (
     LETTERS,
     Question,
@@ -143,7 +143,8 @@ def _choice_question(bench: Benchmark, item: BenchItem) -> Question:
         answer = answer_index(item.answer, item.options, item.where)
     else:
         key = bench.lmms_answer if item.schema == LMMS_EVAL else LETTER
-        answer = keyed_answer(item.answer, item.options, key, item.where)
+        source = f"{TITLES[item.schema]}'s {'dataset' if item.schema == LMMS_EVAL else 'TSV'} of {bench.title}"
+        answer = keyed_answer(item.answer, item.options, key, item.where, source)
     return Question(item.id, item.images, text, item.options, answer)
 
 

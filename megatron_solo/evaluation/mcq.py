@@ -71,9 +71,9 @@ def answer_index(answer, options: list[str], where: str) -> int:
     return index
 
 
-def keyed_answer(answer: str, options: list[str], key: str, where: str) -> int:
+def keyed_answer(answer: str, options: list[str], key: str, where: str, source: str) -> int:
     """The option a benchmark schema's ``answer`` names: its capital letter (``key`` "letter") or its 0-based
-    index (``key`` "index"), whatever the options' own texts are."""
+    index (``key`` "index"), whatever the options' own texts are; ``source`` names the schema in errors."""
     text = str(answer).strip()
     if key == "letter":
         index = LETTERS.index(text) if len(text) == 1 and text in LETTERS else -1
@@ -82,7 +82,7 @@ def keyed_answer(answer: str, options: list[str], key: str, where: str) -> int:
         index = int(text) if text.isdigit() else -1
         form = f"an option index 0-{len(options) - 1}"
     if not 0 <= index < len(options):
-        raise EvaluationError(f"{where}: answer {answer!r} is not {form} (the file's schema gives the answer so)")
+        raise EvaluationError(f"{where}: answer {answer!r} is not {form}, as {source} gives it")
     return index
 
 

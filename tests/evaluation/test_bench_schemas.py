@@ -18,7 +18,7 @@ from megatron_solo.evaluation.report import format_table
 from megatron_solo.evaluation.tasks import Settings
 from tests.harness import bench_rows as rows
 from tests.harness import eval_benchmarks as files
-from tests.harness.bench_schemas import ScriptedModel, answering, b64, write_tsv
+from tests.harness.bench_schemas import ScriptedModel, answering, b64, struct, write_parquet, write_tsv
 from tests.harness.tool_runs import run_here
 
 SETTINGS = Settings(progress=False)
@@ -167,3 +167,16 @@ def test_an_unknown_benchmark_name_is_one_line_naming_the_choices(capfd, tmp_pat
     run = run_here(capfd, "evaluate.py", "--hf", tmp_path, "--benchmark", "mmmu=x.tsv")
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
     assert "NAME one of mmstar, mme, mmbench" in run.stderr
+
+
+def test_an_answer_not_in_the_schemas_form_names_file_row_and_form(tmp_path):
+    ai2d = write_parquet(tmp_path / "ai2d.parquet", [{"question": "Which?", "options": ["1", "2"], "answer": "B",
+                                                      "image": struct("chelsea")}])
+    with pytest.raises(EvaluationError, match=r"ai2d.parquet:row_group 0:row 0: answer 'B' is not an option index "
+                                              r"0-1, as lmms-eval's dataset of AI2D gives it"):
+        _run({}, "ai2d", ai2d)
+    tsv = write_tsv(tmp_path / "MMStar.tsv", [{"index": 0, "question": "Which?", "A": "x", "B": "y", "answer": "b",
+                                              "image": b64("chelsea")}])
+    with pytest.raises(EvaluationError, match=r"MMStar.tsv:2: answer 'b' is not an option letter A-B, as "
+                                              r"VLMEvalKit's TSV of MMStar gives it"):
+        _run({}, "mmstar", tsv)
