@@ -128,7 +128,7 @@ def test_tp2_through_torchrun_and_pp2_equal_tp1(setup, reports):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "classification" in run.stdout and "top-1 / top-5" in run.stdout  # the table, printed once
     assert run.stdout.count("val loss photos") == 1
-    assert re.search(r"^MMBench \(loglik\) +circular accuracy", run.stdout, re.M)  # the paper's layout, printed
+    assert re.search(r"^MMBench \(loglik, VLMEvalKit rules\) +circular accuracy", run.stdout, re.M)  # the paper's layout
     pp2 = _config(setup, "pp2", checkpoint=str(setup["mg"]), parallel=ParallelConfig(pipeline_parallel=2))
     run_world(evaluate_worker, 2, [pp2])
     for name, cfg in (("TP2PP1DP1", tp2), ("TP1PP2DP1", pp2)):
