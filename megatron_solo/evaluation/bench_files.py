@@ -225,15 +225,19 @@ def _item(row: dict, where: str, n: int, base: Path, by_index: dict, schema: str
                      data_type=str(_first(row, ("data_type",)) or ""))
 
 
+def _later(images: list) -> list[str]:
+    return [str(img) for img in images if isinstance(img, _Later)]
+
+
 def _resolve_later(items: list[BenchItem], by_index: dict, base: Path) -> None:
     """Give each item whose image cell named a later row that row's images."""
     for item in items:
-        if item.images and isinstance(item.images[0], _Later):
-            ref = str(item.images[0])
+        for ref in _later(item.images):
             if ref not in by_index:
                 raise EvaluationError(f"{item.where}: image {ref!r} is neither the index of a row holding an image "
                                       f"nor a file (looked at {base / ref})")
-            item.images = by_index[ref]
+        if _later(item.images):
+            item.images = [i for img in item.images for i in (by_index[img] if isinstance(img, _Later) else [img])]
 
 
 def read_items(path: str | Path, max_items: int | None = None) -> list[BenchItem]:
@@ -251,14 +255,13 @@ def read_items(path: str | Path, max_items: int | None = None) -> list[BenchItem
         if full and not waiting:
             break
         item = _item(row, where, n, base, by_index, schema)
-        later = bool(item.images) and isinstance(item.images[0], _Later)
+        later = _later(item.images)
         if item.images and not later and item.id not in by_index:
             by_index[item.id] = item.images
             waiting.discard(item.id)
         if full:
             continue  # read only for the image a question above names
-        if later:
-            waiting.add(str(item.images[0]))
+        waiting.update(ref for ref in later if ref not in by_index)
         key = (item.category, item.id, item.question)  # POPE's splits number their questions from 1 each
         if key in seen:
             raise EvaluationError(f"{where}: question {item.id!r} repeats the one at {seen[key]}")
