@@ -59,7 +59,7 @@ def _scaling(kind: str, scaling: dict, config: dict, where: str) -> RopeScaling:
         values["beta_fast"] = values.get("beta_fast") or 32.0  # transformers reads 0 as unset
         values["beta_slow"] = values.get("beta_slow") or 1.0
         if not (values.get("mscale") and values.get("mscale_all_dim")):  # transformers uses them only together
-            values.pop("mscale", None), values.pop("mscale_all_dim", None)
+            values = {k: v for k, v in values.items() if k not in ("mscale", "mscale_all_dim")}
     try:
         out = RopeScaling(kind=kind, **{k: _number(k, v) for k, v in values.items()})
         out.validate()
