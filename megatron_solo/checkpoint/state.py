@@ -34,122 +34,24 @@ from megatron_solo.checkpoint.layout import (
 )
 from megatron_solo.checkpoint.metadata import record_saved_layout
 from megatron_solo.checkpoint.names import drop_empty_extra_state, drop_missing_extra_state
+from megatron_solo.checkpoint.optimizer_state import (
+    check_optimizer_kind,
+    load_optimizer_state,
+    optimizer_sharded_state_dict,
+    prime_optimizer_state,
+)
 from megatron_solo.checkpoint.rng import restore_rng, rng_in_checkpoint, rng_sharded_state_dict
 from megatron_solo.checkpoint.train_state import SavedLayout, TrainState, read_train_state, write_train_state
+from megatron_solo.checkpoint.write_results import ensure_write_results_queue
 from megatron_solo.model.chunks import unwrap
 
 __all__ = ["PendingSave", "TrainState", "load_checkpoint", "read_sharded", "save_checkpoint", "start_save"]
-
-# The distributed optimizer's state gathered into model space, so it loads at another
-# TP/PP/DP layout ('fully_sharded_model_space' needs flattened ranges, which
-# dist_checkpointing 0.16.1 refuses).
-OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
-
 
 def _model_sharded_state_dict(chunks: list[torch.nn.Module]) -> dict[str, Any]:
     # The unwrapped modules: DDP would prefix every key with "module.".
     if len(chunks) == 1:
         return {"model": unwrap(chunks[0]).sharded_state_dict()}
     return {f"model{i}": unwrap(c).sharded_state_dict() for i, c in enumerate(chunks)}
-
-
-def _prime_optimizer_state(optimizer) -> None:
-    """Give a fresh torch Adam its state tensors (and ``step``) so a checkpoint can load into them.
-
-    megatron-core's distributed optimizer reads ``step`` from the inner optimizer's
-    state while building the sharded state dict to load into; a fresh torch Adam has
-    none. One step with zero gradients at learning rate 0 creates it without moving
-    any weight; the checkpoint then overwrites it.
-    """
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(opt, "optimizer", None)
-        if inner is None or len(inner.state) > 0:
-            continue
-        saved_lr = [g["lr"] for g in inner.param_groups]
-        for group in inner.param_groups:
-            group["lr"] = 0.0
-            for param in group["params"]:
-                param.grad = torch.zeros_like(param)
-        inner.step()
-        inner.zero_grad(set_to_none=True)
-        for group, lr in zip(inner.param_groups, saved_lr):
-            group["lr"] = lr
-
-
-def _load_optimizer_state(optimizer, state) -> None:
-    """Load the optimizer state (the distributed optimizer's fully reshardable format or a plain one).
-
-    megatron-core 0.16.1 copies every per-parameter state entry when it scatters the fully reshardable
-    format, including torch Adam's scalar ``step``, which the format keeps elsewhere (KeyError 'step').
-    The parameter state is therefore loaded in a second call, with ``step`` held aside;
-    ``load_state_dict`` has already restored it. :func:`_settle_step` then puts ``step`` where the
-    optimizer in use keeps it.
-    """
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    opts = getattr(optimizer, "chained_optimizers", [optimizer])
-    if len(opts) == 1:
-        states = [state]
-    else:
-        states = [v for _, v in sorted(state.items())] if isinstance(state, dict) else list(state)
-    for opt, st in zip(opts, states):
-        deferred = None
-        if isinstance(opt, DistributedOptimizer) and st.get("param_state_sharding_type") == "fully_reshardable":
-            deferred = st.pop("param_state")
-        inner = opt.optimizer
-        _steps_per_parameter(inner, st)
-        opt.load_state_dict(st)
-        if deferred is not None:
-            held = {p: s.pop("step") for p, s in inner.state.items() if "step" in s}
-            opt.load_parameter_state_from_fully_reshardable(deferred)
-            for p, step in held.items():
-                inner.state[p]["step"] = step
-        _settle_step(inner)
-
-
-def _steps_per_parameter(inner: torch.optim.Optimizer, loaded: dict) -> None:
-    """Give each parameter state of a plain (not distributed) optimizer state dict the group's ``step``
-    when ``inner`` is torch's Adam, which refuses a state without one (KeyError 'step') and a checkpoint
-    saved with TE's FusedAdam keeps it per param group only."""
-    plain = loaded.get("optimizer", loaded)
-    if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)) or not isinstance(plain.get("state"), dict):
-        return
-    steps = [g["step"] for g in plain.get("param_groups", []) if "step" in g]
-    for state in plain["state"].values():
-        if isinstance(state, dict) and state and "step" not in state and steps:
-            state["step"] = torch.tensor(float(steps[0]), dtype=torch.float32)
-
-
-def _settle_step(inner: torch.optim.Optimizer) -> None:
-    """Make the loaded Adam ``step`` the type, and put it in the place, that ``inner`` keeps it in.
-
-    A checkpoint holds ``step`` as the optimizer that wrote it kept it, and megatron-core picks that
-    optimizer by what is installed. torch's Adam/AdamW (no TE, no Apex) want a float32 tensor per
-    parameter, one each (it is incremented in place); the distributed optimizer saves it as a float per
-    param group. TE's and Apex's FusedAdam keep one Python int per param group and pass it to an
-    integer kernel argument (megatron-core saves ``int(step)`` for them), so a float from a checkpoint
-    written without TE would fail there, and a per-parameter one would restart the count at 1.
-    """
-    per_param = isinstance(inner, (torch.optim.Adam, torch.optim.AdamW))
-    groups = [g for g in inner.param_groups if g["params"]]
-    in_params = [inner.state[p]["step"] for g in groups for p in g["params"] if "step" in inner.state.get(p, {})]
-    in_groups = [g["step"] for g in groups if "step" in g]
-    found = in_params + in_groups if per_param else in_groups + in_params
-    if not found:
-        return  # an optimizer without a step (SGD), or one never stepped
-    step = float(found[0])
-    for group in groups:
-        fused = group.get("capturable") or group.get("fused")
-        for p in group["params"]:
-            state = inner.state.get(p)
-            if not state:
-                continue
-            if per_param:
-                state["step"] = torch.tensor(step, dtype=torch.float32, device=p.device if fused else "cpu")
-            else:
-                state.pop("step", None)
-        if not per_param:
-            group["step"] = int(step)
 
 
 def _layout() -> tuple[int, int, int, int, int, int]:
@@ -233,11 +135,12 @@ def start_save(root: str, state: TrainState, chunks: list[torch.nn.Module], opti
     layout = _layout()
     sharded = _model_sharded_state_dict(chunks)
     if optimizer is not None:
-        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_METADATA)
+        sharded["optimizer"] = optimizer_sharded_state_dict(optimizer, sharded)
     sharded["rng_state"] = rng_sharded_state_dict(layout)
     snapshot = dataclasses.replace(copy.deepcopy(state), layout=_saved_layout(layout),
                                    scheduler=scheduler.state_dict() if scheduler is not None else None)
     pending = PendingSave(root, final, snapshot)
+    ensure_write_results_queue()
     request = dist_checkpointing.save(sharded, partial, async_sharded_save=async_save)
     if request is not None:
         request.add_finalize_fn(pending.finish)
@@ -276,8 +179,9 @@ def load_checkpoint(
         _note(f"FP8 metadata not in checkpoint: starting fresh ({sum(map(len, missing.values()))} "
               f"_extra_state entries, e.g. {next(k for d in missing.values() for k in d)})")
     if optimizer is not None:
-        _prime_optimizer_state(optimizer)
-        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True, metadata=OPTIMIZER_METADATA)
+        check_optimizer_kind(optimizer, set(held), path)
+        prime_optimizer_state(optimizer)
+        sharded["optimizer"] = optimizer_sharded_state_dict(optimizer, sharded, is_loading=True)
     if load_rng and saved.layout == _saved_layout(layout):
         if rng_in_checkpoint(held, layout):
             sharded["rng_state"] = rng_sharded_state_dict(layout)
@@ -289,7 +193,7 @@ def load_checkpoint(
         name = "model" if len(chunks) == 1 else f"model{i}"
         _load_model(unwrap(chunk), loaded[name], {*empty[name], *missing[name]})
     if optimizer is not None:
-        _load_optimizer_state(optimizer, loaded["optimizer"])
+        load_optimizer_state(optimizer, loaded["optimizer"])
     if scheduler is not None and saved.scheduler is not None:
         load_scheduler(scheduler, saved.scheduler)
     if "rng_state" in loaded:

@@ -14,6 +14,7 @@ import torch
 from megatron_solo.config.data import DataConfig
 from megatron_solo.data.dataset import PackedDataset, collate_packs
 from megatron_solo.data.image import PATCH_SIZE
+from megatron_solo.platform.processes import keep_helper_signals
 
 
 class _RankSampler(torch.utils.data.Sampler):
@@ -45,7 +46,8 @@ class PackedDataLoader:
     def __iter__(self) -> Iterator[dict]:
         self.dataset.epoch_size(self.dataset.locate(self.consumed_packs)[0])  # plan before forking workers
         sampler = _RankSampler(self.consumed_packs, self.B, self.rank, self.W, self.limit)
-        kw = {"prefetch_factor": self.prefetch_factor} if self.num_workers else {}
+        # a worker forked by a trainer ignores the job's signals, which torch's worker set-up undoes
+        kw = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": keep_helper_signals} if self.num_workers else {}
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.B, sampler=sampler,
                                              num_workers=self.num_workers, collate_fn=collate_packs, **kw)
         for batch in loader:

@@ -74,7 +74,14 @@ class CheckpointSaver:
     def close(self, abort: bool = False) -> None:
         """Wait for the write in flight (or, with ``abort``, end its writer: it never becomes the latest)."""
         if abort and self.queue is not None:
-            self.queue.close(abort=True)
+            # megatron-core's queue.close(abort=True) ends only a persistent writer: a forked one is killed
+            # here (its own worker processes die with it), or the process would wait for it at exit
+            for call in self.queue.async_calls:
+                writer = call.async_caller.process
+                call.async_caller.close(abort=True)
+                if writer is not None:
+                    writer.join()
+            self.queue.async_calls.clear()
             self.pending = None
         self.wait()
 

@@ -30,7 +30,7 @@ class StepLoop:
         self.dropped = DataLossTally(run.loader.dataset)
         self.dropped.update(run.loader.consumed_packs)
         self.logger.data(run.state.iteration, self.dropped.samples, self.dropped.tokens)
-        self.batches = iter(run.loader)
+        self.batches = None  # started in run(), once the flag is installed: its workers then ignore the job's signals
         self.steps_here = 0
         self.saved_at = run.saved.iteration if run.saved is not None else None
         self.flag = None
@@ -46,6 +46,7 @@ class StepLoop:
         run.summary.iteration = run.state.iteration
         self.flag = PreemptionFlag()
         try:
+            self.batches = iter(run.loader)
             while run.state.iteration < self.train.train_steps and self._step():
                 pass
             self.saver.wait()

@@ -79,9 +79,11 @@ def weights_of(images: str, texts: str, checkpoints: list[str], outs: list[str])
         save_file({k: v.detach().clone() for k, v in chunks[0].state_dict().items() if "_extra_state" not in k}, out)
 
 
-def _slow_writer(iteration: int, on_rank: int, seconds: float, marker: str | None, usr1: bool):
+def _slow_writer(iteration: int, on_rank: int, seconds: float, marker: str | None, usr1: bool,
+                 group: str | None = None):
     """megatron-core's background shard writer, patched: on ``on_rank``, the write of ``iter_<iteration>`` first
-    sends the trainer SIGUSR1 when ``usr1``, leaves ``marker``, and sleeps ``seconds``."""
+    sends the trainer SIGUSR1 when ``usr1`` (or signal ``group``, e.g. "SIGTERM", to the whole process group, as
+    Slurm signals a job), leaves ``marker``, and sleeps ``seconds``."""
     import torch
     from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
 
@@ -93,12 +95,33 @@ def _slow_writer(iteration: int, on_rank: int, seconds: float, marker: str | Non
         if f"iter_{iteration:07d}" in folder and torch.distributed.get_rank() == on_rank:
             if usr1:
                 os.kill(trainer, signal.SIGUSR1)
+            if group:
+                os.killpg(0, signal.Signals[group])
             if marker:  # after the signal: a marker seen means the signal is sent
                 Path(f"{marker}.{on_rank}").write_text(folder)
             time.sleep(seconds)
         return real(transform_list, use_msc, rank, write_buckets, results_queue)
 
     return T.patched(FileSystemWriterAsync, "write_preloaded_data_multiproc", staticmethod(write))
+
+
+def _signal_after_latest(iteration: int, save_dir: str, group: str):
+    """solo_forward_step that, on rank 0, sends signal ``group`` to the whole process group once, in the first
+    step that sees ``iter_<iteration>`` the latest checkpoint: between two writes."""
+    import torch
+
+    from megatron_solo.checkpoint.layout import latest_iteration
+    from megatron_solo.training import forward_step as F
+
+    real, sent = F.solo_forward_step, [torch.distributed.get_rank() != 0]
+
+    def step(data_iterator, model):
+        if not sent[0] and latest_iteration(save_dir) == iteration:
+            sent[0] = True
+            os.killpg(0, signal.Signals[group])
+        return real(data_iterator, model)
+
+    return step
 
 
 def _after_the_signal(iteration: int, sent: Path, micro_batches: int):
@@ -125,7 +148,8 @@ def run_async_job(images: str, texts: str, save_dir: str, steps: int, slow: dict
                   train: dict) -> None:
     """Worker (DP2): small_job with --async-save, one rank's write of one checkpoint slowed; records the outcome.
 
-    When the slowed write sends USR1 and leaves a marker, the steps after its save wait for the marker.
+    When the slowed write sends a signal and leaves a marker, the steps after its save wait for the marker.
+    ``slow`` with "after_latest" instead signals the process group between two writes.
     """
     import torch
 
@@ -135,9 +159,12 @@ def run_async_job(images: str, texts: str, save_dir: str, steps: int, slow: dict
     job = guarded_job(images, texts, save_dir, steps, None, async_save=True, **train)
     micro = job.train.global_batch_size // (job.train.micro_batch_size * torch.distributed.get_world_size())
     with contextlib.ExitStack() as patches:
-        if slow is not None:
+        if slow is not None and "after_latest" in slow:
+            patches.enter_context(T.patched(F, "solo_forward_step",
+                                            _signal_after_latest(slow["after_latest"], save_dir, slow["group"])))
+        elif slow is not None:
             patches.enter_context(_slow_writer(**slow))
-        if slow is not None and slow["usr1"] and slow["marker"]:
+        if slow is not None and (slow.get("usr1") or slow.get("group")) and slow.get("marker"):
             gate = _after_the_signal(slow["iteration"], Path(f"{slow['marker']}.{slow['on_rank']}"), micro)
             patches.enter_context(T.patched(F, "solo_forward_step", gate))
         summary = pretrain(job)

@@ -19,11 +19,15 @@ import torch
 from megatron_solo.platform import cpu_emulation, distributed, launch, spawn
 from tests.harness.paths import REPO
 
-# A trainer stand-in: installs the preemption flag, forks a child the way megatron-core's
-# checkpoint writer does (multiprocessing "fork"), which forks one more; both pids are
-# printed (the grandchild's first), then the parent waits or signals the child.
+# A trainer stand-in in a process group of its own: installs the preemption flag, starts
+# megatron-core's write-results queue (a spawned manager) and forks a child the way its
+# checkpoint writer does (multiprocessing "fork"), which forks one more. It prints the
+# helpers' pids, signals its whole group as Slurm signals a job, reports, then waits to
+# be killed.
 _PARENT = """
 import multiprocessing as mp, os, signal, sys, time
+from megatron.core.dist_checkpointing.strategies import filesystem_async
+from megatron_solo.checkpoint.write_results import ensure_write_results_queue
 from megatron_solo.training.preemption import PreemptionFlag
 def writer():  # megatron-core's async save: a forked caller process forks the writers
     grandchild = mp.get_context("fork").Process(target=time.sleep, args=(120,))
@@ -32,24 +36,26 @@ def writer():  # megatron-core's async save: a forked caller process forks the w
     ready.set()
     time.sleep(120)
 flag = PreemptionFlag()
+ensure_write_results_queue()
+queue = filesystem_async._results_queue
 ready = mp.get_context("fork").Event()
 child = mp.get_context("fork").Process(target=writer)
 child.start()
 assert ready.wait(60)
 print(child.pid, flush=True)
-if sys.argv[1] == "term":  # signal the child while the parent lives; report how it ended
-    os.kill(child.pid, signal.SIGUSR1)  # ignored: the child keeps running
+print(queue._manager._process.pid, flush=True)
+for sig in (signal.SIGUSR1, signal.SIGTERM):
+    os.killpg(0, sig)
     time.sleep(0.5)
-    print("alive after USR1", child.is_alive(), flush=True)
-    os.kill(child.pid, signal.SIGTERM)
-    child.join(timeout=10)
-    print("exitcode", child.exitcode, flush=True)
-    if child.is_alive():
-        child.kill()
-    os.kill(os.getpid(), signal.SIGTERM)  # the parent's own flag still catches SIGTERM
-    print("parent flag", flag.received, flush=True)
-else:
-    time.sleep(120)
+    print(signal.Signals(sig).name, "parent flag", flag.received, "writer alive", child.is_alive(), flush=True)
+    flag.received = False
+queue.put("written")
+print("queue", queue.get(timeout=10), flush=True)
+flag.restore()
+os.kill(os.getpid(), signal.SIGUSR1)  # a warning that comes after the run ended
+time.sleep(0.5)
+print("alive after the run", flush=True)
+time.sleep(120)
 """
 
 
@@ -62,37 +68,28 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-def _start_parent(mode: str) -> tuple[subprocess.Popen, int, int]:
-    """The parent process, its forked child and the child's own forked child."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", _PARENT, mode], stdout=subprocess.PIPE, text=True, env=env)
-    grandchild = int(proc.stdout.readline())
-    return proc, int(proc.stdout.readline()), grandchild
-
-
+@pytest.mark.slow  # a trainer stand-in in a process group of its own
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
-def test_forked_children_die_with_a_killed_parent():
-    parent, *children = _start_parent("kill")
+def test_helpers_of_a_trainer_outlive_the_job_signals_and_die_with_it():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    helpers = [int(proc.stdout.readline()) for _ in range(3)]  # writer's child, writer, results queue
     try:
-        assert all(_alive(pid) for pid in children)
-        parent.kill()  # SIGKILL mid-save: no handler of ours runs
-        parent.wait(timeout=10)
+        lines = [proc.stdout.readline().strip() for _ in range(4)]
+        assert lines == ["SIGUSR1 parent flag True writer alive True", "SIGTERM parent flag True writer alive True",
+                         "queue written", "alive after the run"], (lines, proc.stderr.read() if proc.poll() else "")
+        assert all(_alive(pid) for pid in helpers)
+        proc.kill()  # SIGKILL mid-save: no handler of ours runs
+        proc.wait(timeout=10)
         deadline = time.time() + 10
-        while any(_alive(pid) for pid in children) and time.time() < deadline:
+        while any(_alive(pid) for pid in helpers) and time.time() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(pid) for pid in children), "a forked child outlived its SIGKILLed parent"
+        assert not any(_alive(pid) for pid in helpers), "a helper outlived its SIGKILLed trainer"
     finally:
-        for pid in children:
+        for pid in [proc.pid, *helpers]:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
-
-
-def test_forked_child_ends_on_sigterm_and_ignores_usr1():
-    parent, *_ = _start_parent("term")
-    out, _ = parent.communicate(timeout=60)
-    assert "alive after USR1 True" in out, out
-    assert f"exitcode {-signal.SIGTERM}" in out, out
-    assert "parent flag True" in out, out
 
 
 def test_device_follows_local_rank_modulo_visible_devices():

@@ -3,9 +3,9 @@ write resumes from the previous complete checkpoint. One rank's background write
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -49,9 +49,9 @@ def test_a_usr1_stop_and_the_end_of_the_run_wait_for_the_write_in_flight(shards)
     assert second["latest"] == 6 and second["folders"] == [f"iter_000000{i}" for i in (2, 3, 4, 6)]
 
 
-# One rank of the killed DP2 run, its rank and port from the environment: the ranks are started straight
-# from a shell (no launcher process to start, and one process group to kill).
-_KILLED_RANK = """
+# One rank of a DP2 run, its rank and port from the environment: the ranks are started straight as processes
+# of one group (no launcher process), as a job's tasks: the group is what Slurm and `kill -- -PGID` signal.
+_RANK = """
 import os
 
 import torch
@@ -63,7 +63,7 @@ if __name__ == "__main__":
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
     init_distributed()
     try:
-        G.run_async_job({images!r}, {texts!r}, {save!r}, 6, {slow!r}, {out!r}, {{"save_interval": 2}})
+        G.run_async_job({images!r}, {texts!r}, {save!r}, {steps}, {slow!r}, {out!r}, {train!r})
     finally:
         teardown()
 """
@@ -77,34 +77,77 @@ def _wait_for(predicate, seconds: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def test_sigkill_during_an_async_write_resumes_from_the_previous_checkpoint(shards):
-    from megatron_solo.checkpoint.layout import latest_iteration
+@contextlib.contextmanager
+def _killed_on_error(procs: list[subprocess.Popen]):
+    try:
+        yield
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+
+
+def _start_job(root: Path, name: str, images: str, texts: str, save: Path, slow: dict, train: dict):
+    """Both ranks of a 12-step DP2 async job in a process group of their own; (processes, log, result file)."""
     from megatron_solo.platform import free_port
 
-    root, (images, texts) = shards
-    save, marker, log = root / "killed", root / "writing", root / "killed.log"
-    # rank 1's write of iter_4 never ends; rank 0's ends at once: iter_4 must not become the latest
-    slow = {"iteration": 4, "on_rank": 1, "seconds": 600.0, "marker": str(marker), "usr1": False}
-    script = root / "killed_rank.py"
-    script.write_text(textwrap.dedent(_KILLED_RANK.format(images=images, texts=texts, save=str(save), slow=slow,
-                                                          out=str(root / "killed.json"))))
-    # the shell returns as soon as either rank does, so a rank that fails is seen at once
-    ranks = " & ".join(f"RANK={r} LOCAL_RANK={r} {shlex.quote(sys.executable)} {shlex.quote(str(script))}"
-                       for r in range(2))
-    with open(log, "w") as stdout:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-        proc = subprocess.Popen(["bash", "-c", f"{ranks} & wait -n"], cwd=REPO, env=env, stdout=stdout,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    script, log, out = root / f"{name}.py", root / f"{name}.log", root / f"{name}.json"
+    script.write_text(textwrap.dedent(_RANK.format(images=images, texts=texts, save=str(save), steps=12, slow=slow,
+                                                   out=str(out), train=train)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    procs: list[subprocess.Popen] = []
+    with open(log, "w") as stdout, _killed_on_error(procs):
+        for rank in range(2):
+            group = procs[0].pid if procs else 0  # a new group, then the same one
+            procs.append(subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=stdout,
+                                          stderr=subprocess.STDOUT,
+                                          env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, process_group=group))
+    return procs, log, out
+
+
+def _finished_job(root: Path, name: str, images: str, texts: str, save: Path, slow: dict, train: dict) -> dict:
+    """Run a job as :func:`_start_job` does to its end; both ranks exit 0; rank 0's record of it."""
+    procs, log, out = _start_job(root, name, images, texts, save, slow, train)
     try:
-        _wait_for(lambda: Path(f"{marker}.1").exists() or proc.poll() is not None, 400, "the write of iter_4")
-        assert proc.poll() is None, log.read_text()[-3000:]
-        _wait_for(lambda: "step 5/6" in log.read_text(), 200, "step 5 (training goes on during the write)")
+        codes = [proc.wait(timeout=400) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert codes == [0, 0], log.read_text()[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_a_killed_job_resumes_and_signals_to_the_whole_job_stop_it_saved(shards):
+    from megatron_solo.checkpoint.layout import latest_iteration
+
+    root, (images, texts) = shards
+    save, marker = root / "killed", root / "writing"
+    # SIGKILL: rank 1's write of iter_4 never ends; rank 0's ends at once: iter_4 must not become the latest
+    slow = {"iteration": 4, "on_rank": 1, "seconds": 600.0, "marker": str(marker), "usr1": False}
+    procs, log, _ = _start_job(root, "killed", images, texts, save, slow, {"save_interval": 2})
+    try:
+        _wait_for(lambda: Path(f"{marker}.1").exists() or None not in [p.poll() for p in procs], 400,
+                  "the write of iter_4")
+        assert [p.poll() for p in procs] == [None, None], log.read_text()[-3000:]
+        _wait_for(lambda: "step 5/12" in log.read_text(), 200, "step 5 (training goes on during the write)")
         assert latest_iteration(save) == 2 and (save / "iter_0000004.partial").is_dir()
         assert not (save / "iter_0000004").exists()
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    resumed = _run(2, images, texts, save, 6, None, root / "resumed.json", save_interval=2)
-    assert resumed["resumed_from"] == 2 and resumed["iteration"] == 6 and len(resumed["losses"]) == 4
-    assert resumed["latest"] == 6 and resumed["folders"] == ["iter_0000002", "iter_0000004", "iter_0000006"]
+        os.killpg(procs[0].pid, signal.SIGKILL)
+        for proc in procs:
+            proc.wait()
+    # SIGUSR1 to the whole group during a write (sent by rank 1's writer of iter_4, which takes 2 s more; step 5
+    # waits for it): the writers, the write-results queue and the loader workers live on, the write ends, and
+    # the run stops after step 5 with that step saved too
+    slow = {"iteration": 4, "on_rank": 1, "seconds": 2.0, "marker": str(root / "usr1_sent"), "group": "SIGUSR1",
+            "usr1": False}
+    during = _finished_job(root, "usr1_to_job", images, texts, save, slow, {"save_interval": 2})
+    assert during["resumed_from"] == 2 and during["preempted"] and during["iteration"] == 5
+    assert during["latest"] == 5 and during["folders"] == ["iter_0000002", "iter_0000004", "iter_0000005"]
+    # SIGTERM to the whole group between writes, once iter_6 is the latest and before the save of iter_12
+    slow = {"after_latest": 6, "group": "SIGTERM"}
+    between = _finished_job(root, "term_to_job", images, texts, save, slow, {"save_interval": 6})
+    assert between["resumed_from"] == 5 and between["preempted"] and 7 <= between["iteration"] < 12
+    stopped = f"iter_{between['iteration']:07d}"
+    assert between["latest"] == between["iteration"] and between["folders"][-2:] == ["iter_0000006", stopped]

@@ -34,3 +34,22 @@ def test_nothing_is_due_without_a_save_folder():
 def test_bad_guard_settings_are_one_line_errors(fields, message):
     with pytest.raises(UserInputError, match=message):
         TrainConfig(**fields)
+
+
+def _sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+
+
+def test_an_aborted_saver_ends_the_writer_in_flight(world1):
+    from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
+
+    saver = CheckpointSaver(TrainConfig(save_dir="ckpt", async_save=True))
+    saver.pending = object()  # a write in flight that must never become the latest
+    saver._async_queue().schedule_async_request(AsyncRequest(_sleep, (120.0,), []))
+    writer = saver.queue.async_calls[0].async_caller.process
+    assert writer.is_alive()
+    saver.close(abort=True)
+    assert not writer.is_alive() and saver.queue.get_num_unfinalized_calls() == 0
+    assert saver.pending is None and saver.latest is None
