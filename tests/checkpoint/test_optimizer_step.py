@@ -13,9 +13,9 @@ import operator
 import pytest
 import torch
 
+from megatron_solo.checkpoint.optimizer_state import prime_optimizer_state
 from megatron_solo.checkpoint.state import (
     TrainState,
-    _prime_optimizer_state,
     load_checkpoint,
     save_checkpoint,
 )
@@ -68,7 +68,7 @@ def _optimizer(seed: int, parallel: ParallelConfig):
 def _save_after_steps(root, parallel: ParallelConfig, steps: int) -> None:
     """A checkpoint written by this machine's optimizer (torch AdamW: no TE, no Apex) after ``steps`` steps."""
     chunks, optimizer = _optimizer(1, parallel)
-    _prime_optimizer_state(optimizer)
+    prime_optimizer_state(optimizer)
     for s in _inner(optimizer).optimizer.state.values():
         s["step"].fill_(float(steps))
     save_checkpoint(str(root), TrainState(iteration=steps), chunks, optimizer)
@@ -128,7 +128,7 @@ def test_step_saved_by_te_fused_adam_is_a_tensor_per_parameter_for_torch_adam(wo
     with pytest.MonkeyPatch.context() as with_te:  # saved where TE is installed: an int per param group
         chunks, optimizer = _optimizer(1, parallel)
         inner = _as_with_te(optimizer, with_te)
-        _prime_optimizer_state(optimizer)
+        prime_optimizer_state(optimizer)
         for group in inner.param_groups:
             group["step"] = 7
         save_checkpoint(str(tmp_path), TrainState(iteration=7), chunks, optimizer)

@@ -10,9 +10,9 @@ import torch
 
 from megatron_solo.checkpoint import CheckpointError
 from megatron_solo.checkpoint.layout import resolve_checkpoint
+from megatron_solo.checkpoint.optimizer_state import prime_optimizer_state
 from megatron_solo.checkpoint.state import (
     TrainState,
-    _prime_optimizer_state,
     load_checkpoint,
     save_checkpoint,
 )
@@ -55,7 +55,7 @@ def test_train_state_is_json_and_rng_states_are_tensors(world1, tmp_path, monkey
     train = TrainConfig(micro_batch_size=1, global_batch_size=1, seq_length=32, train_steps=10, bf16=False,
                         optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2))
     optimizer = build_optimizer(chunks, train, parallel)
-    _prime_optimizer_state(optimizer)  # Adam's state exists once it stepped
+    prime_optimizer_state(optimizer)  # Adam's state exists once it stepped
     scheduler = build_scheduler(optimizer, train)
     scheduler.step(3)
     torch.rand(7)  # move the generators off their seeds

@@ -52,11 +52,16 @@ def small_job(images: str, texts: str, save_dir: str, steps: int, exit_after: in
                      train=train, data=data, exit_after_steps=exit_after)
 
 
-def run_job(images: str, texts: str, save_dir: str, steps: int, exit_after: int | None, out: str) -> None:
-    """Worker: train, then record losses and (rank 0) the full weights of the final model."""
+def run_job(images: str, texts: str, save_dir: str, steps: int, exit_after: int | None, out: str, *,
+            distributed_optimizer: bool = True, bf16: bool = False) -> None:
+    """Worker: train small_job (its optimizer kind and precision as given), then record its summary."""
     from megatron_solo.training.loop import pretrain
 
-    summary = pretrain(small_job(images, texts, save_dir, steps, exit_after))
+    job = small_job(images, texts, save_dir, steps, exit_after)
+    job = dataclasses.replace(
+        job, parallel=dataclasses.replace(job.parallel, use_distributed_optimizer=distributed_optimizer),
+        train=dataclasses.replace(job.train, bf16=bf16))
+    summary = pretrain(job)
     if summary.is_log_rank:
         with open(out, "w") as f:
             json.dump({"losses": summary.losses, "iteration": summary.iteration,
@@ -82,6 +87,28 @@ def loop_runs(images: str, texts: str, root: str, steps: int) -> None:
     torch.distributed.barrier()
     run_job(images, texts, str(out / "resumed"), steps, None, str(out / "second_half.json"))
     run_job(images, texts, str(out / "copied"), steps, None, str(out / "copied.json"))
+
+
+def plain_optimizer_runs(images: str, texts: str, root: str, steps: int, distributed: str) -> None:
+    """Worker: :func:`loop_runs`' stop and resume with the plain (not distributed) optimizer, in bf16 (also
+    uninterrupted) and fp32, recorded as ``plain_<precision>_<run>.json``; then its resume of ``distributed``, a
+    save folder the distributed optimizer wrote, recorded as the error it raises (``plain_refused.json``)."""
+    import torch
+
+    from megatron_solo.errors import UserInputError
+
+    out = Path(root)
+    for bf16, name in ((True, "plain_bf16"), (False, "plain_fp32")):
+        runs = [("straight", None), ("first_half", 2), ("second_half", None)][0 if bf16 else 1:]
+        for run, exit_after in runs:
+            save = out / (f"{name}_straight" if run == "straight" else name)
+            run_job(images, texts, str(save), steps, exit_after, str(out / f"{name}_{run}.json"),
+                    distributed_optimizer=False, bf16=bf16)
+    try:
+        run_job(images, texts, distributed, steps + 2, None, str(out / "unused.json"), distributed_optimizer=False)
+    except UserInputError as err:
+        if torch.distributed.get_rank() == 0:
+            (out / "plain_refused.json").write_text(json.dumps(str(err)))
 
 
 def run_eval_job(images: str, texts: str, save_dir: str, steps: int, tp: int, pp: int, init_from: str | None,

@@ -36,7 +36,7 @@ def runs(tmp_path_factory, world1, quickstart_shards):
         "copied": read("copied"),
         # the copy must resume, never overwrite its iter_2
         "iter2_kept": _files(root / "iter2_before") == _files(root / "copied" / "iter_0000002"),
-        "w_straight": load_file(outs[0]), "w_resumed": load_file(outs[1]),
+        "w_straight": load_file(outs[0]), "w_resumed": load_file(outs[1]), "root": root,
     }
 
 
@@ -61,6 +61,33 @@ def test_stop_and_resume_loses_no_step(runs):
 def test_a_save_folder_without_its_latest_file_resumes_from_its_newest_checkpoint(runs):
     assert runs["copied"]["resumed_from"] == 2 and runs["copied"]["losses"] == runs["second"]["losses"]
     assert runs["iter2_kept"]
+
+
+@pytest.mark.multiprocess
+def test_the_plain_optimizer_trains_saves_resumes_and_exports_in_bf16_and_fp32(runs, quickstart_shards,
+                                                                                conversions_here):
+    from megatron_solo.hf.exporter import export_checkpoint
+    from tests.harness.guarded_run import weights_of
+
+    root, (images, texts) = runs["root"], quickstart_shards
+    run_world(T.plain_optimizer_runs, 2, images, texts, str(root), STEPS, str(root / "straight"))
+    read = lambda name: json.loads((root / f"plain_{name}.json").read_text())  # noqa: E731
+    for precision in ("bf16", "fp32"):
+        first, second = read(f"{precision}_first_half"), read(f"{precision}_second_half")
+        assert first["preempted"] and first["iteration"] == 2 and second["resumed_from"] == 2
+        # bf16: the uninterrupted plain run's losses exactly; fp32: the distributed optimizer's (the same sums)
+        straight, rel = (read("bf16_straight")["losses"], 0) if precision == "bf16" else (runs["straight"]["losses"], 1e-5)
+        assert first["losses"] + second["losses"] == pytest.approx(straight, rel=rel, abs=0), precision
+    assert "written by the distributed optimizer: resume without --no-distributed-optimizer" in read("refused")
+    outs = [str(root / f"plain_bf16{run}.safetensors") for run in ("_straight", "")]
+    run_world(weights_of, 1, images, texts, [str(root / "plain_bf16_straight"), str(root / "plain_bf16")], outs)
+    straight, resumed = load_file(outs[0]), load_file(outs[1])
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    export = export_checkpoint(root / "plain_bf16", root / "plain_bf16_hf", progress=False)
+    exported = {k: v for f in export.glob("model-*.safetensors") for k, v in load_file(f).items()}
+    assert torch.equal(exported["model.language_model.norm.weight"], resumed["decoder.final_layernorm.weight"])
+    head = exported["lm_head.weight"]
+    assert torch.equal(head, resumed["output_layer.weight"][: len(head)].to(head.dtype))
 
 
 def test_a_save_folder_of_another_model_is_refused(tmp_path):

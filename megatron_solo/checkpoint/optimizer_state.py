@@ -1,0 +1,198 @@
+"""The optimizer's part of a checkpoint: its sharded state dict, and loading it into the optimizer in use.
+
+megatron-core writes the distributed optimizer in its fully reshardable format and the plain (not
+distributed) optimizers per parameter, each keyed by the model parameter it updates, so either loads at
+another TP/PP/DP layout. Two gaps of megatron-core 0.16.1 are closed here: its bf16 optimizer cannot
+describe a model that keeps some parameters in fp32 (:func:`optimizer_sharded_state_dict`), and Adam's
+``step`` is kept differently by each optimizer class (:func:`load_optimizer_state`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from megatron_solo.checkpoint.layout import CheckpointError
+
+# The distributed optimizer's state gathered into model space, so it loads at another
+# TP/PP/DP layout ('fully_sharded_model_space' needs flattened ranges, which
+# dist_checkpointing 0.16.1 refuses).
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+# megatron-core's key for a bf16 optimizer's fp32 main copies of the bf16 parameters, per param group.
+_MAIN_COPIES = "fp32_from_fp16_params"
+
+
+def prime_optimizer_state(optimizer) -> None:
+    """Give a fresh torch Adam its state tensors (and ``step``) so a checkpoint can load into them.
+
+    megatron-core's distributed optimizer reads ``step`` from the inner optimizer's
+    state while building the sharded state dict to load into; a fresh torch Adam has
+    none. One step with zero gradients at learning rate 0 creates it without moving
+    any weight; the checkpoint then overwrites it.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if inner is None or len(inner.state) > 0:
+            continue
+        saved_lr = [g["lr"] for g in inner.param_groups]
+        for group in inner.param_groups:
+            group["lr"] = 0.0
+            for param in group["params"]:
+                param.grad = torch.zeros_like(param)
+        inner.step()
+        inner.zero_grad(set_to_none=True)
+        for group, lr in zip(inner.param_groups, saved_lr):
+            group["lr"] = lr
+
+
+def load_optimizer_state(optimizer, state) -> None:
+    """Load the optimizer state (the distributed optimizer's fully reshardable format or a plain one).
+
+    megatron-core 0.16.1 copies every per-parameter state entry when it scatters the fully reshardable
+    format, including torch Adam's scalar ``step``, which the format keeps elsewhere (KeyError 'step').
+    The parameter state is therefore loaded in a second call, with ``step`` held aside;
+    ``load_state_dict`` has already restored it. :func:`_settle_step` then puts ``step`` where the
+    optimizer in use keeps it.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    opts = getattr(optimizer, "chained_optimizers", [optimizer])
+    if len(opts) == 1:
+        states = [state]
+    else:
+        states = [v for _, v in sorted(state.items())] if isinstance(state, dict) else list(state)
+    for opt, st in zip(opts, states):
+        deferred = None
+        if isinstance(opt, DistributedOptimizer) and st.get("param_state_sharding_type") == "fully_reshardable":
+            deferred = st.pop("param_state")
+        inner = opt.optimizer
+        _steps_per_parameter(inner, st)
+        if isinstance(st.get(_MAIN_COPIES), dict):  # written by _mixed_precision_sharded_state_dict
+            st[_MAIN_COPIES] = [st[_MAIN_COPIES].get(i, []) for i in range(len(opt.fp32_from_float16_groups))]
+        opt.load_state_dict(st)
+        if deferred is not None:
+            held = {p: s.pop("step") for p, s in inner.state.items() if "step" in s}
+            opt.load_parameter_state_from_fully_reshardable(deferred)
+            for p, step in held.items():
+                inner.state[p]["step"] = step
+        _settle_step(inner)
+
+
+def _steps_per_parameter(inner: torch.optim.Optimizer, loaded: dict) -> None:
+    """Give each parameter state of a plain (not distributed) optimizer state dict the group's ``step``
+    when ``inner`` is torch's Adam, which refuses a state without one (KeyError 'step') and a checkpoint
+    saved with TE's FusedAdam keeps it per param group only."""
+    plain = loaded.get("optimizer", loaded)
+    if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)) or not isinstance(plain.get("state"), dict):
+        return
+    steps = [g["step"] for g in plain.get("param_groups", []) if "step" in g]
+    for state in plain["state"].values():
+        if isinstance(state, dict) and state and "step" not in state and steps:
+            state["step"] = torch.tensor(float(steps[0]), dtype=torch.float32)
+
+
+def _settle_step(inner: torch.optim.Optimizer) -> None:
+    """Make the loaded Adam ``step`` the type, and put it in the place, that ``inner`` keeps it in.
+
+    A checkpoint holds ``step`` as the optimizer that wrote it kept it, and megatron-core picks that
+    optimizer by what is installed. torch's Adam/AdamW (no TE, no Apex) want a float32 tensor per
+    parameter, one each (it is incremented in place); the distributed optimizer saves it as a float per
+    param group. TE's and Apex's FusedAdam keep one Python int per param group and pass it to an
+    integer kernel argument (megatron-core saves ``int(step)`` for them), so a float from a checkpoint
+    written without TE would fail there, and a per-parameter one would restart the count at 1.
+    """
+    per_param = isinstance(inner, (torch.optim.Adam, torch.optim.AdamW))
+    groups = [g for g in inner.param_groups if g["params"]]
+    in_params = [inner.state[p]["step"] for g in groups for p in g["params"] if "step" in inner.state.get(p, {})]
+    in_groups = [g["step"] for g in groups if "step" in g]
+    found = in_params + in_groups if per_param else in_groups + in_params
+    if not found:
+        return  # an optimizer without a step (SGD), or one never stepped
+    step = float(found[0])
+    for group in groups:
+        fused = group.get("capturable") or group.get("fused")
+        for p in group["params"]:
+            state = inner.state.get(p)
+            if not state:
+                continue
+            if per_param:
+                state["step"] = torch.tensor(step, dtype=torch.float32, device=p.device if fused else "cpu")
+            else:
+                state.pop("step", None)
+        if not per_param:
+            group["step"] = int(step)
+
+
+def check_optimizer_kind(optimizer, held: set[str], path: str) -> None:
+    """Refuse, in one line, a checkpoint whose optimizer state the other optimizer kind wrote.
+
+    The distributed optimizer keeps an fp32 copy of every parameter (``optimizer.state.param.*``); the
+    plain one keeps copies of the bf16 parameters only (``optimizer.state.fp32_param.*``), none in fp32.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    if not any(key.startswith("optimizer.") for key in held):
+        return  # no optimizer state (an imported checkpoint): nothing to match
+    distributed_here = any(isinstance(opt, DistributedOptimizer)
+                           for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
+    distributed_there = any(key.startswith("optimizer.state.param.") for key in held)
+    if distributed_here != distributed_there:
+        flag = "without --no-distributed-optimizer" if distributed_there else "with --no-distributed-optimizer"
+        kind = "the distributed" if distributed_there else "a plain (not distributed)"
+        raise CheckpointError(f"{path}: its optimizer state was written by {kind} optimizer: resume {flag}, "
+                              "or start a new run from its weights with --init-from")
+
+
+def optimizer_sharded_state_dict(optimizer, model_sharded: dict[str, Any], *, is_loading: bool = False) -> Any:
+    """The optimizer's sharded state dict (to save, or with ``is_loading`` to load into)."""
+    opts = getattr(optimizer, "chained_optimizers", [optimizer])
+    mixed = [opt for opt in opts if _keeps_fp32_model_params(opt)]
+    if not mixed:
+        return optimizer.sharded_state_dict(model_sharded, is_loading=is_loading, metadata=OPTIMIZER_METADATA)
+    if len(opts) > 1:
+        raise NotImplementedError("a chain of several optimizers over bf16 and fp32 parameters: use the "
+                                  "distributed optimizer")
+    return _mixed_precision_sharded_state_dict(opts[0], model_sharded, is_loading)
+
+
+def _keeps_fp32_model_params(opt) -> bool:
+    """A bf16/fp16 optimizer (not distributed) over a model with some fp32 parameters (the local spec's norms)."""
+    return any(len(group) for group in getattr(opt, "fp32_from_fp32_groups", []))
+
+
+def _mixed_precision_sharded_state_dict(opt, model_sharded: dict[str, Any], is_loading: bool) -> dict:
+    """megatron-core's Float16OptimizerWithFloat16Params.sharded_state_dict, right when fp32 params take part.
+
+    megatron-core numbers the optimizer's state by the bf16 parameters alone, while the inner optimizer
+    numbers every parameter it updates: the fp32 main copies of the bf16 parameters and the model's own
+    fp32 parameters, interleaved. Each parameter is keyed here by the model parameter it stands for, as
+    megatron-core keys them when there is no fp32 one, so the checkpoint reads the same.
+    """
+    from megatron.core.dist_checkpointing.optimizer import (
+        get_param_id_to_sharded_param_map,
+        make_sharded_optimizer_tensor,
+        optim_state_to_sharding_state,
+    )
+
+    if is_loading:
+        opt.init_state_fn(opt.optimizer, opt.config)
+    state_dict = opt.state_dict()
+    model_param = {id(main): half for halves, mains in zip(opt.float16_groups, opt.fp32_from_float16_groups)
+                   for half, main in zip(halves, mains)}
+    updated = [p for group in opt.optimizer.param_groups for p in group["params"]]  # state ids: their order
+    by_id = get_param_id_to_sharded_param_map(model_sharded, [model_param.get(id(p), p) for p in updated])
+    state_id = {id(p): i for i, p in enumerate(updated)}
+    # by group index, the groups without bf16 parameters left out: dist_checkpointing cannot take an empty
+    # list among lists of sharded tensors (it misplaces it when it splits off the common state)
+    state_dict[_MAIN_COPIES] = {
+        i: [make_sharded_optimizer_tensor(by_id[state_id[id(main)]], main, prefix="optimizer.state.fp32_param")
+            for main in mains]
+        for i, mains in enumerate(opt.fp32_from_float16_groups) if mains
+    }
+    step = opt._extract_common_per_param_step(state_dict["optimizer"])
+    optim_state_to_sharding_state(state_dict["optimizer"], by_id, exclude_keys="step")
+    if step:
+        state_dict["optimizer"]["state"]["common_step"] = step
+    return state_dict
