@@ -28,13 +28,10 @@ DEFAULT_MAX_NEW_TOKENS = 32
 
 
 def _backend(pretrained: str | None, checkpoint: str | None, dtype: str, max_side: int | None):
-    from megatron_solo.evaluation.errors import EvaluationError
+    from megatron_solo.evaluation.lmms import check_solo_model
     from megatron_solo.evaluation.run import DTYPES
 
-    if (pretrained is None) == (checkpoint is None):
-        raise EvaluationError("solo model_args: give exactly one of pretrained=EXPORT_DIR and checkpoint=SAVE_DIR")
-    if dtype not in DTYPES:
-        raise EvaluationError(f"solo model_args: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_solo_model(pretrained, checkpoint, dtype)
     max_side = int(max_side) if max_side else None
     if pretrained is not None:
         from megatron_solo.evaluation.hf_backend import HFBackend

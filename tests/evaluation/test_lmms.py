@@ -58,12 +58,21 @@ def _lmms_eval(python: str, export: Path, task_dir: Path, tasks: list[str], out:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_HOME": str(out / "hf"), "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1"}
-    cmd = [python, "-m", "megatron_solo.evaluation.lmms", "--model", "solo", "--model_args",
-           f"pretrained={export},max_side=64", "--tasks", ",".join(tasks), "--include_path", str(task_dir),
+    # two runs of one config file: the export, then a copy of it whose weights file is damaged, which
+    # lmms-eval fails to load (it logs the error and goes on): the launcher passes that failure on
+    damaged = out / "damaged_export"
+    shutil.copytree(export, damaged)
+    for weights in damaged.glob("*.safetensors"):
+        weights.write_bytes(b"damaged")
+    runs = out / "runs.yaml"
+    runs.write_text(json.dumps([{"model_args": f"pretrained={folder},max_side=64"} for folder in (export, damaged)]))
+    cmd = [python, "-m", "megatron_solo.evaluation.lmms", "--config", str(runs), "--model", "solo",
+           "--tasks", ",".join(tasks), "--include_path", str(task_dir),
            "--batch_size", "1", "--output_path", str(out), "--log_samples"]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     found = [f for f in out.rglob("*_results.json") if "submissions" not in f.parts]  # not MMBench's own file
-    assert run.returncode == 0 and found, (run.stdout[-3000:], run.stderr[-3000:])  # lmms-eval exits 0 on errors
+    assert run.returncode == 1 and found, (run.stdout[-3000:], run.stderr[-3000:])
+    assert run.stderr.strip().splitlines()[-1].startswith("error: lmms-eval's evaluation failed"), run.stderr[-3000:]
     results = json.loads(found[0].read_text())["results"]
     samples = {t: [json.loads(line) for f in out.rglob(f"*samples_{t}*.jsonl") for line in f.open()] for t in tasks}
     return results, samples
