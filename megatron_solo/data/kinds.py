@@ -13,6 +13,7 @@ from pathlib import Path
 from megatron_solo.data import samples as sm
 from megatron_solo.data import sources as src
 from megatron_solo.data.input_types import check_input
+from megatron_solo.errors import UserInputError
 from megatron_solo.vocab import Tokenizer
 
 
@@ -33,12 +34,14 @@ _ROWS = frozenset({"jsonl", "json", "parquet", "arrow", "hf_folder"})  # inputs 
 class SampleKind:
     """A source kind: ``read(inputs, image_root, columns)`` yields records, ``build(record, key, ctx)`` a Sample.
 
-    ``inputs``: the input types (``input_types.input_type``) its reader takes.
+    ``inputs``: the input types (``input_types.input_type``) its reader takes; ``expects``: what an input of
+    this kind holds, as a user is told when one yields no record.
     """
 
     name: str
     read: Callable[[list[str], str | None, src.Columns | None], Iterator[dict]]
     build: Callable[[dict, str, BuildContext], sm.Sample]
+    expects: str
     inputs: frozenset[str] = _ROWS
 
 
@@ -73,11 +76,16 @@ def _conversation(record: dict, key: str, ctx: BuildContext) -> sm.Sample:
 
 
 KINDS: dict[str, SampleKind] = {k.name: k for k in (
-    SampleKind("classification", src.classification_records, _classification, _ROWS | {"folder", "csv"}),
-    SampleKind("caption", src.caption_records, _caption, _ROWS | {"tar", "energon"}),
-    SampleKind("interleaved", src.interleaved_records, _interleaved),
-    SampleKind("text", src.text_records, _text),
-    SampleKind("conversation", src.conversation_records, _conversation, _ROWS | {"energon"}),
+    SampleKind("classification", src.classification_records, _classification,
+               "a folder of class folders of images, a label file, or rows with image and label",
+               _ROWS | {"folder", "csv"}),
+    SampleKind("caption", src.caption_records, _caption,
+               "img2dataset tars, or rows with image and caption (or text)", _ROWS | {"tar", "energon"}),
+    SampleKind("interleaved", src.interleaved_records, _interleaved, "rows of documents of text and images"),
+    SampleKind("text", src.text_records, _text, "rows with a text field"),
+    SampleKind("conversation", src.conversation_records, _conversation,
+               "rows of conversations (LLaVA, OpenAI or The Cauldron style) with their images",
+               _ROWS | {"energon"}),
 )}
 
 
@@ -113,6 +121,14 @@ def _tagged(entry: SampleKind, inputs: list[str], image_root: str | None, column
         for record in entry.read([item], image_root, columns):
             record["input"] = item
             yield record
+
+
+def check_has_records(kind: str, inputs: list[str], image_root: str | None = None,
+                      columns: src.Columns | None = None) -> None:
+    """UserInputError naming the first input that yields no record of ``kind``, and what the kind expects."""
+    for item in inputs:
+        if next(iter_records(kind, [item], image_root, columns), None) is None:
+            raise UserInputError(f"{item}: no {kind} record in it; {kind} takes {get_kind(kind).expects}")
 
 
 def build_sample(record: dict, key: str, ctx: BuildContext) -> sm.Sample:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from megatron_solo.config.data import PreprocessConfig
 from megatron_solo.data.holdout import HELDOUT_DIR, plan_holdout
 from megatron_solo.data.image import ImageError, load_resized
-from megatron_solo.data.kinds import BuildContext, build_sample, iter_records
+from megatron_solo.data.kinds import BuildContext, build_sample, check_has_records, iter_records
 from megatron_solo.data.parts import (
     Part,
     check_split,
@@ -294,12 +294,12 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, environ: Mapping[st
         stats = json.loads(part.marker(cfg.output).read_text())  # finished before: nothing to redo
         return _after_part(cfg, folders, part, {**stats, "finished_before": True})
     load_class_names(cfg.class_names)  # a broken class-name map is a whole-job error: fail before work
+    # refuses inputs no reader takes, or that hold no record, before anything is made
+    check_has_records(cfg.kind, cfg.inputs, cfg.image_root, _columns(cfg))
     held, split = None, None
     if cfg.holdout:  # every part scans the whole source: the split is the one-process run's
         held, split = plan_holdout(iter_records(cfg.kind, cfg.inputs, cfg.image_root, _columns(cfg)),
                                    cfg.holdout, cfg.holdout_seed, progress)
-    else:
-        iter_records(cfg.kind, cfg.inputs, cfg.image_root)  # refuses inputs no reader takes before any is made
     _open_folders(cfg, folders, part)  # only once every check passed: a refused run leaves nothing behind
     done_before = _build(cfg, folders, held, part, progress)
     if part is None:

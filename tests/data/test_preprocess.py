@@ -229,3 +229,33 @@ def test_output_equal_to_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is also an --input"):
         preprocess(PreprocessConfig(kind="text", inputs=[str(src)], output=str(src), workers=0), progress=False)
     assert sorted(p.name for p in src.iterdir()) == ["docs.jsonl"]
+
+
+def _flat_images(folder):
+    folder.mkdir()
+    for name, image in list(real_images().items())[:2]:
+        image.save(folder / f"{name}.png")
+    return folder
+
+
+def _datasets_folder_without_state(folder):
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text("{}")
+    (folder / "data-00000-of-00001.arrow").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize("kind, make, expects", [
+    ("classification", _flat_images, "classification takes a folder of class folders of images"),
+    ("text", lambda path: write_jsonl(path.with_suffix(".jsonl"), []), "text takes rows with a text field"),
+    ("classification", _datasets_folder_without_state, "classification takes a folder of class folders"),
+])
+def test_an_input_without_records_is_one_line_and_makes_nothing(kind, make, expects, tmp_path, capfd):
+    from tests.harness.tool_runs import run_here
+
+    source = make(tmp_path / "source")
+    run = run_here(capfd, "preprocess_data.py", "--kind", kind, "--input", source, "--output", tmp_path / "out",
+                   "--workers", "0", "--quiet")
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert f"{source}: no {kind} record in it; {expects}" in run.stderr
+    assert not (tmp_path / "out").exists()
