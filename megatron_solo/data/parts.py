@@ -58,13 +58,28 @@ def part_from_env(environ: Mapping[str, str]) -> Part | None:
     """The part of a Slurm array task (SLURM_ARRAY_TASK_ID / _COUNT / _MIN / _MAX), or None outside one."""
     if "SLURM_ARRAY_TASK_ID" not in environ or "SLURM_ARRAY_TASK_COUNT" not in environ:
         return None
-    task, count = int(environ["SLURM_ARRAY_TASK_ID"]), int(environ["SLURM_ARRAY_TASK_COUNT"])
-    low = int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
-    high = int(environ.get("SLURM_ARRAY_TASK_MAX", low + count - 1))
+    task, count = _array_number(environ, "SLURM_ARRAY_TASK_ID"), _array_number(environ, "SLURM_ARRAY_TASK_COUNT")
+    low = _array_number(environ, "SLURM_ARRAY_TASK_MIN", 0)
+    high = _array_number(environ, "SLURM_ARRAY_TASK_MAX", low + count - 1)
+    if count < 1:
+        raise UserInputError(f"SLURM_ARRAY_TASK_COUNT={count}: a Slurm array has at least one task")
     if high - low + 1 != count:  # --array=0-10:2 or 1,5,9: the task ids do not number the parts
         raise UserInputError(f"Slurm array ids {low}..{high} are not {count} consecutive numbers; submit "
                              f"--array={low}-{low + count - 1} or pass --part I/N")
+    if not low <= task <= high:
+        raise UserInputError(f"SLURM_ARRAY_TASK_ID={task} is outside the array's ids {low}..{high}")
     return Part(task - low, count)
+
+
+def _array_number(environ: Mapping[str, str], name: str, default: int | None = None) -> int:
+    """A Slurm array variable as a number, its default when unset; UserInputError naming it when not one."""
+    text = environ.get(name)
+    if text is None and default is not None:
+        return default
+    if text is None or not text.strip().isdigit():
+        raise UserInputError(f"{name}={text!r}: expected a whole number, as Slurm sets it for an array task "
+                             "(or pass --part I/N)")
+    return int(text)
 
 
 def resolve_part(text: str | None, environ: Mapping[str, str]) -> Part | None:

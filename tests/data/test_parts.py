@@ -112,6 +112,24 @@ def test_part_spellings_and_slurm_array_tasks():
     assert [k for k in range(7) if Part(1, 3).owns(k)] == [1, 4]
 
 
+@pytest.mark.parametrize("array, message", [
+    ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "0"}, "SLURM_ARRAY_TASK_COUNT=0: a Slurm array has at"),
+    ({"SLURM_ARRAY_TASK_ID": "abc", "SLURM_ARRAY_TASK_COUNT": "2"}, "SLURM_ARRAY_TASK_ID='abc': expected a whole"),
+    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "2"}, "SLURM_ARRAY_TASK_ID=5 is outside the array's"),
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": ""}, "SLURM_ARRAY_TASK_MIN=''"),
+])
+def test_a_slurm_array_environment_that_names_no_part_is_one_line(array, message, source, tmp_path, capfd,
+                                                                   monkeypatch):
+    from tests.harness.tool_runs import run_here
+
+    for key, value in array.items():
+        monkeypatch.setenv(key, value)
+    run = run_here(capfd, "preprocess_data.py", "--kind", "classification", "--input", source["inputs"][0],
+                   "--output", tmp_path / "out", "--workers", "0", "--quiet")
+    assert run.returncode == 2 and message in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("count", [1, 2, 5])
 def test_every_record_in_exactly_one_part_whatever_n(tmp_path, count):
     from tests.harness.data_sources import write_jsonl
