@@ -173,6 +173,7 @@ def _build_model(run: Run) -> None:
 def _resume(run: Run) -> None:
     """Load the save folder's checkpoint (or the previous stage's weights), then write the run files."""
     from megatron_solo.checkpoint.state import load_checkpoint
+    from megatron_solo.training.profiling import profile_warning
 
     job = run.job
     if run.saved is not None:
@@ -187,6 +188,9 @@ def _resume(run: Run) -> None:
         run.optimizer.reload_model_params()
     if job.train.save_dir and torch.distributed.get_rank() == 0:
         _write_run_files(job, run.model_cfg, run.tokenizer)
+    warning = profile_warning(job.train, torch.distributed.get_world_size(), run.state.iteration)
+    if warning:
+        run.rank0.info(warning, warning=True)
 
 
 def _end(run: Run) -> RunSummary:

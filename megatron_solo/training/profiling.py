@@ -17,6 +17,26 @@ PROFILE_SUBDIR = "profile"
 MEMORY_HISTORY_ENTRIES = 100_000  # allocation events kept for the snapshot (torch's own suggestion)
 
 
+def profile_warning(train: TrainConfig, world_size: int, iteration: int) -> str | None:
+    """One line when ``--profile-steps`` records less than asked in this run (world size, resumed ``iteration``)."""
+    if train.profile_steps is None:
+        return None
+    first, last = train.profile_steps
+    missing = [r for r in train.profile_ranks if r >= world_size]
+    problems = []
+    if missing:
+        left = "nothing is profiled" if len(missing) == len(train.profile_ranks) else "they record nothing"
+        problems.append(f"--profile-ranks {', '.join(map(str, missing))}: no such rank in a run of {world_size} "
+                        f"process{'es' * (world_size > 1)} ({left})")
+    if last <= iteration:
+        problems.append(f"--profile-steps {first}:{last} ended before this run resumes at step {iteration + 1}: "
+                        "nothing is profiled")
+    elif first <= iteration:
+        problems.append(f"--profile-steps {first}:{last}: steps {first} to {iteration} ran before this run resumed; "
+                        f"steps {iteration + 1} to {last} are profiled")
+    return "warning: " + "; ".join(problems) if problems else None
+
+
 class StepProfiler:
     """Records steps ``first..last`` (counted from 1, both included) on this rank when it is one of ``ranks``."""
 

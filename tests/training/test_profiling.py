@@ -9,7 +9,7 @@ import torch
 
 from megatron_solo.config.train import TrainConfig, step_range
 from megatron_solo.errors import UserInputError
-from megatron_solo.training.profiling import PROFILE_SUBDIR, StepProfiler
+from megatron_solo.training.profiling import PROFILE_SUBDIR, StepProfiler, profile_warning
 
 
 def _marked_work(step: int) -> None:
@@ -62,3 +62,17 @@ def test_the_window_is_checked_where_it_is_given(tmp_path):
         TrainConfig(profile_steps=(11, 12), tensorboard_dir=str(tmp_path), train_steps=10)
     with pytest.raises(UserInputError, match="give tensorboard_dir"):
         TrainConfig(profile_steps=(1, 2))
+
+
+def test_a_profile_that_records_less_than_asked_is_a_warning(tmp_path):
+    train = TrainConfig(profile_steps=(2, 3), profile_ranks=[0, 3], tensorboard_dir=str(tmp_path), train_steps=10)
+    assert profile_warning(train, world_size=4, iteration=0) is None
+    assert profile_warning(train, world_size=1, iteration=0) == (
+        "warning: --profile-ranks 3: no such rank in a run of 1 process (they record nothing)")
+    only = TrainConfig(profile_steps=(2, 3), profile_ranks=[3], tensorboard_dir=str(tmp_path), train_steps=10)
+    assert profile_warning(only, world_size=2, iteration=0).endswith("(nothing is profiled)")
+    assert profile_warning(train, world_size=4, iteration=5) == (
+        "warning: --profile-steps 2:3 ended before this run resumes at step 6: nothing is profiled")
+    assert profile_warning(train, world_size=4, iteration=2) == (
+        "warning: --profile-steps 2:3: steps 2 to 2 ran before this run resumed; steps 3 to 3 are profiled")
+    assert profile_warning(TrainConfig(), world_size=1, iteration=0) is None

@@ -10,7 +10,7 @@ import pytest
 from megatron_solo.training.curve import CURVE_FILE, read_scalars
 from megatron_solo.training.profiling import PROFILE_SUBDIR
 from megatron_solo.training.progress import RANK_TIME_TAGS
-from tests.harness.tracked_run import SLOW_RANK, SLOW_SECONDS, tracked_job
+from tests.harness.tracked_run import PROFILE_RANK_MISSING, SLOW_RANK, SLOW_SECONDS, tracked_job
 from tests.harness.wandb_files import offline_runs
 from tests.harness.worlds import run_world
 
@@ -74,4 +74,6 @@ def test_the_profile_names_our_modules_and_the_curve_is_drawn(run):
     assert any(re.search(r"megatron_solo/model/\w+\.py\(\d+\): forward", n) for n in names)
     assert any("megatron_solo/training/step.py" in n for n in names)
     assert not list((run["root"] / "tb" / PROFILE_SUBDIR).glob("rank1.*"))  # --profile-ranks: rank 0 only
+    warned = f"warning: --profile-ranks {PROFILE_RANK_MISSING}: no such rank in a run of 2 processes"
+    assert warned in (run["root"] / "attempt1.rank0.stderr").read_text()
     assert (run["root"] / "tb" / CURVE_FILE).stat().st_size > 0
