@@ -35,7 +35,7 @@ class StepLoop:
         self.saved_at = run.saved.iteration if run.saved is not None else None
         self.flag = None
         self.nonfinite = NonFinitePolicy(self.train.on_nonfinite, self.train.max_skipped_steps)
-        self.spikes = SpikePolicy(self.train)
+        self.spikes = SpikePolicy(self.train, run.model_cfg.padded_vocab_size(run.job.parallel.tensor_parallel))
         self.saver = CheckpointSaver(self.train)
 
     def run(self) -> None:

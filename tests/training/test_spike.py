@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
@@ -19,9 +20,12 @@ from tests.harness.worlds import run_world
 SPIKE = dict(spike_window=3, spike_mad_factor=100.0)
 
 
+VOCAB = 33031  # a loss above 2 x ln(VOCAB) = 20.8 is a diverged run's
+
+
 def _policy(on_spike: str, warmup: int = 2, budget: int = 10) -> SpikePolicy:
     return SpikePolicy(TrainConfig(on_spike=on_spike, spike_window=4, spike_mad_factor=3.0, max_skipped_steps=budget,
-                                   optim=OptimConfig(warmup_steps=warmup)))
+                                   optim=OptimConfig(warmup_steps=warmup)), VOCAB)
 
 
 def test_robust_level_is_median_plus_k_mads():
@@ -34,7 +38,7 @@ def test_robust_level_is_median_plus_k_mads():
 
 def test_detection_waits_for_the_warm_up_and_a_full_window_and_a_warned_spike_joins_it():
     policy, state = _policy("warn"), TrainState()
-    assert [policy.check(i, v, state) for i, v in enumerate([50.0, 40.0, 5.0, 5.1, 4.9, 5.2], 1)] == [None] * 6
+    assert [policy.check(i, v, state) for i, v in enumerate([19.0, 15.0, 5.0, 5.1, 4.9, 5.2], 1)] == [None] * 6
     assert state.spike_history == [5.0, 5.1, 4.9, 5.2]  # the warm-up's steps 1 and 2 not taken
     spike = policy.check(7, 9.0, state)
     assert spike.iteration == 7 and spike.threshold == pytest.approx(5.05 + 3 * 0.1)
@@ -49,6 +53,24 @@ def test_a_skipped_spike_stays_out_of_the_window_and_counts_against_the_budget()
     assert state.spike_history == [5.0, 5.1, 4.9, 5.2]
     with pytest.raises(DivergenceError, match=r"step 6: loss spike 9.*over --max-skipped-steps 1"):
         policy.check(6, 9.0, state)
+
+
+def test_a_run_diverging_from_its_first_steps_is_caught_without_a_window():
+    from megatron_solo.training.guard import DivergenceError
+
+    ceiling = 2 * math.log(VOCAB)
+    warned, state = _policy("warn", warmup=3), TrainState()
+    losses = [10.4, 15.0, 2e3, 1e6, 1e6, 1e6, 1e6]  # a learning rate far too high: finite, and rising from step 2
+    spikes = [warned.check(i, v, state) for i, v in enumerate(losses, 1)]
+    assert [s is not None for s in spikes] == [False, False, True, True, True, True, True]
+    assert spikes[2].diverged and spikes[2].threshold == pytest.approx(ceiling)
+    assert spikes[2].describe(3.0, 4).startswith(f"step 3: loss spike 2000 above {ceiling:.4g}, 2 x the loss of a")
+    assert spikes[-1].diverged  # a window full of diverged losses does not make them normal
+    assert state.spikes == 5 and state.spike_history == [1e6] * 4
+    skipped, state = _policy("skip", warmup=3, budget=1), TrainState()
+    assert skipped.check(1, 25.0, state).diverged and state.skipped_steps == 1
+    with pytest.raises(DivergenceError, match="step 2: loss spike 30 .*the run is diverging.*--max-skipped-steps 1"):
+        skipped.check(2, 30.0, state)
 
 
 def test_off_never_looks():
