@@ -24,12 +24,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_solo.checkpoint.layout import (
     LATEST_FILE,
     PARTIAL_SUFFIX,
     CheckpointError,
     checkpoint_dir,
+    latest_iteration,
     resolve_checkpoint,
 )
 from megatron_solo.checkpoint.metadata import record_saved_layout
@@ -44,6 +46,8 @@ from megatron_solo.checkpoint.rng import restore_rng, rng_in_checkpoint, rng_sha
 from megatron_solo.checkpoint.train_state import SavedLayout, TrainState, read_train_state, write_train_state
 from megatron_solo.checkpoint.write_results import ensure_write_results_queue
 from megatron_solo.model.chunks import unwrap
+
+FULL_DISK_BYTES = 16 * 2**20  # less free space than this (or 0.5% of the disk) after a failed write: full
 
 __all__ = ["PendingSave", "TrainState", "load_checkpoint", "read_sharded", "save_checkpoint", "start_save"]
 
@@ -98,6 +102,18 @@ class PendingSave:
     state: TrainState  # a copy taken when the save started: the run goes on changing its own
     request: Any = None
 
+    def failure(self, err: BaseException) -> CheckpointError:
+        """The one line for a write of this checkpoint that failed: why, the free space left, what stays latest."""
+        first = next((failure[0] for failure in getattr(err, "failures", {}).values()), err)
+        disk = shutil.disk_usage(self.root)
+        # a full disk shows as ENOSPC, or as a torch writer's "unexpected pos": the free space tells
+        full = " (the file system is full)" if disk.free < max(FULL_DISK_BYTES, disk.total // 200) else ""
+        latest = latest_iteration(self.root)
+        kept = f"the latest checkpoint is still {checkpoint_dir(self.root, latest)}" if latest is not None else \
+            "there is no checkpoint yet"
+        return CheckpointError(f"{self.final}: cannot write the checkpoint ({type(first).__name__}: {first}); "
+                               f"{disk.free / 2**20:,.1f} MiB free on {self.root}{full}; {kept}")
+
     def finish(self) -> None:
         """On every rank: rank 0 writes the train state, renames the folder into place and updates ``latest``."""
         dist.barrier()
@@ -141,7 +157,10 @@ def start_save(root: str, state: TrainState, chunks: list[torch.nn.Module], opti
                                    scheduler=scheduler.state_dict() if scheduler is not None else None)
     pending = PendingSave(root, final, snapshot)
     ensure_write_results_queue()
-    request = dist_checkpointing.save(sharded, partial, async_sharded_save=async_save)
+    try:
+        request = dist_checkpointing.save(sharded, partial, async_sharded_save=async_save)
+    except CheckpointException as err:  # a BaseException: it would pass by every `except Exception`
+        raise pending.failure(err) from err
     if request is not None:
         request.add_finalize_fn(pending.finish)
         pending.request = request

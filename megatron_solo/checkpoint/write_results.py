@@ -12,6 +12,7 @@ finds its queue made and uses it.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from multiprocessing import resource_tracker
@@ -20,12 +21,20 @@ from multiprocessing.managers import SyncManager
 from megatron_solo.platform.processes import job_signals_blocked, shield_helper
 
 
+class _ReportedBySaver(logging.Filter):
+    """Drops megatron-core's line about a failed writer process: the failed save reports it, in its one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "encountered an error" not in record.getMessage()
+
+
 def ensure_write_results_queue() -> None:
     """Make megatron-core's write-results queue (once per process), served by a shielded manager."""
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
     if filesystem_async._results_queue is not None:
         return
+    filesystem_async.logger.addFilter(_ReportedBySaver())
     with job_signals_blocked():
         # multiprocessing's resource tracker is spawned with the first spawned process; it ignores
         # SIGTERM itself but not SIGUSR1, and is started here so that it inherits the block too.

@@ -62,14 +62,24 @@ class CheckpointSaver:
 
     def poll(self) -> None:
         """Finish the write in flight if it ended on every rank (one small all-reduce while one is in flight)."""
-        if self.pending is not None and self.queue.maybe_finalize_async_calls(blocking=False):
+        if self.pending is not None and self._finalize(blocking=False):
             self.latest, self.pending = self.pending.final, None
 
     def wait(self) -> None:
         """Block until the write in flight is written and finished on every rank."""
         if self.pending is not None:
-            self.queue.maybe_finalize_async_calls(blocking=True)
+            self._finalize(blocking=True)
             self.latest, self.pending = self.pending.final, None
+
+    def _finalize(self, blocking: bool) -> list[int]:
+        """megatron-core's finalize of the writes that ended; a failed write is one line (CheckpointError)."""
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        try:
+            return self.queue.maybe_finalize_async_calls(blocking=blocking)
+        except CheckpointException as err:  # a BaseException: it would pass by every `except Exception`
+            failed, self.pending = self.pending, None
+            raise failed.failure(err) from err
 
     def close(self, abort: bool = False) -> None:
         """Wait for the write in flight (or, with ``abort``, end its writer: it never becomes the latest)."""

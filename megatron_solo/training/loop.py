@@ -17,6 +17,7 @@ from megatron_solo.training.run import Run, RunSummary, log_rank
 from megatron_solo.training.startup import (
     RunSetupError,
     build_checked_loader,
+    check_save_writable,
     check_saved_model,
     describe_layers,
     job_model_config,
@@ -99,6 +100,7 @@ def _start_up(job: JobConfig) -> Run:
                             f"{model_cfg.max_position_embeddings}")
     rank0 = TrainLogger(torch.distributed.get_rank() == 0, None, train.train_steps)  # start-up lines
     summary = RunSummary(iteration=0, total_steps=train.train_steps, is_log_rank=log_rank())
+    check_save_writable(train.save_dir)
     check_saved_model(train.save_dir, model_cfg)
     saved = saved_run(train.save_dir)
     if saved is not None and saved.note:

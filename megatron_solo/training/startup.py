@@ -84,6 +84,32 @@ def saved_run(save_dir: str | None) -> SavedRun | None:
     return SavedRun(path, read_train_state(path), note)
 
 
+def check_save_writable(save_dir: str | None) -> None:
+    """RunSetupError on every rank when a rank cannot write into ``save_dir`` (or the folder that will hold it)."""
+    import tempfile
+
+    import torch
+
+    from megatron_solo.platform import current_device
+
+    if not save_dir:
+        return
+    folder = Path(save_dir).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    reason = None
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err)
+    failed = torch.tensor([0.0 if reason is None else 1.0], device=current_device())
+    torch.distributed.all_reduce(failed)  # every rank stops, not only those that cannot write
+    if failed.item():
+        where = f"on {int(failed.item())} of {torch.distributed.get_world_size()} ranks"
+        raise RunSetupError(f"--save {save_dir}: cannot write checkpoints into {folder} ({reason or where})")
+
+
 def check_saved_model(save_dir: str | None, model: SoloModelConfig) -> None:
     """RunSetupError when ``save_dir`` holds the run of another model (its solo_model.json differs)."""
     if not save_dir or not (Path(save_dir) / META_FILE).is_file():

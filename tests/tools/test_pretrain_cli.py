@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -246,3 +248,32 @@ def test_an_existing_folder_with_a_colon_in_its_name_is_a_path(tmp_path):
     folder.mkdir()
     j = job("--data", str(folder), f"{folder}:3")
     assert [(d.path, d.weight) for d in j.data.datasets] == [(str(folder), 1.0), (str(folder), 3.0)]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 20 MiB tmpfs mounted at tmp_path/disk (root only), unmounted afterwards."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small file system needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_a_save_folder_that_cannot_be_written_is_one_line(shards, small_disk, tmp_path, run):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    refused = run(*_train_args(*shards, "--train-steps", "1", "--save", str(small_disk / "ckpt")), cwd=tmp_path)
+    assert refused.returncode == 2 and "layers:" not in refused.stdout, refused.stderr  # before the model is built
+    assert _errors(refused.stderr) == [f"error: --save {small_disk}/ckpt: cannot write checkpoints into "
+                                       f"{small_disk} (Read-only file system)"], refused.stderr
+    subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    for mode in ([], ["--async-save"]):  # a checkpoint of solo-tiny with its optimizer: about 60 MiB
+        full = run(*_train_args(*shards, "--train-steps", "1", "--save", str(small_disk / "ckpt"), *mode), cwd=tmp_path)
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+        (line,) = [line for line in full.stderr.splitlines() if "error" in line.lower()]
+        assert line.startswith(f"error: {small_disk}/ckpt/iter_0000001: cannot write the checkpoint ("), line
+        assert f"MiB free on {small_disk}/ckpt (the file system is full); there is no checkpoint yet" in line
+        assert not (small_disk / "ckpt" / "latest_checkpointed_iteration.txt").exists()
