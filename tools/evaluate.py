@@ -16,17 +16,14 @@ import sys
 
 from megatron_solo.config.cli import Command, Section, build
 from megatron_solo.config.evaluation import EvalConfig
-from megatron_solo.config.job import TEMPLATES
 from megatron_solo.config.tools import TRAINING_LAYOUT
 from megatron_solo.errors import run_tool
 from megatron_solo.evaluation.benchmarks import BENCHMARKS
-from megatron_solo.evaluation.mcq import MODES
 from megatron_solo.evaluation.report import format_table
-from megatron_solo.evaluation.run import DTYPES, evaluate
+from megatron_solo.evaluation.run import evaluate
 
 COMMAND = Command(__doc__, Section(
     EvalConfig, skip=TRAINING_LAYOUT, one_of=("checkpoint", "hf"),
-    choices={"dtype": sorted(DTYPES), "mcq_mode": MODES, "benchmark_mode": MODES, "template": TEMPLATES},
     help={"benchmark": "benchmark files as VLMEvalKit (TSV) or lmms-eval (parquet, saved datasets folder) "
                        f"distribute them, or JSONL: NAME=PATH, NAME one of {', '.join(BENCHMARKS)} or the "
                        "harness's name of it (MME, MMBench_DEV_EN, SEEDBench_IMG, mmbench_en_dev, ...; any case), "

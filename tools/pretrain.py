@@ -16,10 +16,8 @@ from typing import Any
 
 from megatron_solo.config.pretrain import build_job, pretrain_command
 from megatron_solo.errors import run_tool
-from megatron_solo.model.specs import FP8_FORMATS, FP8_RECIPES, TRANSFORMER_IMPLS
 
-COMMAND = pretrain_command(__doc__, {"transformer_impl": TRANSFORMER_IMPLS, "fp8": FP8_FORMATS,
-                                     "fp8_recipe": tuple(FP8_RECIPES)})
+COMMAND = pretrain_command(__doc__)
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:

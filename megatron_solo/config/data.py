@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from megatron_solo.config.choices import check_choices
 from megatron_solo.config.cli import cli
 from megatron_solo.errors import UserInputError
 
@@ -69,10 +70,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         self.datasets = [d if isinstance(d, DatasetSource) else DatasetSource(**d) for d in self.datasets]
-        if self.overflow not in ("split", "drop"):
-            raise ValueError(f"overflow must be 'split' or 'drop', got {self.overflow!r}")
-        if self.weighting not in ("tokens", "samples"):
-            raise ValueError(f"weighting must be 'tokens' or 'samples', got {self.weighting!r}")
+        check_choices(self)
         if self.open_bins <= 0:
             raise ValueError("open_bins must be positive")
         for d in self.datasets:
@@ -132,6 +130,7 @@ class PreprocessConfig:
     progress: bool = field(default=True, metadata=cli("--quiet"))  # --quiet: no progress bar
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.max_aspect == 0:  # the command line's "keep all"
             self.max_aspect = None
         if not (self.holdout >= 0 and math.isfinite(self.holdout)):

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
+from megatron_solo.config.choices import check_choices
 from megatron_solo.config.cli import cli
+from megatron_solo.config.job import Template
 from megatron_solo.config.parallel import ParallelConfig
+
+Mode = Literal["loglik", "generate", "both"]  # how answers are found: their log-likelihood, generated, or both
 
 
 @dataclass
@@ -15,7 +20,7 @@ class EvalConfig:
     checkpoint: str | None = None  # Megatron save root or iter_N folder
     hf: str | None = None  # folder written by tools/export_to_hf.py
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # Megatron layout (DP: the rest)
-    dtype: str = "float32"  # the weights' and activations' precision
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the weights' and activations' precision
     # held-out shard folders, each PATH or PATH:NAME: validation loss per source
     val_data: list[str] = field(default_factory=list, metadata=cli(metavar="SHARDS[:NAME]"))
     # held-out classification shards: top-1/top-5 accuracy
@@ -27,12 +32,12 @@ class EvalConfig:
     baseline_train: str | None = field(default=None, metadata=cli(metavar="SHARDS"))
     # multiple choice: JSONL of {"image", "question", "options", "answer"}
     mcq: str | None = field(default=None, metadata=cli(metavar="FILE.jsonl"))
-    mcq_mode: str = "both"  # loglik, generate or both
-    template: str | None = None  # MCQ prompt template, plain or chat; default: the model's solo_model.json "template", else plain
+    mcq_mode: Mode = "both"  # multiple-choice answers by log-likelihood, generated, or both
+    template: Template | None = None  # MCQ prompt template; default: the model's solo_model.json "template", else plain
     # benchmark files as VLMEvalKit (TSV) or lmms-eval (parquet, saved datasets folder) distribute them, or our
-    # JSONL, each NAME=PATH (the names: evaluation/benchmarks.py's BENCHMARKS)
+    # JSONL, each NAME=PATH (NAME: evaluation/benchmarks.py's BENCHMARKS or the harness's name of it)
     benchmark: list[str] = field(default_factory=list, metadata=cli(metavar="NAME=PATH"))
-    benchmark_mode: str = "generate"  # benchmark answers by loglik, generate (the harnesses' way) or both
+    benchmark_mode: Mode = "generate"  # benchmark answers by loglik, generate (the harnesses' way) or both
     benchmark_max_new_tokens: int = 16  # benchmark answer length in the generate mode
     caption_images: list[str] = field(default_factory=list, metadata=cli(metavar="IMG"))  # images to caption greedily
     max_samples: int | None = None  # at most this many samples per source and task
@@ -43,3 +48,6 @@ class EvalConfig:
     caption_max_new_tokens: int = 32  # caption length
     out: str | None = None  # report.json
     progress: bool = field(default=True, metadata=cli("--quiet"))  # --quiet: no progress bars
+
+    def __post_init__(self) -> None:
+        check_choices(self)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
+from megatron_solo.config.choices import check_choices
 from megatron_solo.config.data import DataConfig
 from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.config.train import TrainConfig
@@ -11,9 +14,9 @@ from megatron_solo.errors import UserInputError
 
 # The prompt templates a model is trained with: plain text (pre-training) or "chat", SOLO's
 # [INST] ... [/INST] (instruction tuning).
-PLAIN_TEMPLATE = "plain"
-CHAT_TEMPLATE = "chat"
-TEMPLATES = (PLAIN_TEMPLATE, CHAT_TEMPLATE)
+Template = Literal["plain", "chat"]
+TEMPLATES: tuple[str, ...] = typing.get_args(Template)
+PLAIN_TEMPLATE, CHAT_TEMPLATE = TEMPLATES
 
 
 def recorded_template(meta: dict) -> str:
@@ -46,10 +49,9 @@ class JobConfig:
     allow_data_change: bool = False
     # The prompt template the trained model expects ("chat": SOLO's [INST] ... [/INST]), recorded in
     # solo_model.json for export and generation.
-    template: str = PLAIN_TEMPLATE
+    template: Template = PLAIN_TEMPLATE
 
     def __post_init__(self) -> None:
-        if self.template not in TEMPLATES:
-            raise UserInputError(f"template must be one of {TEMPLATES}, got {self.template!r}")
+        check_choices(self)
         if self.exit_after_steps is not None and self.exit_after_steps < 1:
             raise UserInputError(f"exit_after_steps must be at least 1, got {self.exit_after_steps}")

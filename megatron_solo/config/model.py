@@ -7,10 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from megatron_solo.config.choices import check_choices
 from megatron_solo.errors import UserInputError
 from megatron_solo.vocab.ids import SOLO_VOCAB_SIZE, VISION_START_ID, VPATCH_ID
-
-ROPE_SCALING_KINDS = ("llama3", "yarn")
 
 
 @dataclass(frozen=True)
@@ -34,8 +33,7 @@ class RopeScaling:
 
     def validate(self) -> None:
         """Raise ValueError on values no scaling is defined for."""
-        if self.kind not in ROPE_SCALING_KINDS:
-            raise ValueError(f"rope_scaling.kind must be one of {ROPE_SCALING_KINDS}, got {self.kind!r}")
+        check_choices(self)
         if self.factor < 1 or self.original_max_positions < 1:
             raise ValueError(f"rope_scaling needs factor >= 1 and original_max_positions >= 1, got {self}")
         if self.kind == "llama3" and self.high_freq_factor <= self.low_freq_factor:
@@ -77,17 +75,19 @@ class SoloModelConfig:
     # Ids >= this get no loss (the release drops loss on every id >= 32000).
     first_special_id: int = VISION_START_ID
     # "auto": Transformer Engine when it imports and CUDA is present, else local.
-    transformer_impl: str = "auto"
-    # Attention over packed documents on the local spec: "auto", "sdpa_mask" or "flex".
-    packed_attention: str = "auto"
+    transformer_impl: Literal["auto", "te", "local"] = "auto"
+    # Attention over packed documents on the local spec (model/packed_attention.py).
+    packed_attention: Literal["auto", "sdpa_mask", "varlen", "flex"] = "auto"
     # Fused SwiGLU and cross-entropy kernels (megatron-core's jit versions): None = on with CUDA.
     fused_kernels: bool | None = None
-    fp8: str | None = None  # "hybrid" or "e4m3" with Transformer Engine only
-    fp8_recipe: str = "delayed"
+    fp8: Literal["hybrid", "e4m3"] | None = None  # with Transformer Engine only
+    # megatron-core's Fp8Recipe names we configure ("custom" needs a quantizer factory module)
+    fp8_recipe: Literal["delayed", "tensorwise", "blockwise", "mxfp8"] = "delayed"
     fp8_amax_history_len: int = 1024
-    fp8_amax_compute_algo: str = "max"
+    fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if isinstance(self.rope_scaling, dict):  # TypeError on an unknown or missing key
             self.rope_scaling = RopeScaling(**self.rope_scaling)
 
@@ -174,8 +174,6 @@ def with_overrides(base: SoloModelConfig, overrides: dict, what: str) -> SoloMod
     try:
         cfg = dataclasses.replace(base, **overrides)
         cfg.validate()
-    except UserInputError:
-        raise
     except (TypeError, ValueError) as err:  # what is wrong with the shape (or rope_scaling) the user asked for
         raise UserInputError(f"{what} with overrides {overrides}: {err}") from err
     return cfg

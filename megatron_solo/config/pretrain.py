@@ -8,7 +8,7 @@ JSON; the layer implementation and FP8 fields of SoloModelConfig are also switch
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +36,14 @@ class PretrainOptions:
         metavar="PATH[:WEIGHT]", parse=DatasetSource.parse))
 
 
-def pretrain_command(description: str, switch_choices: Mapping[str, Sequence[str]]) -> Command:
-    """The command line; ``switch_choices``: the values of the model switches (owned by megatron_solo.model)."""
+def pretrain_command(description: str) -> Command:
+    """tools/pretrain.py's command line."""
     return Command(
         description,
         Section(PretrainOptions, prefix="options.", choices={"recipe": recipe_names()}),
         Section(JobConfig, skip=("template", "eval_data", "data.seed"), choices={"model": preset_names()},
                 required=("data.datasets",), unset={f"train.{p}": "the recipe's" for p in recipe_fields()}),
-        Section(SoloModelConfig, prefix="switches.", only=MODEL_SWITCHES, choices=switch_choices,
+        Section(SoloModelConfig, prefix="switches.", only=MODEL_SWITCHES,
                 unset=dict.fromkeys(MODEL_SWITCHES, "the preset's"), help={  # model.py's comments, for a user
                     "fp8": "FP8 training (Transformer Engine, compute capability >= 8.9)",
                     "fp8_recipe": "FP8 scaling (delayed: from the amax history; tensorwise: per-tensor current scaling; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from megatron_solo.config.choices import check_choices
 from megatron_solo.config.cli import cli, positive_int
 from megatron_solo.config.parallel import ParallelConfig
 
@@ -39,6 +40,9 @@ class ExportOptions:
     tokenizer: str | None = None  # tokenizer directory (default: ROOT/tokenizer)
     dtype: Literal["float32", "bfloat16", "float16"] | None = None  # cast weights (default: as stored)
     max_shard_mb: int = 512  # largest safetensors file written
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 @dataclass

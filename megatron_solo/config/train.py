@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
+from megatron_solo.config.choices import check_choices
 from megatron_solo.config.cli import cli
 from megatron_solo.errors import UserInputError
 
@@ -16,15 +18,11 @@ def step_range(text: str) -> tuple[int, int]:
     return int(first), int(last)
 
 
-NONFINITE_POLICIES = ("stop", "skip")
-SPIKE_POLICIES = ("off", "warn", "skip", "rewind")
-
-
 @dataclass
 class OptimConfig:
     """AdamW with warm-up and decay; SOLO's pre-training values are the defaults."""
 
-    optimizer: str = "adam"  # adam, or sgd (for tests: its update is the gradient itself)
+    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: for tests, its update is the gradient itself
     lr: float = 5e-5  # peak learning rate, reached after the warm-up
     min_lr: float = 5e-6  # learning rate at the end of the decay
     weight_decay: float = 0.1
@@ -33,7 +31,10 @@ class OptimConfig:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0  # largest global gradient norm (0: no clipping)
     warmup_steps: int = 200  # steps of linear warm-up from 0
-    decay_style: str = "cosine"  # learning-rate decay after the warm-up: cosine, linear or constant
+    decay_style: Literal["cosine", "linear", "constant"] = "cosine"  # learning-rate decay after the warm-up
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 @dataclass
@@ -65,12 +66,13 @@ class TrainConfig:
     wandb_run_name: str | None = None  # the W&B run's name (default: one W&B picks)
     # A step whose loss or gradient norm is NaN/Inf on any rank: "stop" (no update, nothing saved, the run
     # ends naming the step's data) or "skip" (no update, the run goes on) up to max_skipped_steps
-    on_nonfinite: str = "stop"
+    on_nonfinite: Literal["stop", "skip"] = "stop"
     max_skipped_steps: int = 10  # steps a run may leave without an update before it stops
     # A step loss above median + spike_mad_factor x MAD of the last spike_window losses (after the learning-rate
-    # warm-up): "warn" (log it with the step's data), "skip" (no update), "rewind" (back to the last checkpoint,
-    # the data read since then skipped) or "off"; skips and rewinds count against max_skipped_steps
-    on_spike: str = "warn"
+    # warm-up), or from step 1 above 2 x ln(vocabulary size) (a diverging run): "warn" (log it with the step's
+    # data), "skip" (no update), "rewind" (back to the last checkpoint, the data read since then skipped) or
+    # "off"; skips and rewinds count against max_skipped_steps
+    on_spike: Literal["off", "warn", "skip", "rewind"] = "warn"
     spike_window: int = 50  # recent step losses the spike detector's median and MAD are taken over
     spike_mad_factor: float = 6.0  # how many MADs above the median a spike is
     # write checkpoints in the background (megatron-core's async save): training goes on while they are written
@@ -79,6 +81,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
+        check_choices(self)
         for name in ("micro_batch_size", "global_batch_size", "seq_length", "save_interval", "eval_interval",
                      "eval_iters"):
             if getattr(self, name) < 1:
@@ -87,8 +90,6 @@ class TrainConfig:
             raise UserInputError(f"train_steps must not be negative, got {self.train_steps}")
         if self.optim.warmup_steps < 0:
             raise UserInputError(f"warmup_steps must not be negative, got {self.optim.warmup_steps}")
-        if self.on_nonfinite not in NONFINITE_POLICIES:
-            raise UserInputError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
         if self.max_skipped_steps < 0:
             raise UserInputError(f"max_skipped_steps must not be negative, got {self.max_skipped_steps}")
         self._check_spike()
@@ -97,9 +98,7 @@ class TrainConfig:
         self._check_profile()
 
     def _check_spike(self) -> None:
-        """The spike policy is a known one, over a window of at least 3 losses; rewind needs checkpoints."""
-        if self.on_spike not in SPIKE_POLICIES:
-            raise UserInputError(f"on_spike must be one of {SPIKE_POLICIES}, got {self.on_spike!r}")
+        """The spike window holds at least 3 losses and its factor is positive; rewind needs checkpoints."""
         if self.spike_window < 3:
             raise UserInputError(f"spike_window must be at least 3, got {self.spike_window}")
         if not self.spike_mad_factor > 0:

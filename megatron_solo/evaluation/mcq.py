@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_solo.config.choices import choices
+from megatron_solo.config.evaluation import EvalConfig
 from megatron_solo.config.job import CHAT_TEMPLATE, TEMPLATES
 from megatron_solo.evaluation.documents import continuation_doc, prompt_doc
 from megatron_solo.evaluation.errors import EvaluationError
@@ -28,7 +30,7 @@ from megatron_solo.evaluation.scoring import Backend, generate_documents, score_
 from megatron_solo.evaluation.tasks import Settings, encode_image_prompt, timed
 
 LETTERS = string.ascii_uppercase
-MODES = ("loglik", "generate", "both")
+MODES = choices(EvalConfig, "mcq_mode")
 LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 

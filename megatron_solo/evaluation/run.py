@@ -10,15 +10,14 @@ from pathlib import Path
 
 import torch
 
+from megatron_solo.config.choices import choices
 from megatron_solo.config.evaluation import EvalConfig
-from megatron_solo.config.job import TEMPLATES
 from megatron_solo.evaluation.errors import EvaluationError
-from megatron_solo.evaluation.mcq import MODES
 from megatron_solo.evaluation.registry import parse_source, requested, task_flags
 from megatron_solo.evaluation.report import check_report_path, write_report
 from megatron_solo.evaluation.tasks import Settings
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in choices(EvalConfig, "dtype")}  # torch's names
 __all__ = ["DTYPES", "check_config", "evaluate", "parse_source"]
 
 
@@ -29,13 +28,6 @@ def check_config(cfg: EvalConfig) -> None:
     tasks = requested(cfg)
     if not tasks:
         raise EvaluationError(f"nothing to evaluate: give {task_flags()}")
-    if cfg.dtype not in DTYPES:
-        raise EvaluationError(f"--dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
-    for flag, value in (("--mcq-mode", cfg.mcq_mode), ("--benchmark-mode", cfg.benchmark_mode)):
-        if value not in MODES:
-            raise EvaluationError(f"{flag} must be one of {', '.join(MODES)}, got {value!r}")
-    if cfg.template is not None and cfg.template not in TEMPLATES:
-        raise EvaluationError(f"--template must be one of {', '.join(TEMPLATES)}, got {cfg.template!r}")
     for name, value in (("max_samples", cfg.max_samples), ("batch_tokens", cfg.batch_tokens),
                         ("max_batch", cfg.max_batch), ("mcq_max_new_tokens", cfg.mcq_max_new_tokens),
                         ("benchmark_max_new_tokens", cfg.benchmark_max_new_tokens),

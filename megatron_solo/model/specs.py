@@ -20,15 +20,13 @@ import functools
 import importlib.util
 import os
 
+from megatron_solo.config.choices import choices
 from megatron_solo.config.model import SoloModelConfig
 from megatron_solo.errors import UserInputError
 
 IMPL_ENV = "SOLO_TRANSFORMER_IMPL"
-FP8_FORMATS = ("hybrid", "e4m3")
-TRANSFORMER_IMPLS = ("auto", "te", "local")  # SoloModelConfig.transformer_impl's values
-FP8_AMAX_ALGOS = ("max", "most_recent")
-# megatron-core 0.16.1's Fp8Recipe names we can configure (its "custom" needs a quantizer factory
-# module, which SoloModelConfig does not carry), each with the function of transformer_engine.pytorch
+TRANSFORMER_IMPLS = choices(SoloModelConfig, "transformer_impl")
+# Each FP8 recipe SoloModelConfig.fp8_recipe names (megatron-core 0.16.1's Fp8Recipe), with the function of transformer_engine.pytorch
 # (TE 2.9-2.11) that says whether this GPU, CUDA and cuBLAS run it, and why not: TE knows what a
 # table here would miss (MXFP8 refused on sm120+, block scaling needing CUDA >= 12.9).
 FP8_RECIPES = {"delayed": "is_fp8_available", "tensorwise": "is_fp8_available",
@@ -89,8 +87,6 @@ def resolve_impl(model: SoloModelConfig, *, bf16: bool = True) -> str:
         requested = forced if forced in ("te", "local") else "auto"
         if requested == "auto":
             return "te" if bf16 and transformer_engine_usable() else "local"
-    if requested not in ("te", "local"):
-        raise LayerImplError(f"transformer_impl must be 'auto', 'te' or 'local', got {requested!r}")
     usable, why = transformer_engine_status()
     if requested == "te" and not usable:
         raise LayerImplError(f"transformer_impl='te' needs Transformer Engine on a CUDA GPU, and here: {why}; "
@@ -114,14 +110,6 @@ def check_fp8(model: SoloModelConfig, *, bf16: bool = True) -> None:
     """Raise LayerImplError when ``model.fp8`` is set but this machine or config cannot train in FP8."""
     if not model.fp8:
         return
-    if model.fp8 not in FP8_FORMATS:
-        raise LayerImplError(f"fp8 must be one of {FP8_FORMATS} (or unset), got {model.fp8!r}")
-    if model.fp8_recipe not in FP8_RECIPES:
-        raise LayerImplError(f"fp8_recipe must be one of {tuple(FP8_RECIPES)}, got {model.fp8_recipe!r}")
-    if model.fp8_amax_compute_algo not in FP8_AMAX_ALGOS:
-        raise LayerImplError(
-            f"fp8_amax_compute_algo must be one of {FP8_AMAX_ALGOS}, got {model.fp8_amax_compute_algo!r}"
-        )
     if model.fp8_amax_history_len < 1:
         raise LayerImplError(f"fp8_amax_history_len must be >= 1, got {model.fp8_amax_history_len}")
     if not bf16:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from megatron_solo.config import ParallelConfig
+from megatron_solo.config.model import SoloModelConfig
 from megatron_solo.errors import UserInputError, run_tool
 from megatron_solo.model import specs
 from megatron_solo.model.specs import LayerImplError, check_fp8, describe_precision, resolve_impl
@@ -82,8 +83,8 @@ def test_te_requested_without_te_is_a_one_line_user_error(machine, capsys):
     assert run_tool(lambda argv: resolve_impl(_cfg(transformer_impl="te"))) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: transformer_impl='te'")
-    with pytest.raises(LayerImplError, match="must be 'auto', 'te' or 'local'"):
-        resolve_impl(_cfg(transformer_impl="apex"))
+    with pytest.raises(UserInputError, match="transformer_impl must be one of auto, te, local, got 'apex'"):
+        _cfg(transformer_impl="apex")  # refused where the config is made
 
 
 def test_installed_te_that_fails_to_import_is_named_at_start_up_and_when_asked_for(broken_te, capsys):
@@ -126,17 +127,28 @@ def test_no_fp8_needs_nothing(machine):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(fp8="e5m2"), "fp8 must be one of"),
-        (dict(fp8="hybrid", fp8_recipe="custom"), "fp8_recipe must be one of"),
+        (dict(fp8="e5m2"), "fp8 must be one of hybrid, e4m3, got 'e5m2'"),
+        (dict(fp8="hybrid", fp8_recipe="custom"), "fp8_recipe must be one of delayed, tensorwise, blockwise, mxfp8"),
         (dict(fp8="hybrid", fp8_recipe="per-tensor"), "fp8_recipe must be one of"),
-        (dict(fp8="hybrid", fp8_amax_compute_algo="mean"), "fp8_amax_compute_algo"),
-        (dict(fp8="hybrid", fp8_amax_history_len=0), "fp8_amax_history_len"),
+        (dict(fp8="hybrid", fp8_amax_compute_algo="mean"), "fp8_amax_compute_algo must be one of max, most_recent"),
     ],
 )
-def test_fp8_values_are_validated(machine, overrides, message):
+def test_fp8_values_are_refused_where_the_config_is_made(overrides, message):
+    with pytest.raises(UserInputError, match=message):
+        _cfg(**overrides)
+
+
+def test_fp8_amax_history_is_validated(machine):
     machine(te=True)
-    with pytest.raises(LayerImplError, match=message):
-        check_fp8(_cfg(**overrides))
+    with pytest.raises(LayerImplError, match="fp8_amax_history_len"):
+        check_fp8(_cfg(fp8="hybrid", fp8_amax_history_len=0))
+
+
+def test_every_fp8_recipe_has_its_transformer_engine_check():
+    from megatron_solo.config.choices import choices
+    from megatron_solo.model.specs import FP8_RECIPES
+
+    assert tuple(FP8_RECIPES) == choices(SoloModelConfig, "fp8_recipe")
 
 
 def test_fp8_without_te_or_with_the_local_spec_is_refused(machine):
