@@ -3,7 +3,7 @@
 Layout of a save root::
 
     SAVE/iter_0000100/                    one checkpoint (torch_dist format + solo_train_state.json)
-    SAVE/iter_0000200.partial/            being written (never taken as a checkpoint)
+    SAVE/iter_0000200.partial/            being written (never taken as a checkpoint; holds PARTIAL_MARKER)
     SAVE/latest_checkpointed_iteration.txt
     SAVE/solo_model.json, SAVE/tokenizer/ what export and evaluation need besides the weights
 """
@@ -18,6 +18,7 @@ from megatron_solo.errors import UserInputError
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 PARTIAL_SUFFIX = ".partial"
+PARTIAL_MARKER = ".solo_partial"  # inside an iter_N.partial folder a save made: only such folders are removed
 TRAIN_STATE_FILE = "solo_train_state.json"  # inside iter_N: iteration, data position, schedule, layout
 
 

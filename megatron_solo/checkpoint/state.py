@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_solo.checkpoint.layout import (
     LATEST_FILE,
+    PARTIAL_MARKER,
     PARTIAL_SUFFIX,
     CheckpointError,
     checkpoint_dir,
@@ -120,6 +121,7 @@ class PendingSave:
         if dist.get_rank() == 0:
             partial = self.final + PARTIAL_SUFFIX
             write_train_state(partial, self.state)
+            os.remove(os.path.join(partial, PARTIAL_MARKER))
             if os.path.exists(self.final):
                 shutil.rmtree(self.final)
             os.replace(partial, self.final)
@@ -143,10 +145,14 @@ def start_save(root: str, state: TrainState, chunks: list[torch.nn.Module], opti
 
     final = checkpoint_dir(root, state.iteration)
     partial = final + PARTIAL_SUFFIX
+    if os.path.lexists(partial) and not os.path.exists(os.path.join(partial, PARTIAL_MARKER)):  # on every rank
+        raise CheckpointError(f"{partial}: in the way of this run's checkpoint, and not a save's unfinished folder; "
+                              "move it away")
     if dist.get_rank() == 0:
         os.makedirs(root, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)  # an unfinished save of this step, killed: done again
         os.makedirs(partial)
+        open(os.path.join(partial, PARTIAL_MARKER), "w").close()
     dist.barrier()
     layout = _layout()
     sharded = _model_sharded_state_dict(chunks)
@@ -260,10 +266,13 @@ def _note(message: str) -> None:
 
 
 def _remove_stale_partials(root: str, completed: int) -> None:
-    """Drop ``iter_N.partial`` folders of saves older than ``completed`` (killed mid-save; never loadable)."""
+    """Drop ``iter_N.partial`` folders of saves older than ``completed`` (killed mid-save; never loadable), only
+    those a save made (they hold PARTIAL_MARKER): a folder of that name a user keeps there is left alone."""
     for entry in os.scandir(root):
         name = entry.name
         if not (entry.is_dir() and name.startswith("iter_") and name.endswith(PARTIAL_SUFFIX)):
+            continue
+        if not os.path.exists(os.path.join(entry.path, PARTIAL_MARKER)):
             continue
         number = name[len("iter_"):-len(PARTIAL_SUFFIX)]
         if number.isdigit() and int(number) < completed:

@@ -131,18 +131,30 @@ def test_train_state_file_errors_name_the_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- unfinished saves
-def test_newer_checkpoint_removes_older_partial_folders_only(world1, tmp_path):
+def test_newer_checkpoint_removes_older_partial_folders_of_saves_only(world1, tmp_path):
+    from megatron_solo.checkpoint.layout import PARTIAL_MARKER
+
     chunks = _chunks(5)
-    for name in ("iter_0000001.partial", "iter_0000009.partial", "iter_0000001.partial.mine", "notes.partial"):
+    names = ("iter_0000001.partial", "iter_0000009.partial", "iter_0000001.partial.mine", "notes.partial",
+             "iter_0000003.partial")
+    for name in names:
         (tmp_path / name).mkdir()
         (tmp_path / name / "x").write_text("x")
+    for name in names[:3]:  # as a save leaves its folder
+        (tmp_path / name / PARTIAL_MARKER).touch()
     (tmp_path / "iter_0000002.partial").write_text("a file, not a folder of ours")
     save_checkpoint(str(tmp_path), TrainState(iteration=5), chunks)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert "iter_0000001.partial" not in left  # killed mid-save, older than the checkpoint now complete
     assert {"iter_0000009.partial", "iter_0000001.partial.mine", "notes.partial", "iter_0000002.partial",
-            "iter_0000005", "latest_checkpointed_iteration.txt"} <= set(left)
+            "iter_0000003.partial", "iter_0000005", "latest_checkpointed_iteration.txt"} <= set(left)
+    assert (tmp_path / "iter_0000003.partial" / "x").read_text() == "x"  # a user's folder of that name: kept
     assert resolve_checkpoint(tmp_path)[1] == tmp_path / "iter_0000005"
+    assert not (tmp_path / "iter_0000005" / PARTIAL_MARKER).exists()
+    (tmp_path / "iter_0000006.partial").mkdir()  # a user's folder where the next save would write
+    with pytest.raises(CheckpointError, match="iter_0000006.partial: in the way of this run's checkpoint"):
+        save_checkpoint(str(tmp_path), TrainState(iteration=6), chunks)
+    assert (tmp_path / "iter_0000006.partial").is_dir()
 
 
 @pytest.mark.parametrize("suffix", ["", "/", "//", "/."])
