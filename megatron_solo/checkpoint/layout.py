@@ -10,8 +10,10 @@ Layout of a save root::
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
 from pathlib import Path
 
 from megatron_solo.errors import UserInputError
@@ -76,4 +78,20 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
         return path.parent, path
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint directory")
-    raise CheckpointError(f"{path}: neither a checkpoint directory nor a save root with {LATEST_FILE}")
+    newest = newest_complete_iteration(path)
+    if newest is None:
+        raise CheckpointError(f"{path}: neither a checkpoint directory nor a save root with {LATEST_FILE} or a "
+                              "complete iter_N folder")
+    _say_once(without_latest_note(path, newest))
+    return path, Path(checkpoint_dir(path, newest))
+
+
+def without_latest_note(root: str | os.PathLike, iteration: int) -> str:
+    """What a reader of a save root without its latest file is told: which checkpoint it takes."""
+    return (f"note: {root} has no {LATEST_FILE}; taking its newest complete checkpoint "
+            f"{Path(checkpoint_dir(root, iteration)).name}")
+
+
+@functools.cache
+def _say_once(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

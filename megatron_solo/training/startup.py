@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_solo.checkpoint.layout import (
-    LATEST_FILE,
     checkpoint_dir,
     latest_iteration,
     newest_complete_iteration,
     resolve_checkpoint,
+    without_latest_note,
 )
 from megatron_solo.checkpoint.metadata import META_FILE, check_checkpoint, model_config, read_metadata
 from megatron_solo.checkpoint.train_state import DataPosition, TrainState, read_train_state
@@ -78,8 +78,7 @@ def saved_run(save_dir: str | None) -> SavedRun | None:
         iteration = newest_complete_iteration(save_dir)
         if iteration is None:
             return None
-        note = (f"note: {save_dir} has no {LATEST_FILE}; resuming from its newest complete checkpoint "
-                f"{Path(checkpoint_dir(save_dir, iteration)).name}")
+        note = without_latest_note(save_dir, iteration)
     path = checkpoint_dir(save_dir, iteration)
     return SavedRun(path, read_train_state(path), note)
 
