@@ -54,6 +54,10 @@ class StepLoop:
             self.saver.wait()  # the checkpoint in flight was written before the fault: it becomes the latest
             raise
         finally:
+            if self.batches is not None:
+                # its loader workers shut down now: they ignore SIGTERM (the job's signal), which is how
+                # multiprocessing would end them at exit
+                self.batches.close()
             self.saver.close(abort=True)  # only a write left by an unexpected error is still in flight
             run.summary.checkpoint = self.saver.latest or run.summary.checkpoint
             self.flag.restore()
