@@ -57,7 +57,7 @@ setup(
         "bench": ["pyarrow"],
         # lmms-eval with the solo model (python -m megatron_solo.evaluation.lmms); it pulls a newer torch than
         # the pinned one: install it with its own torch or in its own venv (.ci/run does)
-        "lmms": ["lmms-eval==0.7.*"],
+        "lmms": ["lmms-eval==0.7.*", "pyyaml"],  # pyyaml: the launcher reads lmms-eval's --config runs file
         "test": ["pytest", "ruff", "mistral-common", "scikit-image", "scikit-learn", "pyarrow"],
     },
 )
