@@ -145,7 +145,10 @@ def start_save(root: str, state: TrainState, chunks: list[torch.nn.Module], opti
 
     final = checkpoint_dir(root, state.iteration)
     partial = final + PARTIAL_SUFFIX
-    if os.path.lexists(partial) and not os.path.exists(os.path.join(partial, PARTIAL_MARKER)):  # on every rank
+    # every rank looks before rank 0 makes the folder (then marked), so all decide alike
+    foreign = os.path.lexists(partial) and not os.path.exists(os.path.join(partial, PARTIAL_MARKER))
+    dist.barrier()
+    if foreign:
         raise CheckpointError(f"{partial}: in the way of this run's checkpoint, and not a save's unfinished folder; "
                               "move it away")
     if dist.get_rank() == 0:
