@@ -18,7 +18,8 @@ from megatron_solo.evaluation.report import format_table
 from megatron_solo.evaluation.tasks import Settings
 from tests.harness import bench_rows as rows
 from tests.harness import eval_benchmarks as files
-from tests.harness.bench_schemas import ScriptedModel, answering, b64, struct, write_parquet, write_tsv
+from tests.harness.bench_schemas import ScriptedModel, answering, b64, struct, write_parquet
+from tests.harness.eval_benchmarks import write_tsv
 from tests.harness.tool_runs import run_here
 
 SETTINGS = Settings(progress=False)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.harness.bench_schemas import b64, struct, write_parquet, write_tsv
+from tests.harness.bench_schemas import b64, struct, write_parquet
+from tests.harness.eval_benchmarks import write_tsv
 
 MMBENCH_OPTIONS = ["an astronaut", "a coffee cup", "a cat", "a rocket"]
 # (index, photo, question, options, category, l2-category): three circular groups, seven rows

@@ -15,7 +15,6 @@ test states each answer beside the question it is given to and works the score o
 from __future__ import annotations
 
 import base64
-import csv
 import json
 from functools import cache
 from pathlib import Path
@@ -39,16 +38,6 @@ def b64(name: str) -> str:
 def struct(name: str) -> dict:
     """lmms-eval's parquet image cell: the struct a ``datasets`` Image feature stores."""
     return {"bytes": image_bytes(name), "path": f"{name}.png"}
-
-
-def write_tsv(path: Path, rows: list[dict]) -> Path:
-    """Rows as a VLMEvalKit TSV (the union of their columns, in order of appearance)."""
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, columns, delimiter="\t")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def write_parquet(path: Path, rows: list[dict]) -> Path:

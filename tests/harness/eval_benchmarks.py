@@ -37,7 +37,8 @@ def _b64(name: str) -> str:
     return base64.b64encode(png(name)).decode()
 
 
-def _write_tsv(path: Path, rows: list[dict]) -> Path:
+def write_tsv(path: Path, rows: list[dict]) -> Path:
+    """Rows as a VLMEvalKit TSV (the union of their columns, in order of appearance)."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, columns, delimiter="\t")
@@ -57,7 +58,7 @@ def mmbench_tsv(path: Path) -> Path:
     rows.append({"index": 1, "question": "What is in the picture?", "hint": "", **dict(zip("ABCD", MMBENCH_OPTIONS)),
                  "answer": "D", "image": _b64("rocket"), "category": "image_topic", "l2-category": "perception",
                  "split": "dev"})
-    return _write_tsv(path, rows)
+    return write_tsv(path, rows)
 
 
 def mme_tsv(path: Path) -> Path:
@@ -72,7 +73,7 @@ def mme_tsv(path: Path) -> Path:
         {"index": 3, "image": "2", "question": "Are there three cups in this image? Please answer yes or no.",
          "answer": "No", "category": "count"},
     ]
-    return _write_tsv(path, rows)
+    return write_tsv(path, rows)
 
 
 POPE_ROWS = [("chelsea", "cat", "yes", "adversarial"), ("chelsea", "dog", "no", "adversarial"),
