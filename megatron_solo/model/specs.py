@@ -17,6 +17,8 @@ A TE that is installed but fails to import is never silent: the start-up line an
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.metadata
 import importlib.util
 import os
 
@@ -27,10 +29,14 @@ from megatron_solo.errors import UserInputError
 IMPL_ENV = "SOLO_TRANSFORMER_IMPL"
 TRANSFORMER_IMPLS = choices(SoloModelConfig, "transformer_impl")
 # Each FP8 recipe SoloModelConfig.fp8_recipe names (megatron-core 0.16.1's Fp8Recipe), with the function of transformer_engine.pytorch
-# (TE 2.9-2.11) that says whether this GPU, CUDA and cuBLAS run it, and why not: TE knows what a
+# (TE 2.9 on) that says whether this GPU, CUDA and cuBLAS run it, and why not: TE knows what a
 # table here would miss (MXFP8 refused on sm120+, block scaling needing CUDA >= 12.9).
 FP8_RECIPES = {"delayed": "is_fp8_available", "tensorwise": "is_fp8_available",
                "blockwise": "is_fp8_block_scaling_available", "mxfp8": "is_mxfp8_available"}
+# The same questions as TE before 2.9 asks them (transformer_engine.pytorch.fp8, no arguments; block
+# scaling from TE 2.3 on): an older container must get the one-line refusal, not an AttributeError.
+FP8_CHECKS_BEFORE_2_9 = {"is_fp8_available": "check_fp8_support", "is_mxfp8_available": "check_mxfp8_support",
+                         "is_fp8_block_scaling_available": "check_fp8_block_scaling_support"}
 # Divisibility TE's FP8 GEMMs need, per recipe: (rows of a GEMM operand on one rank, every GEMM width).
 # Hopper FP8 GEMMs are TN only, so each of the three GEMMs of a linear layer has one of tokens, input
 # and output width as its inner dimension k, and cuBLAS needs k % 16 ("Caller must pad"); TE's own
@@ -99,11 +105,41 @@ def resolve_impl(model: SoloModelConfig, *, bf16: bool = True) -> str:
 
 
 def fp8_recipe_support(recipe: str) -> tuple[bool, str]:
-    """(supported, TE's reason if not) for ``recipe`` on this GPU, asked of Transformer Engine itself."""
+    """(supported, TE's reason if not) for ``recipe`` on this GPU, asked of Transformer Engine itself.
+
+    TE 2.9 and later answer with ``is_*_available(return_reason=True)``; earlier 2.x with
+    ``transformer_engine.pytorch.fp8.check_*_support()``. A TE with neither has no such recipe.
+    """
     import transformer_engine.pytorch as te
 
-    ok, reason = getattr(te, FP8_RECIPES[recipe])(return_reason=True)
+    ask = getattr(te, FP8_RECIPES[recipe], None)
+    if ask is not None:
+        ok, reason = ask(return_reason=True)
+        return bool(ok), str(reason)
+    older = _older_fp8_check(FP8_CHECKS_BEFORE_2_9[FP8_RECIPES[recipe]])
+    if older is None:
+        return False, f"this Transformer Engine ({te_version()}) has no {recipe} recipe; it needs a newer one"
+    ok, reason = older()
     return bool(ok), str(reason)
+
+
+def _older_fp8_check(name: str):
+    """``transformer_engine.pytorch.fp8.<name>`` of a TE before 2.9, or None where it has none."""
+    try:
+        fp8 = importlib.import_module("transformer_engine.pytorch.fp8")
+    except ImportError:
+        return None
+    return getattr(fp8, name, None)
+
+
+def te_version() -> str:
+    """The installed Transformer Engine's version, as its package metadata gives it."""
+    for name in ("transformer-engine", "transformer_engine"):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "version unknown"
 
 
 def check_fp8(model: SoloModelConfig, *, bf16: bool = True) -> None:

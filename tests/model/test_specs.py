@@ -263,3 +263,45 @@ def test_fp8_block_scaling_under_sequence_parallel_needs_128_token_blocks_per_ra
     with pytest.raises(LayerImplError, match="blockwise.*multiples of 128; this run has 4112 tokens per rank"):
         check_fp8_shapes(block, 4112, 2, sequence_parallel=True)
     check_fp8_shapes(model_preset("solo-7b", fp8="hybrid"), 4112, 2, sequence_parallel=True)  # delayed: no blocks
+
+
+@pytest.fixture
+def te_before_2_9(machine, monkeypatch):
+    """A stand-in TE of the API before 2.9: no ``is_*_available``; ``fp8.check_*_support()`` answers instead.
+
+    ``te_before_2_9(refusals, block_scaling=True)``; ``block_scaling=False`` is a TE before 2.3, which has none.
+    """
+    def set_(refusals: dict[str, str] | None = None, block_scaling: bool = True):
+        machine(te=True)
+        pytorch = sys.modules["transformer_engine.pytorch"]
+        for name in specs.FP8_RECIPES.values():
+            monkeypatch.delattr(pytorch, name, raising=False)
+        fp8 = types.ModuleType("transformer_engine.pytorch.fp8")
+        for old in specs.FP8_CHECKS_BEFORE_2_9.values():
+            if old == "check_fp8_block_scaling_support" and not block_scaling:
+                continue
+            reason = (refusals or {}).get(old)
+            setattr(fp8, old, lambda _r=reason: (_r is None, _r or ""))
+        pytorch.fp8 = fp8
+        monkeypatch.setitem(sys.modules, "transformer_engine.pytorch.fp8", fp8)
+
+    return set_
+
+
+def test_fp8_checks_work_on_transformer_engine_before_2_9(te_before_2_9):
+    te_before_2_9()
+    for recipe in specs.FP8_RECIPES:
+        check_fp8(_cfg(fp8="hybrid", fp8_recipe=recipe))
+    te_before_2_9({"check_fp8_support": "Device compute capability 8.9 or higher required for FP8 execution."})
+    with pytest.raises(LayerImplError, match=r"'delayed' does not run here; Transformer Engine says: Device compute"):
+        check_fp8(_cfg(fp8="hybrid"))
+    check_fp8(_cfg(fp8="hybrid", fp8_recipe="mxfp8"))
+
+
+def test_a_recipe_older_transformer_engine_lacks_is_one_line(te_before_2_9, capsys):
+    te_before_2_9(block_scaling=False)
+    check_fp8(_cfg(fp8="hybrid", fp8_recipe="delayed"))
+    with pytest.raises(LayerImplError, match=r"'blockwise' does not run here; .* has no blockwise recipe; it needs "
+                                             r"a newer one") as err:
+        check_fp8(_cfg(fp8="hybrid", fp8_recipe="blockwise"))
+    assert "\n" not in str(err.value)
