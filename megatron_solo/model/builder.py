@@ -10,6 +10,7 @@ from megatron_solo.model.gpt import gpt_kwargs
 from megatron_solo.model.packed_attention import PackedDocumentAttention
 from megatron_solo.model.solo_model import SoloModel
 from megatron_solo.model.specs import check_fp8, layer_spec, resolve_impl
+from megatron_solo.model.te_attention import check_te_attention
 from megatron_solo.model.transformer_config import build_transformer_config
 
 
@@ -46,6 +47,8 @@ def build_solo_model(
     check_fp8(model, bf16=bf16)
     if impl == "te" and packed_format == "sbhd":
         raise ValueError("Transformer Engine attention takes packed documents only in the thd layout")
+    if impl == "te":
+        check_te_attention(model, parallel.tensor_parallel)
     config = build_transformer_config(model, parallel, bf16=bf16, recompute=recompute, use_te=impl == "te")
     return SoloModel(
         config=config,
