@@ -81,16 +81,27 @@ def load_optimizer_state(optimizer, state) -> None:
 
 
 def _steps_per_parameter(inner: torch.optim.Optimizer, loaded: dict) -> None:
-    """Give each parameter state of a plain (not distributed) optimizer state dict the group's ``step``
-    when ``inner`` is torch's Adam, which refuses a state without one (KeyError 'step') and a checkpoint
-    saved with TE's FusedAdam keeps it per param group only."""
+    """Put Adam's ``step`` of a plain (not distributed) optimizer state dict where ``inner`` loads it from.
+
+    torch's Adam refuses a parameter state without ``step`` (KeyError 'step'), which a checkpoint saved with TE's
+    FusedAdam keeps per param group only: each state gets the group's. TE's FusedAdam refuses a parameter state
+    with one (its load sets each state entry again through a per-name dtype map that has no ``step``: KeyError
+    'step'), which megatron-core restores per parameter from a torch Adam checkpoint's ``common_step``: the step
+    goes to the param groups instead.
+    """
     plain = loaded.get("optimizer", loaded)
-    if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)) or not isinstance(plain.get("state"), dict):
+    if not isinstance(plain.get("state"), dict):
         return
-    steps = [g["step"] for g in plain.get("param_groups", []) if "step" in g]
-    for state in plain["state"].values():
-        if isinstance(state, dict) and state and "step" not in state and steps:
-            state["step"] = torch.tensor(float(steps[0]), dtype=torch.float32)
+    if isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+        steps = [g["step"] for g in plain.get("param_groups", []) if "step" in g]
+        for state in plain["state"].values():
+            if isinstance(state, dict) and state and "step" not in state and steps:
+                state["step"] = torch.tensor(float(steps[0]), dtype=torch.float32)
+        return
+    steps = [plain["state"].pop("common_step")] if "common_step" in plain["state"] else []
+    steps += [state.pop("step") for state in plain["state"].values() if isinstance(state, dict) and "step" in state]
+    for group in plain.get("param_groups", []) if steps else []:
+        group.setdefault("step", int(float(steps[0])))
 
 
 def _settle_step(inner: torch.optim.Optimizer) -> None:

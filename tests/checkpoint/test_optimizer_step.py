@@ -34,8 +34,11 @@ class FusedAdamStandIn(torch.optim.Optimizer):
     """TE's FusedAdam as far as ``step`` goes: per-group int, per-parameter exp_avg/exp_avg_sq only.
 
     A stand-in because TE cannot be imported without CUDA. Its kernel call is ``operator.index``, which refuses a
-    float exactly as pybind11 refuses one for the kernel's ``int step`` argument.
+    float exactly as pybind11 refuses one for the kernel's ``int step`` argument; its ``load_state_dict`` sets
+    each loaded state entry again by name, as TE's does, which knows no per-parameter ``step``.
     """
+
+    STATE_DTYPES = {"exp_avg": torch.float32, "exp_avg_sq": torch.float32, "master_param": torch.float32}
 
     def __init__(self, params, **defaults):
         super().__init__(params, defaults)
@@ -53,6 +56,16 @@ class FusedAdamStandIn(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
         return None
+
+    def load_state_dict(self, state_dict):
+        """As TE's: torch's load, then each state entry set again through its per-name dtype (none for ``step``)."""
+        super().load_state_dict(state_dict)
+        ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for i, p in zip(ids, params):
+            if i in state_dict["state"]:
+                self.state[p] = {name: value.to(self.STATE_DTYPES[name])  # KeyError 'step', as TE's dtype map
+                                 for name, value in state_dict["state"][i].items() if value is not None}
 
 
 def _optimizer(seed: int, parallel: ParallelConfig):
