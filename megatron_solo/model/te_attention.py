@@ -16,6 +16,7 @@ import functools
 import importlib
 import importlib.metadata
 import logging
+import warnings
 
 from megatron_solo.config.model import SoloModelConfig
 from megatron_solo.model.specs import LayerImplError, te_version
@@ -121,4 +122,9 @@ def check_te_attention(model: SoloModelConfig, tensor_parallel: int) -> None:
 @functools.cache
 def _ask_once(fields: tuple) -> tuple[list[bool], list[str]] | None:
     # every chunk of a model (and a rebuild) asks the same question; TE's answer does not change in a process
-    return ask_te(dict(fields))
+    try:
+        return ask_te(dict(fields))
+    except Exception as err:  # a TE whose selection function wants other fields: its first forward decides
+        warnings.warn(f"could not ask Transformer Engine {te_version()} for its packed-attention kernels "
+                      f"({type(err).__name__}: {err}); the first forward will tell", stacklevel=2)
+        return None

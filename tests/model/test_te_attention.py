@@ -96,6 +96,14 @@ def test_a_te_without_the_selection_function_is_not_second_guessed(te, monkeypat
     check_te_attention(SB.tiny_solo_config(), 1)
 
 
+def test_a_selection_function_that_fails_is_a_warning_not_a_crash(te, monkeypatch):
+    te()
+    module = sys.modules[te_attention.TE_BACKEND_MODULES[0]]
+    monkeypatch.setattr(module, "get_attention_backend", lambda p: (_ for _ in ()).throw(KeyError("recipe")))
+    with pytest.warns(UserWarning, match="could not ask Transformer Engine .* KeyError: 'recipe'"):
+        check_te_attention(SB.tiny_solo_config(), 1)
+
+
 def test_params_are_megatron_cores_for_packed_documents():
     fields = packed_attention_params(model_preset("solo-7b"), tensor_parallel=4)
     assert (fields["qkv_layout"], fields["attn_mask_type"], fields["qkv_dtype"]) == \
