@@ -35,12 +35,16 @@ class PackedDataLoader:
     """Rank-sharded iteration over packs with a resumable state (packs consumed over all ranks)."""
 
     def __init__(self, dataset: PackedDataset, micro_batch_size: int = 1, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 2, limit: int | None = None, prefetch_factor: int = 2):
-        """`limit`: stop before this many global packs (None: run through epochs without end)."""
+                 num_workers: int = 2, limit: int | None = None, prefetch_factor: int = 2, pin_memory: bool = False):
+        """`limit`: stop before this many global packs (None: run through epochs without end).
+
+        ``pin_memory``: batches in page-locked memory, so that their copy to a GPU does not block the host.
+        """
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of {world_size}")
         self.dataset, self.B, self.rank, self.W = dataset, micro_batch_size, rank, world_size
         self.num_workers, self.limit, self.prefetch_factor = num_workers, limit, prefetch_factor
+        self.pin_memory = pin_memory
         self.consumed_packs = 0
 
     def __iter__(self) -> Iterator[dict]:
@@ -49,7 +53,8 @@ class PackedDataLoader:
         # a worker forked by a trainer ignores the job's signals, which torch's worker set-up undoes
         kw = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": keep_helper_signals} if self.num_workers else {}
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.B, sampler=sampler,
-                                             num_workers=self.num_workers, collate_fn=collate_packs, **kw)
+                                             num_workers=self.num_workers, collate_fn=collate_packs,
+                                             pin_memory=self.pin_memory, **kw)
         for batch in loader:
             self.consumed_packs += self.B * self.W
             yield batch
@@ -72,7 +77,8 @@ class PackedDataLoader:
 
 
 def build_data_loader(config: DataConfig, seq_length: int, micro_batch_size: int, patch_size: int = PATCH_SIZE,
-                      rank: int = 0, world_size: int = 1, limit: int | None = None) -> PackedDataLoader:
+                      rank: int = 0, world_size: int = 1, limit: int | None = None,
+                      pin_memory: bool = False) -> PackedDataLoader:
     """PackedDataset + rank-sharded loader: the blend from ``config``, pack shape from the run and model."""
     return PackedDataLoader(PackedDataset(config, seq_length, patch_size), micro_batch_size, rank, world_size,
-                            config.num_workers, limit)
+                            config.num_workers, limit, pin_memory=pin_memory)

@@ -131,10 +131,11 @@ def build_checked_loader(config: DataConfig, train: TrainConfig, patch_size: int
     the data layer's other input errors as RunSetupError.
     """
     from megatron_solo.data.loader import build_data_loader
+    from megatron_solo.platform.distributed import uses_cuda
 
     try:
         loader = build_data_loader(config, train.seq_length, train.micro_batch_size, patch_size,
-                                   rank=rank, world_size=world_size, limit=limit)
+                                   rank=rank, world_size=world_size, limit=limit, pin_memory=uses_cuda())
         loader.dataset.epoch_size(0)  # plan now: packing problems show before the model is built
     except UserInputError:
         raise

@@ -185,3 +185,23 @@ def test_shard_mismatch_is_a_clear_error(shards, tmp_path):
 def test_patch_size_mismatch_refused(shards):
     with pytest.raises(ShardError, match="16-pixel|32-pixel"):
         _dataset(shards, patch_size=16)
+
+
+def test_a_training_loader_on_a_gpu_pins_its_batches(shards, monkeypatch):
+    """Page-locked batches, so the step's non-blocking copy to the GPU does not wait; none on the CPU."""
+    from megatron_solo.config import TrainConfig
+    from megatron_solo.training.startup import build_checked_loader
+
+    asked = []
+
+    class Spy(torch.utils.data.DataLoader):
+        def __init__(self, *args, pin_memory=False, **kwargs):
+            asked.append(pin_memory)
+            super().__init__(*args, **kwargs)  # this CPU has nothing to pin into
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", Spy)
+    train = TrainConfig(seq_length=L, micro_batch_size=1)
+    for gpu in (False, True):
+        monkeypatch.setattr("megatron_solo.platform.distributed.uses_cuda", lambda gpu=gpu: gpu)
+        next(iter(build_checked_loader(_config(shards, num_workers=0), train, 32, 0, 1, "data")))
+    assert asked == [False, True]
