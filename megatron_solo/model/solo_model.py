@@ -57,22 +57,41 @@ class SoloModel(GPTModel):
         position_ids: torch.Tensor,
         patches: torch.Tensor | None,
         thd: bool = False,
+        patch_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """[S, B, H] input embeddings (``thd``: [B*S, 1, H]): token embedding plus projected patch at each ``<vpatch>``."""
+        """[S, B, H] input embeddings (``thd``: [B*S, 1, H]): token embedding plus projected patch at each ``<vpatch>``.
+
+        ``patch_positions``: :meth:`patch_positions` of ``input_ids``, when the caller found them on the host.
+        """
         hidden = self.embedding(input_ids=input_ids, position_ids=position_ids)
         if patches is None:
             # Still run the projection so its gradient exists (zero) and the
             # data-parallel reduction sees every parameter on every rank.
             patches = hidden.new_zeros(0, self.solo.patch_dim)
         projected, _ = self.patch_projection(patches.to(hidden.dtype))
-        b_idx, s_idx = (input_ids == self.solo.vpatch_token_id).nonzero(as_tuple=True)
-        # nonzero is row-major over [B, S]: batch-major, the order patches come in.
-        hidden = hidden.index_put((s_idx, b_idx), projected, accumulate=True)
+        if patch_positions is None:
+            patch_positions = self.patch_positions(input_ids)
+        hidden = hidden.index_put((patch_positions[:, 1], patch_positions[:, 0]), projected, accumulate=True)
         if thd:
             hidden = T.to_thd(hidden)  # before the scatter: sequence parallelism splits the flat tokens
         if self.config.sequence_parallel:
             hidden = tensor_parallel.scatter_to_sequence_parallel_region(hidden)
         return hidden
+
+    def patch_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[N, 2] (sample, position) of each ``<vpatch>``, batch-major: the order the patches come in."""
+        return (input_ids == self.solo.vpatch_token_id).nonzero()  # row-major over [B, S]
+
+    def check_inputs(self, input_ids, position_ids, patches, num_patches, packed_seq_params) -> None:
+        """ValueError naming the sample and field of a batch this model cannot use (a host read of each)."""
+        check_batch(
+            input_ids, position_ids, patches,
+            vpatch_id=self.solo.vpatch_token_id, patch_dim=self.solo.patch_dim,
+            vocab_size=self.vocab_size, max_positions=self.max_sequence_length,
+            num_patches=num_patches,
+        )
+        if packed_seq_params is not None and self.packed_format == "thd":
+            T.check_positions(position_ids, packed_seq_params.cu_seqlens_q)
 
     def _preprocess(self, input_ids, position_ids, decoder_input=None, inference_context=None,
                     packed_seq_params=None, padding_mask=None):
@@ -87,9 +106,21 @@ class SoloModel(GPTModel):
             # megatron-core numbers positions 0..S-1 over the whole pack; SOLO restarts them per
             # document, so each token takes the row of its own position from megatron-core's table
             # ([S, 1, 1, D], plain, Llama-3-scaled or YaRN frequencies alike; positions are < S).
-            emb = rotary[:, 0, 0, :][position_ids].transpose(0, 1)[:, :, None, :]  # [S, B, 1, D]
-            out = (out[0], emb, *out[2:])
+            out = (out[0], self._rows_of(rotary[:, 0, 0, :], position_ids), *out[2:])
         return out
+
+    def _rows_of(self, table: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """The rotary rows at ``position_ids``: [S, B, 1, D], or [S, 1, 1, D] for TE's fused kernel.
+
+        The fused kernel takes one row per position for the whole batch, so every sample must share them
+        (one document per row); packed documents go through thd, where the kernel restarts per document.
+        """
+        if not self.config.apply_rope_fusion:
+            return table[position_ids].transpose(0, 1)[:, :, None, :]
+        if not bool((position_ids == position_ids[:1]).all()):
+            raise ValueError("samples with different position_ids need packed_seq_params (document boundaries) "
+                             "on the Transformer Engine path: its fused RoPE takes one position per token row")
+        return table[position_ids[0]][:, None, None, :]
 
     def forward(
         self,
@@ -100,12 +131,15 @@ class SoloModel(GPTModel):
         patches: torch.Tensor | None = None,
         packed_seq_params=None,
         num_patches: torch.Tensor | None = None,
+        patch_positions: torch.Tensor | None = None,
+        checked: bool = False,
         **kwargs,
     ) -> torch.Tensor:
         """Logits [B, S, V/tp] without labels, per-token loss [B, S] with them (last stage).
 
         ``packed_seq_params`` (document boundaries over the flattened batch) is taken in this
-        model's layout whatever its ``qkv_format`` says.
+        model's layout whatever its ``qkv_format`` says. ``checked``: the caller ran :meth:`check_inputs`
+        on the host copy of this batch (and may give its ``patch_positions``); otherwise they run here.
         """
         batch = input_ids.shape[0]
         thd = packed_seq_params is not None and self.packed_format == "thd"
@@ -113,15 +147,9 @@ class SoloModel(GPTModel):
             packed_seq_params = T.with_format(packed_seq_params, self.packed_format)
         decoder_input = None
         if self.pre_process:
-            check_batch(
-                input_ids, position_ids, patches,
-                vpatch_id=self.solo.vpatch_token_id, patch_dim=self.solo.patch_dim,
-                vocab_size=self.vocab_size, max_positions=self.max_sequence_length,
-                num_patches=num_patches,
-            )
-            if thd:
-                T.check_positions(position_ids, packed_seq_params.cu_seqlens_q)
-            decoder_input = self.embed(input_ids, position_ids, patches, thd=thd)
+            if not checked:
+                self.check_inputs(input_ids, position_ids, patches, num_patches, packed_seq_params)
+            decoder_input = self.embed(input_ids, position_ids, patches, thd=thd, patch_positions=patch_positions)
         elif thd and self.decoder.input_tensor is not None:
             self.decoder.input_tensor = T.from_pipeline_view(self.decoder.input_tensor)
         if thd:

@@ -75,7 +75,7 @@ def build_transformer_config(
         cross_entropy_loss_fusion=fused,
         cross_entropy_fusion_impl="native",
         masked_softmax_fusion=False,
-        apply_rope_fusion=False,
+        apply_rope_fusion=rope_fusion(model, use_te),
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
         **pipeline_comm_settings(),
@@ -84,6 +84,16 @@ def build_transformer_config(
     for name, value in yarn_attributes(model).items():
         setattr(config, name, value)
     return config
+
+
+def rope_fusion(model: SoloModelConfig, use_te: bool) -> bool:
+    """Whether RoPE runs as Transformer Engine's fused kernel: on the TE path, except for YaRN.
+
+    megatron-core's unfused thd RoPE reads each document's length on the host in every layer; the fused
+    kernel takes ``cu_seqlens`` on the GPU. It has no cos/sin factor, which YaRN needs and megatron-core's
+    fused thd call would drop.
+    """
+    return use_te and (model.rope_scaling is None or model.rope_scaling.kind != "yarn")
 
 
 def yarn_attributes(model: SoloModelConfig) -> dict:
