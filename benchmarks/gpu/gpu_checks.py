@@ -32,7 +32,12 @@ from report import te_backends  # noqa: E402
 
 from megatron_solo.config import ParallelConfig, TrainConfig, model_preset  # noqa: E402
 from megatron_solo.config.train import OptimConfig  # noqa: E402
-from megatron_solo.platform import current_device, init_distributed, init_parallel  # noqa: E402
+from megatron_solo.platform import (  # noqa: E402
+    current_device,
+    init_distributed,
+    init_parallel,
+    resolve_sequence_parallel,
+)
 from tests.harness.mix import attention_keys, make_pack, micro_batch  # noqa: E402
 
 PEAK_TFLOPS = 989.0
@@ -114,7 +119,9 @@ def _megatron_stepper(cfg, seq: int, microbatches: int, micro: list[dict]):
     from megatron_solo.training.optimizer import build_optimizer, build_scheduler
     from megatron_solo.training.step import train_step
 
-    parallel = ParallelConfig(use_distributed_optimizer=True)
+    # One GPU: TP1, where the training rule (resolve_sequence_parallel, as pretrain applies it) leaves sequence
+    # parallelism off; a layout with TP > 1 would take it on here as a training run does.
+    parallel = resolve_sequence_parallel(ParallelConfig(use_distributed_optimizer=True))
     init_parallel(parallel, seed=1)
     train = TrainConfig(micro_batch_size=1, global_batch_size=microbatches, seq_length=seq, train_steps=100,
                         bf16=True, optim=OptimConfig(lr=1e-5, warmup_steps=0))

@@ -9,7 +9,8 @@ what one tool alone decides (choices owned by a package above config/, fields it
 defaults that depend on a recipe) by its :class:`Section`.
 
 Booleans are switches: one False by default is set by ``--name``; one True by default is cleared by
-its flag (``--no-name`` unless the field names another, e.g. ``--fp32``). Lists take one or more words
+its flag (``--no-name`` unless the field names another, e.g. ``--fp32``); one None by default (``bool | None``:
+decided at run time unless given) is a pair, ``--name`` and ``--no-name``. Lists take one or more words
 (``--input A B``). A dict is a JSON object. Errors are :class:`ToolArgumentParser`'s: one line, exit 2.
 """
 
@@ -211,7 +212,7 @@ def shown_default(option: Option) -> str:
     default = option.default
     if option.path in option.section.unset:
         return option.section.unset[option.path]
-    if option.type is bool:
+    if option.type is bool and default is not None:
         return "off"  # a switch is not given unless asked for
     if default is None or default == []:
         return "none"
@@ -249,6 +250,9 @@ def add_option(group: Any, option: Option) -> None:
     """Add ``option`` (and its shortcut flags) to an argparse parser or group."""
     kwargs: dict[str, Any] = dict(dest=option.dest, help=help_text(option))
     default = option.default
+    if option.type is bool and default is None:
+        _add_switch_pair(group, option, kwargs)
+        return
     if option.type is bool:
         if default not in (True, False):
             raise TypeError(f"{option.section.cls.__name__}.{option.path}: a switch needs a True or False default")
@@ -263,6 +267,15 @@ def add_option(group: Any, option: Option) -> None:
     for flag, value in option.spelling.shortcuts:
         group.add_argument(flag, dest=option.dest, action="store_const", const=value,
                            help=f"same as {option.flags()[0]} {value}")
+
+
+def _add_switch_pair(group: Any, option: Option, kwargs: dict[str, Any]) -> None:
+    """A ``bool | None`` field: ``--name`` sets True, ``--no-name`` False, neither leaves None (decided later)."""
+    (flag,) = option.flags()
+    off = "--no-" + flag.removeprefix("--")
+    group.add_argument(flag, action="store_const", const=True, default=None, **kwargs)
+    group.add_argument(off, dest=option.dest, action="store_const", const=False, default=None,
+                       help=f"the opposite of {flag}")
 
 
 class Command:

@@ -15,7 +15,9 @@ class ParallelConfig:
     tensor_parallel: int = field(default=1, metadata=cli("--tensor-parallel", "--tp"))
     pipeline_parallel: int = field(default=1, metadata=cli("--pipeline-parallel", "--pp"))  # pipeline stages
     virtual_pipeline: int | None = None  # model chunks per pipeline stage (the interleaved schedule)
-    sequence_parallel: bool = False  # split norms and dropout over the tensor-parallel ranks (needs TE or Apex)
+    # split each sequence's norms, dropout and residual stream over the tensor-parallel ranks in training
+    # (default: on with tensor parallelism on GPUs, off on the CPU; never at TP1; evaluation runs without)
+    sequence_parallel: bool | None = None
     # --no-distributed-optimizer: a plain optimizer, not megatron-core's distributed one (state sharded over DP)
     use_distributed_optimizer: bool = field(default=True, metadata=cli("--no-distributed-optimizer"))
 
@@ -42,6 +44,6 @@ class ParallelConfig:
         return self.virtual_pipeline if self.virtual_pipeline and self.virtual_pipeline > 1 else None
 
     def describe(self, world_size: int) -> str:
-        """Short name like ``TP2PP2DP1VP2``."""
+        """Short name like ``TP2PP2DP1VP2`` (``SP`` at the end with sequence parallelism on)."""
         name = f"TP{self.tensor_parallel}PP{self.pipeline_parallel}DP{self.data_parallel(world_size)}"
-        return name + (f"VP{self.vpp}" if self.vpp else "")
+        return name + (f"VP{self.vpp}" if self.vpp else "") + ("SP" if self.sequence_parallel else "")

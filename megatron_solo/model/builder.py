@@ -9,20 +9,26 @@ from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.model.gpt import gpt_kwargs
 from megatron_solo.model.packed_attention import PackedDocumentAttention
 from megatron_solo.model.solo_model import SoloModel
-from megatron_solo.model.specs import check_fp8, layer_spec, resolve_impl
+from megatron_solo.model.specs import check_fp8, decoder_spec, resolve_impl
 from megatron_solo.model.te_attention import check_te_attention
 from megatron_solo.model.transformer_config import build_transformer_config
 
 
-def solo_layer_spec(model: SoloModelConfig, impl: str):
+def solo_decoder_spec(model: SoloModelConfig, impl: str, config, vp_stage: int | None = None):
     """TE spec (packed thd attention inside TE), or the local spec with document-masked attention."""
     if impl == "te":
-        return layer_spec(model, "te")
+        return decoder_spec(model, "te", config, vp_stage)
     attention = ModuleSpec(
         module=PackedDocumentAttention,
         params={"backend": model.packed_attention, "window": model.sliding_window},
     )
-    return layer_spec(model, "local", core_attention=attention)
+    return decoder_spec(model, "local", config, vp_stage, core_attention=attention)
+
+
+def default_packed_format(impl: str) -> str:
+    """How packed documents reach attention by default: "thd" for the TE spec (the only packed layout TE
+    attention takes), "sbhd" for the local one (whose attention takes both)."""
+    return "thd" if impl == "te" else "sbhd"
 
 
 def build_solo_model(
@@ -38,8 +44,7 @@ def build_solo_model(
 ) -> SoloModel:
     """One SoloModel chunk for this rank's pipeline stage.
 
-    ``packed_format``: how packed documents reach attention; None picks "thd" for the TE spec (the
-    only packed layout TE attention takes) and "sbhd" for the local one (whose attention takes both).
+    ``packed_format``: how packed documents reach attention; None: :func:`default_packed_format`.
     """
     from megatron_solo.platform.distributed import current_device
 
@@ -52,9 +57,9 @@ def build_solo_model(
     config = build_transformer_config(model, parallel, bf16=bf16, recompute=recompute, use_te=impl == "te")
     return SoloModel(
         config=config,
-        transformer_layer_spec=solo_layer_spec(model, impl),
+        transformer_layer_spec=solo_decoder_spec(model, impl, config, vp_stage),
         solo=model,
-        packed_format=packed_format or ("thd" if impl == "te" else "sbhd"),
+        packed_format=packed_format or default_packed_format(impl),
         pre_process=pre_process,
         post_process=post_process,
         vp_stage=vp_stage,

@@ -60,13 +60,13 @@ def build_gpt(
     """GPTModel with the local layer spec (CPU-safe), for the platform tests and benchmarks."""
     from megatron.core.models.gpt import GPTModel
 
-    from megatron_solo.model.specs import layer_spec
+    from megatron_solo.model.specs import decoder_spec
     from megatron_solo.model.transformer_config import build_transformer_config
 
     config = build_transformer_config(model, parallel, bf16=bf16)
     gpt = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(model, "local"),
+        transformer_layer_spec=decoder_spec(model, "local", config, vp_stage),
         pre_process=pre_process,
         post_process=post_process,
         vp_stage=vp_stage,

@@ -13,6 +13,8 @@ passes [B, S] tensors and gets [B, S] losses or [B, S, V] logits back.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from megatron.core import tensor_parallel
 from megatron.core.models.gpt import GPTModel
@@ -45,7 +47,7 @@ class SoloModel(GPTModel):
             self.patch_projection = tensor_parallel.ColumnParallelLinear(
                 solo.patch_dim,
                 config.hidden_size,
-                config=config,
+                config=_without_sequence_parallel(config),
                 init_method=config.init_method,
                 bias=False,
                 gather_output=True,
@@ -165,3 +167,16 @@ class SoloModel(GPTModel):
             # megatron-core's p2p and backward expect the [S, B, H] shape of the pipeline buffers.
             return T.pipeline_view(out, batch)
         return T.unflatten_tokens(out, batch)
+
+
+def _without_sequence_parallel(config):
+    """``config`` with sequence parallelism off, for the patch projection.
+
+    Every tensor-parallel rank holds all the micro-batch's patches ([N, patch_dim], N unrelated to the
+    sequence), and the projection runs before the hidden states are split over the ranks: under
+    sequence parallelism a ColumnParallelLinear would all-gather its input as if each rank held a slice.
+    A shallow copy, not ``dataclasses.replace``, which would run the config's checks again.
+    """
+    plain = copy.copy(config)
+    plain.sequence_parallel = False
+    return plain

@@ -214,14 +214,44 @@ def describe_precision(model: SoloModelConfig, bf16: bool) -> str:
 
 
 def layer_spec(model: SoloModelConfig, impl: str, core_attention=None):
-    """megatron-core layer spec: TE fused layers, or the local spec with ``core_attention`` injected."""
+    """megatron-core layer spec: TE fused layers, or the local spec with ``core_attention`` injected.
+
+    The local spec's norms are :class:`~megatron_solo.model.norm.LocalRMSNorm` (megatron-core's own local
+    norm refuses sequence parallelism; this one is the same RMSNorm, its weight marked for it).
+    """
     if impl == "te":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model.qk_layernorm)
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
+    from megatron_solo.model.norm import LocalRMSNorm
+
     spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=model.qk_layernorm)
+    layer, attention = spec.submodules, spec.submodules.self_attention.submodules
+    layer.input_layernorm = layer.pre_mlp_layernorm = LocalRMSNorm
+    if model.qk_layernorm:
+        attention.q_layernorm = attention.k_layernorm = LocalRMSNorm
     if core_attention is not None:
-        spec.submodules.self_attention.submodules.core_attention = core_attention
+        attention.core_attention = core_attention
     return spec
+
+
+def decoder_spec(model: SoloModelConfig, impl: str, config, vp_stage: int | None = None, core_attention=None):
+    """What GPTModel builds its decoder from: :func:`layer_spec`, as a block with a LocalRMSNorm final norm (local).
+
+    Given a layer spec, megatron-core's TransformerBlock takes its module-wide norm (TE's with TE installed,
+    else the local one that refuses sequence parallelism) for the final norm; the block spec names ours.
+    """
+    spec = layer_spec(model, impl, core_attention)
+    if impl == "te":
+        return spec
+    from megatron.core.transformer.transformer_block import (
+        TransformerBlockSubmodules,
+        get_num_layers_to_build,
+    )
+
+    from megatron_solo.model.norm import LocalRMSNorm
+
+    layers = get_num_layers_to_build(config, vp_stage=vp_stage)  # this pipeline stage's (and chunk's) layers
+    return TransformerBlockSubmodules(layer_specs=[spec] * layers, layer_norm=LocalRMSNorm)

@@ -62,7 +62,8 @@ def build_transformer_config(
         tensor_model_parallel_size=parallel.tensor_parallel,
         pipeline_model_parallel_size=parallel.pipeline_parallel,
         virtual_pipeline_model_parallel_size=parallel.vpp,
-        sequence_parallel=parallel.sequence_parallel,
+        # Unset (not resolved for training: evaluation, conversion) is off.
+        sequence_parallel=parallel.sequence_parallel is True,
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=bf16,

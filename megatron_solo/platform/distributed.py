@@ -7,6 +7,7 @@ this module for the device rather than deciding itself.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import socket
@@ -140,6 +141,18 @@ def _destroy_layout() -> None:
             dist.destroy_process_group(group)
 
 
+def resolve_sequence_parallel(cfg: ParallelConfig) -> ParallelConfig:
+    """``cfg`` with ``sequence_parallel`` decided for a training run on this machine.
+
+    Unset: on where tensor parallelism runs on GPUs (as Megatron-LM's training scripts run it), off on the
+    CPU, where it would only add collectives to the same arithmetic; asked for, it runs on the CPU too. At
+    TP1 it is off whatever was asked, as Megatron-LM does (there is nothing to split; megatron-core refuses it).
+    """
+    asked = cfg.sequence_parallel
+    on = cfg.tensor_parallel > 1 and (uses_cuda() if asked is None else asked)
+    return cfg if asked is on else dataclasses.replace(cfg, sequence_parallel=on)
+
+
 def init_parallel(cfg: ParallelConfig, seed: int = 1234) -> int:
     """Create megatron-core's TP/PP/DP groups for ``cfg`` and seed its RNG tracker; return DP size."""
     from megatron.core import parallel_state
@@ -149,11 +162,6 @@ def init_parallel(cfg: ParallelConfig, seed: int = 1234) -> int:
         init_distributed()
     world = dist.get_world_size()
     data_parallel = cfg.data_parallel(world)
-    if cfg.sequence_parallel and not uses_cuda():
-        raise ValueError(
-            "sequence_parallel needs Transformer Engine or Apex norms and a GPU; "
-            "megatron-core's local spec refuses it on CPU"
-        )
     _destroy_layout()
     before = set(_group_map())
     parallel_state.initialize_model_parallel(

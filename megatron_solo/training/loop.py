@@ -6,6 +6,7 @@ Each phase fills in the shared :class:`~megatron_solo.training.run.Run`; the ste
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from megatron_solo.training.startup import (
     build_checked_loader,
     check_save_writable,
     check_saved_model,
+    check_sequence_split,
     describe_layers,
     job_model_config,
     overflow_lines,
@@ -80,24 +82,26 @@ def _pretrain(job: JobConfig) -> RunSummary:
 
 def _start_up(job: JobConfig) -> Run:
     """Start the process world and check what needs no data or model: layout, model, the save folder."""
-    from megatron_solo.platform import init_distributed, init_parallel
+    from megatron_solo.platform import init_distributed, init_parallel, resolve_sequence_parallel
     from megatron_solo.training.progress import TrainLogger
     from megatron_solo.training.tracking import check_wandb
 
     train = job.train
     check_wandb(train)  # on every rank, before any process group: a missing wandb stops all of them alike
     init_distributed()
+    job = dataclasses.replace(job, parallel=resolve_sequence_parallel(job.parallel))
     try:
         dp = init_parallel(job.parallel, seed=train.seed)
     except UserInputError:
         raise
-    except ValueError as err:  # the layout does not fit the world, or sequence parallel without a GPU
+    except ValueError as err:  # the layout does not fit the world
         raise RunSetupError(f"parallel layout: {err}") from err
     num_microbatches = train.num_microbatches(dp)
     model_cfg = job_model_config(job)
     if train.seq_length > model_cfg.max_position_embeddings:
         raise RunSetupError(f"seq_length {train.seq_length} exceeds the model's max_position_embeddings "
                             f"{model_cfg.max_position_embeddings}")
+    check_sequence_split(model_cfg, train, job.parallel)
     rank0 = TrainLogger(torch.distributed.get_rank() == 0, None, train.train_steps)  # start-up lines
     summary = RunSummary(iteration=0, total_steps=train.train_steps, is_log_rank=log_rank())
     check_save_writable(train.save_dir)

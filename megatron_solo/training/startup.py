@@ -22,6 +22,7 @@ from megatron_solo.checkpoint.train_state import DataPosition, TrainState, read_
 from megatron_solo.config.data import DataConfig
 from megatron_solo.config.job import JobConfig
 from megatron_solo.config.model import SoloModelConfig, model_preset, with_overrides
+from megatron_solo.config.parallel import ParallelConfig
 from megatron_solo.config.train import TrainConfig
 from megatron_solo.errors import UserInputError
 
@@ -171,6 +172,30 @@ def restore_data_position(loader, position: DataPosition, allow_data_change: boo
         return (f"data blend changed since the checkpoint: reading the new blend from pack "
                 f"{loader.consumed_packs} on (--allow-data-change)")
     return None
+
+
+def check_sequence_split(model: SoloModelConfig, train: TrainConfig, parallel: ParallelConfig) -> None:
+    """RunSetupError when sequence parallelism cannot split a micro-batch's tokens evenly over the TP ranks.
+
+    megatron-core finds out in an assertion of its first scatter. The local spec's sbhd layout splits each
+    sequence; the TE spec's thd layout splits the micro-batch's B x S tokens as one, but between pipeline
+    stages megatron-core's buffers are [S / TP, B, H] again.
+    """
+    if not parallel.sequence_parallel:
+        return
+    from megatron_solo.model.builder import default_packed_format
+    from megatron_solo.model.specs import resolve_impl
+
+    tp, seq, micro = parallel.tensor_parallel, train.seq_length, train.micro_batch_size
+    flat = default_packed_format(resolve_impl(model, bf16=train.bf16)) == "thd" and parallel.pipeline_parallel == 1
+    if flat and seq * micro % tp:
+        raise RunSetupError(f"sequence parallelism splits the seq_length x micro_batch_size = {seq} x {micro} tokens "
+                            f"of a micro-batch over tensor_parallel {tp} ranks, and {seq * micro} does not divide by "
+                            f"{tp} (change --seq-length or --micro-batch-size, or --no-sequence-parallel)")
+    if not flat and seq % tp:
+        raise RunSetupError(f"sequence parallelism splits each sequence over the tensor_parallel {tp} ranks, and "
+                            f"seq_length {seq} does not divide by {tp} (change --seq-length, or "
+                            "--no-sequence-parallel)")
 
 
 def describe_layers(model: SoloModelConfig, bf16: bool, tokens: int, tensor_parallel: int,

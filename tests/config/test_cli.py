@@ -27,7 +27,7 @@ SPELLINGS = {
     "pretrain": "--model --model-overrides --chat-tokens* --transformer-impl --fp8 --fp8-recipe --recipe --data "
                 "--eval-data --eval-interval --eval-iters --seq-length --micro-batch-size --global-batch-size "
                 "--train-steps --lr --min-lr --warmup-steps --tensor-parallel --pipeline-parallel --virtual-pipeline "
-                "--sequence-parallel* --no-distributed-optimizer* --fp32* --recompute* --seed --save --save-interval "
+                "--sequence-parallel* --no-sequence-parallel* --no-distributed-optimizer* --fp32* --recompute* --seed --save --save-interval "
                 "--init-from --tokenizer --allow-data-change* --tensorboard-dir --data-workers --max-drop-share "
                 "--exit-after-steps",
     "evaluate": "--checkpoint --hf --tensor-parallel --pipeline-parallel --dtype --val-data --classify --class-names "
@@ -171,6 +171,7 @@ class Outer:
     tidy: bool = field(default=True, metadata=cli("--sloppy"))
     steps: int = field(default=3, metadata=cli("--steps", "--n"))
     given: int | None = None  # what the recipe says
+    auto: bool | None = None  # decided later unless given
 
 
 def outer_command(**section) -> Command:
@@ -186,12 +187,14 @@ def test_options_follow_the_fields():
     parser = outer_command().parser()
     flags = {a.option_strings[0]: a for a in parser._actions if a.option_strings[0] != "-h"}
     assert list(flags) == ["--name", "--width", "--depth", "--kind", "--tags", "--extra", "--fast", "--no-careful",
-                           "--sloppy", "--steps", "--given"]
+                           "--sloppy", "--steps", "--given", "--auto", "--no-auto"]
     assert flags["--kind"].choices == ("a", "b") and flags["--tags"].nargs == "+" and flags["--name"].required
     assert flags["--steps"].option_strings == ["--steps", "--n"]
     help_text = parser.format_help()
     assert "tags (default: none)" in " ".join(help_text.split()).replace("100% ", "")
     assert "not careful (default: off)" in " ".join(help_text.split())
+    assert "decided later unless given (default: none)" in " ".join(help_text.split())
+    assert flags["--no-auto"].dest == flags["--auto"].dest == "auto" and flags["--no-auto"].nargs == 0
 
 
 def test_parse_and_build():
@@ -201,6 +204,8 @@ def test_parse_and_build():
     built = build(Outer, values)
     assert built == Outer(name="x", inner=Inner(width=7), tags=["p", "q"], extra={"k": 1}, fast=True, careful=False,
                           tidy=False, steps=5)
+    assert [build(Outer, cmd.parse(["--name", "x", *auto])).auto for auto in ([], ["--auto"], ["--no-auto"])] == [
+        None, True, False]
     assert build(Outer, values, steps=9).steps == 9
     assert nested({"a.b": 1, "a.c.d": 2, "e": 3}, "a.") == {"b": 1, "c": {"d": 2}}
     with pytest.raises(TypeError, match="argument list"):

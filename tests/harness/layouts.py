@@ -112,16 +112,18 @@ def _corrupt_one_shard(chunks) -> None:
 
 
 def train_layouts(
-    layouts: list[tuple[int, int, int | None]], init_dir: str, out_root: str, corrupt: bool, kind: str = "gpt"
+    layouts: list[tuple], init_dir: str, out_root: str, corrupt: bool, kind: str = "gpt"
 ) -> None:
-    """Worker: for each (tp, pp, vpp) load the initial weights, train STEPS steps, save, record losses."""
+    """Worker: for each (tp, pp, vpp[, sequence_parallel]) load the initial weights, train STEPS steps, save,
+    record losses."""
     from megatron.core import parallel_state as ps
 
     train = train_config(kind)
-    for tp, pp, vpp in layouts:
+    for tp, pp, vpp, *sp in layouts:
         # megatron-core's distributed optimizer is Adam-only; the SGD runs use the plain one.
         parallel = ParallelConfig(
-            tensor_parallel=tp, pipeline_parallel=pp, virtual_pipeline=vpp, use_distributed_optimizer=kind == "gpt"
+            tensor_parallel=tp, pipeline_parallel=pp, virtual_pipeline=vpp, sequence_parallel=bool(sp and sp[0]),
+            use_distributed_optimizer=kind == "gpt",
         )
         dp = init_parallel(parallel, seed=7)
         name = parallel.describe(torch.distributed.get_world_size())
@@ -183,7 +185,7 @@ def reshard_round_trip(root: str) -> None:
 
 
 def run_layouts(root, kind: str, worlds: dict[int, list], corrupt_tp2: bool = False) -> dict:
-    """Train the reference and every layout in ``worlds`` (world size -> layouts) from one init.
+    """Train the reference and every layout in ``worlds`` (world size -> (tp, pp, vpp[, sequence_parallel])) from one init.
 
     One world per size; the one-rank work (the initial weights, the reference run, reading every
     result back at TP1PP1) runs in the pytest process. With ``corrupt_tp2`` the two-rank world also
@@ -205,7 +207,7 @@ def run_layouts(root, kind: str, worlds: dict[int, list], corrupt_tp2: bool = Fa
     for world in sorted(set(worlds) | set(corrupt)):
         layouts = worlds.get(world, [])
         run_world(each_case, world, train_layouts, [(layouts, init, str(root), False, kind), *corrupt.get(world, [])])
-        names += [ParallelConfig(tp, pp, vp).describe(world) for tp, pp, vp in layouts]
+        names += [ParallelConfig(*layout).describe(world) for layout in layouts]
     names += ["corrupt/TP2PP1DP1"] if corrupt_tp2 else []
     out = {}
     for name in [*names, "init"]:

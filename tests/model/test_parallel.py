@@ -1,4 +1,5 @@
-"""SoloModel with images in the batch: TP2, PP2 (vision path on stage 0 only) and DP2 match TP1."""
+"""SoloModel with images in the batch: TP2 (with and without sequence parallelism), PP2 (vision path on
+stage 0 only) and DP2 match TP1."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from tests.harness import layouts as H
 
 pytestmark = pytest.mark.multiprocess
 
-WORLDS = {2: [(2, 1, None), (1, 2, None), (1, 1, None)]}
+WORLDS = {2: [(2, 1, None), (1, 2, None), (1, 1, None), (2, 1, None, True)]}  # the last: sequence parallel
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def runs(tmp_path_factory):
     return H.run_layouts(tmp_path_factory.mktemp("solo_layouts"), "solo", WORLDS)
 
 
-@pytest.mark.parametrize("name", ["TP2PP1DP1", "TP1PP2DP1", "TP1PP1DP2"])
+@pytest.mark.parametrize("name", ["TP2PP1DP1", "TP1PP2DP1", "TP1PP1DP2", "TP2PP1DP1SP"])
 def test_solo_layout_matches_single_process(runs, name):
     # SGD, lr 1: the summed update of 3 steps is the summed gradient; the whole gradient
     # vector agrees within 1e-5 (norm-relative), each tensor within 1e-3.

@@ -1,5 +1,6 @@
 """The thd layout across processes: TP2 and PP2 (activations sent between stages as thd views),
-two packs per micro-batch, trained by megatron-core's schedule, match the sbhd layout on one process.
+two packs per micro-batch, trained by megatron-core's schedule, match the sbhd layout on one process;
+so do both layouts with sequence parallelism at TP2 and TP2 x PP2 (images in every micro-batch).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from tests.harness.worlds import each_case, run_world
 pytestmark = pytest.mark.multiprocess
 
 SEQ, MICRO, GLOBAL, STEPS = 32, 2, 8, 2
+# run name -> (tp, pp, packed format[, sequence parallel])
+PLAN = {"sbhd": (1, 1, "sbhd"), "thd": (1, 1, "thd"), "thd_TP2": (2, 1, "thd"), "thd_PP2": (1, 2, "thd"),
+        "thd_TP2_SP": (2, 1, "thd", True), "sbhd_TP2PP2_SP": (2, 2, "sbhd", True),
+        "thd_TP2PP2_SP": (2, 2, "thd", True)}
 
 
 def _micro_batches(step: int) -> list[dict]:
@@ -40,10 +45,12 @@ def _micro_batches(step: int) -> list[dict]:
     return [collate_packs(packs[i:i + MICRO]) for i in range(0, GLOBAL, MICRO)]
 
 
-def train_format(init_dir: str, out_dir: str, tp: int, pp: int, packed_format: str) -> None:
-    """Worker: load the initial weights at TP x PP, train STEPS SGD steps in ``packed_format``, save."""
+def train_format(init_dir: str, out_dir: str, tp: int, pp: int, packed_format: str, sp: bool = False) -> None:
+    """Worker: load the initial weights at TP x PP (``sp``: sequence parallel), train STEPS SGD steps in
+    ``packed_format``, save."""
     # SGD (the update IS the gradient); megatron-core's distributed optimizer is Adam-only.
-    parallel = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp, use_distributed_optimizer=False)
+    parallel = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp, sequence_parallel=sp,
+                              use_distributed_optimizer=False)
     init_parallel(parallel, seed=7)
     cfg = SB.tiny_solo_config(sliding_window=6)
     train = TrainConfig(micro_batch_size=MICRO, global_batch_size=GLOBAL, seq_length=SEQ, train_steps=STEPS,
@@ -67,18 +74,18 @@ def train_format(init_dir: str, out_dir: str, tp: int, pp: int, packed_format: s
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """sbhd on one process, thd on one process, at TP2 and at PP2; each run's losses and weights."""
+    """sbhd on one process, thd on one process, at TP2 and at PP2, and the sequence-parallel layouts; each
+    run's losses and weights."""
     from safetensors.torch import load_file
 
     root = tmp_path_factory.mktemp("thd_layouts")
     init = str(root / "init")
     run_world(H.save_initial, 1, init, "solo")
-    plan = {"sbhd": (1, 1, "sbhd"), "thd": (1, 1, "thd"), "thd_TP2": (2, 1, "thd"), "thd_PP2": (1, 2, "thd")}
-    for world in (1, 2):  # one world per size, running each of its layouts in turn
-        run_world(each_case, world, train_format, [(init, str(root / name), tp, pp, fmt)
-                                                   for name, (tp, pp, fmt) in plan.items() if tp * pp == world])
+    for world in (1, 2, 4):  # one world per size, running each of its layouts in turn
+        run_world(each_case, world, train_format, [(init, str(root / name), *layout)
+                                                   for name, layout in PLAN.items() if layout[0] * layout[1] == world])
     out = {}
-    for name in [*plan, "init"]:
+    for name in [*PLAN, "init"]:
         weights = str(root / f"{name}.safetensors")
         run_world(H.read_weights, 1, init if name == "init" else str(root / name), weights, "solo")
         losses = None if name == "init" else json.loads((root / name / "losses.json").read_text())
@@ -86,7 +93,7 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["thd", "thd_TP2", "thd_PP2"])
+@pytest.mark.parametrize("name", [name for name in PLAN if name != "sbhd"])
 def test_thd_training_matches_sbhd(runs, name):
     ref_losses, ref_weights = runs["sbhd"]
     losses, weights = runs[name]

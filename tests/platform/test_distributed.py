@@ -22,6 +22,20 @@ def test_layout_must_divide_world():
         ParallelConfig(virtual_pipeline=2).data_parallel(2)
 
 
+def test_sequence_parallel_unset_is_on_with_tensor_parallelism_on_gpus_only(monkeypatch):
+    from megatron_solo.platform import distributed
+
+    def resolved(tp: int, asked: bool | None, gpu: bool) -> bool:
+        monkeypatch.setattr(distributed, "uses_cuda", lambda: gpu)
+        return distributed.resolve_sequence_parallel(ParallelConfig(tp, sequence_parallel=asked)).sequence_parallel
+
+    assert [resolved(2, None, gpu) for gpu in (True, False)] == [True, False]  # CPU runs keep their numerics
+    assert [resolved(2, asked, False) for asked in (True, False)] == [True, False]  # asked: as asked, CPU too
+    assert [resolved(1, asked, True) for asked in (None, True)] == [False, False]  # nothing to split at TP1
+    cfg = ParallelConfig(2, sequence_parallel=False)
+    assert distributed.resolve_sequence_parallel(cfg) is cfg
+
+
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="emulation is for machines without CUDA")
 
 

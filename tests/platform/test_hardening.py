@@ -154,13 +154,13 @@ def test_emulation_covers_the_backward_pass(how):
 
 
 def train_tp2_one_query_group(images: str, texts: str, save_dir: str, out: str) -> None:
-    """Worker (2 processes): solo-tiny with a single query group at TP2, two steps."""
+    """Worker (2 processes): solo-tiny with a single query group at TP2 with sequence parallelism, two steps."""
     from megatron_solo.config import ParallelConfig
     from megatron_solo.training.loop import pretrain
     from tests.harness import training as T
 
     job = T.small_job(images, texts, save_dir, 2, None)
-    job = dataclasses.replace(job, parallel=ParallelConfig(tensor_parallel=2),
+    job = dataclasses.replace(job, parallel=ParallelConfig(tensor_parallel=2, sequence_parallel=True),
                               model_overrides={**job.model_overrides, "num_query_groups": 1})
     summary = pretrain(job)
     if summary.is_log_rank:
@@ -168,7 +168,7 @@ def train_tp2_one_query_group(images: str, texts: str, save_dir: str, out: str) 
 
 
 @pytest.mark.multiprocess
-def test_tp2_trains_with_one_query_group(tmp_path, quickstart_shards):
+def test_tp2_trains_with_one_query_group_and_sequence_parallelism(tmp_path, quickstart_shards):
     images, texts = quickstart_shards
     out = tmp_path / "run.json"
     spawn(train_tp2_one_query_group, 2, images, texts, str(tmp_path / "ckpt"), str(out))

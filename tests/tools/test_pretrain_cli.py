@@ -74,6 +74,11 @@ def test_transformer_engine_and_fp8_flags_map_onto_the_model_config():
         parse_args(["--data", "a", "--fp8", "e5m2"])
 
 
+def test_sequence_parallel_is_left_to_the_run_unless_a_switch_says():
+    assert [job(*argv).parallel.sequence_parallel for argv in ([], ["--sequence-parallel"],
+                                                               ["--no-sequence-parallel"])] == [None, True, False]
+
+
 def test_eval_flags_make_eval_data_and_schedule():
     j = job("--model", "solo-tiny", "--eval-data", "held/a:2", "held/b", "--eval-interval", "7", "--eval-iters", "3")
     assert [(d.path, d.weight) for d in j.eval_data.datasets] == [("held/a", 2.0), ("held/b", 1.0)]
@@ -179,9 +184,12 @@ def test_layout_that_does_not_fit_the_world_is_one_line(shards, tmp_path):
 
 @pytest.mark.slow
 def test_stop_without_save_says_nothing_was_saved(shards, tmp_path, run):
-    out = run(*_train_args(*shards, "--train-steps", "3", "--exit-after-steps", "1"), cwd=tmp_path)
+    # --sequence-parallel at TP1: nothing to split, the layout says so (no SP)
+    out = run(*_train_args(*shards, "--train-steps", "3", "--exit-after-steps", "1", "--sequence-parallel"),
+              cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "stopped early (no --save: nothing saved)" in out.stdout and "checkpoint saved" not in out.stdout
+    assert "1 processes, layout TP1PP1DP1, " in out.stdout
     assert "layers: local spec, fp32" in out.stdout
     warnings = [line for line in out.stderr.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1 and "clamped to 2" in warnings[0], out.stderr
