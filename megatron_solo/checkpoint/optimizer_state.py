@@ -1,10 +1,13 @@
 """The optimizer's part of a checkpoint: its sharded state dict, and loading it into the optimizer in use.
 
-megatron-core writes the distributed optimizer in its fully reshardable format and the plain (not
-distributed) optimizers per parameter, each keyed by the model parameter it updates, so either loads at
-another TP/PP/DP layout. Two gaps of megatron-core 0.16.1 are closed here: its bf16 optimizer cannot
-describe a model that keeps some parameters in fp32 (:func:`optimizer_sharded_state_dict`), and Adam's
-``step`` is kept differently by each optimizer class (:func:`load_optimizer_state`).
+The distributed optimizer is written in megatron-core's ``dp_reshardable`` format: each rank writes its own
+shard of the main parameters and moments as they lie in its grad buffers, with no gather and no copy, beside
+a bucket index that lets it load at another TP/PP layout too (:mod:`~megatron_solo.checkpoint.optimizer_reshard`);
+checkpoints of the fully reshardable format that earlier versions wrote still load. The plain (not distributed)
+optimizers are written per parameter, each keyed by the model parameter it updates, so they load at another
+TP/PP/DP layout. Two gaps of megatron-core 0.16.1 are closed here: its bf16 optimizer cannot describe a model
+that keeps some parameters in fp32 (:func:`optimizer_sharded_state_dict`), and Adam's ``step`` is kept
+differently by each optimizer class (:func:`load_optimizer_state`).
 """
 
 from __future__ import annotations
@@ -14,11 +17,21 @@ from typing import Any
 import torch
 
 from megatron_solo.checkpoint.layout import CheckpointError
+from megatron_solo.checkpoint.optimizer_reshard import (
+    Reshard,
+    bucket_index,
+    distributed_optimizers,
+    read_bucket_indices,
+)
 
-# The distributed optimizer's state gathered into model space, so it loads at another
-# TP/PP/DP layout ('fully_sharded_model_space' needs flattened ranges, which
+# What the distributed optimizer is saved as: its grad-buffer shards as they are ('fully_reshardable' gathers
+# a whole TP/PP shard on every rank; 'fully_sharded_model_space' needs flattened ranges, which
 # dist_checkpointing 0.16.1 refuses).
-OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+SAVE_FORMAT = {"distrib_optim_sharding_type": "dp_reshardable"}
+# The format of checkpoints written by megatron_solo before SAVE_FORMAT (its state keys: optimizer.state.param.*).
+GATHERED_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
+# Where a load request holds the saved ranges a Reshard reads, in place of 'param_state'.
+_RESHARD = "solo_reshard"
 
 # megatron-core's key for a bf16 optimizer's fp32 main copies of the bf16 parameters, per param group.
 _MAIN_COPIES = "fp32_from_fp16_params"
@@ -47,14 +60,15 @@ def prime_optimizer_state(optimizer) -> None:
             group["lr"] = lr
 
 
-def load_optimizer_state(optimizer, state) -> None:
-    """Load the optimizer state (the distributed optimizer's fully reshardable format or a plain one).
+def load_optimizer_state(optimizer, state, reshards: dict[int, Reshard] | None = None) -> None:
+    """Load the optimizer state (a distributed optimizer's format, or a plain one) read from a checkpoint.
 
-    megatron-core 0.16.1 copies every per-parameter state entry when it scatters the fully reshardable
-    format, including torch Adam's scalar ``step``, which the format keeps elsewhere (KeyError 'step').
-    The parameter state is therefore loaded in a second call, with ``step`` held aside;
-    ``load_state_dict`` has already restored it. :func:`_settle_step` then puts ``step`` where the
-    optimizer in use keeps it.
+    ``reshards``: by chain position, the DistributedOptimizers whose state is read from a checkpoint of another
+    TP/PP layout (:func:`optimizer_load_request`). megatron-core 0.16.1 copies every per-parameter state entry
+    when it loads a distributed optimizer's parameter state, including torch Adam's scalar ``step``, which the
+    formats keep elsewhere (KeyError 'step', or the step of the state loaded into). The parameter state is
+    therefore loaded in a second call, with ``step`` held aside; ``load_state_dict`` has already restored it.
+    :func:`_settle_step` then puts ``step`` where the optimizer in use keeps it.
     """
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
@@ -63,18 +77,23 @@ def load_optimizer_state(optimizer, state) -> None:
         states = [state]
     else:
         states = [v for _, v in sorted(state.items())] if isinstance(state, dict) else list(state)
-    for opt, st in zip(opts, states):
-        deferred = None
-        if isinstance(opt, DistributedOptimizer) and st.get("param_state_sharding_type") == "fully_reshardable":
-            deferred = st.pop("param_state")
+    for position, (opt, st) in enumerate(zip(opts, states)):
+        deferred = st.pop("param_state", None) if isinstance(opt, DistributedOptimizer) else None
+        ranges = st.pop(_RESHARD, None)
         inner = opt.optimizer
         _steps_per_parameter(inner, st)
         if isinstance(st.get(_MAIN_COPIES), dict):  # written by _mixed_precision_sharded_state_dict
             st[_MAIN_COPIES] = [st[_MAIN_COPIES].get(i, []) for i in range(len(opt.fp32_from_float16_groups))]
         opt.load_state_dict(st)
-        if deferred is not None:
+        if deferred is not None or ranges is not None:
             held = {p: s.pop("step") for p, s in inner.state.items() if "step" in s}
-            opt.load_parameter_state_from_fully_reshardable(deferred)
+            with torch.no_grad():  # fp32 main parameters are views of the model's, which require grad
+                if ranges is not None:
+                    reshards[position].apply(ranges)
+                elif st.get("param_state_sharding_type") == "fully_reshardable":
+                    opt.load_parameter_state_from_fully_reshardable(deferred)
+                else:
+                    opt.load_parameter_state_from_dp_reshardable(deferred)
             for p, step in held.items():
                 inner.state[p]["step"] = step
         _settle_step(inner)
@@ -139,8 +158,9 @@ def _settle_step(inner: torch.optim.Optimizer) -> None:
 def check_optimizer_kind(optimizer, held: set[str], path: str) -> None:
     """Refuse, in one line, a checkpoint whose optimizer state the other optimizer kind wrote.
 
-    The distributed optimizer keeps an fp32 copy of every parameter (``optimizer.state.param.*``); the
-    plain one keeps copies of the bf16 parameters only (``optimizer.state.fp32_param.*``), none in fp32.
+    The distributed optimizer keeps its grad-buffer shards (``optimizer.distributed.dp_group_idx_*``; in the
+    gathered format an fp32 copy of every parameter, ``optimizer.state.param.*``); the plain one keeps copies of
+    the bf16 parameters only (``optimizer.state.fp32_param.*``), none in fp32.
     """
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
@@ -148,7 +168,8 @@ def check_optimizer_kind(optimizer, held: set[str], path: str) -> None:
         return  # no optimizer state (an imported checkpoint): nothing to match
     distributed_here = any(isinstance(opt, DistributedOptimizer)
                            for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
-    distributed_there = any(key.startswith("optimizer.state.param.") for key in held)
+    distributed_there = any(key.startswith("optimizer.state.param.") or ".distributed.dp_group_idx_" in key
+                            for key in held)
     if distributed_here != distributed_there:
         flag = "without --no-distributed-optimizer" if distributed_there else "with --no-distributed-optimizer"
         kind = "the distributed" if distributed_there else "a plain (not distributed)"
@@ -156,16 +177,75 @@ def check_optimizer_kind(optimizer, held: set[str], path: str) -> None:
                               "or start a new run from its weights with --init-from")
 
 
-def optimizer_sharded_state_dict(optimizer, model_sharded: dict[str, Any], *, is_loading: bool = False) -> Any:
+def optimizer_sharded_state_dict(optimizer, model_sharded: dict[str, Any], *, is_loading: bool = False,
+                                 metadata: dict = SAVE_FORMAT) -> Any:
     """The optimizer's sharded state dict (to save, or with ``is_loading`` to load into)."""
     opts = getattr(optimizer, "chained_optimizers", [optimizer])
     mixed = [opt for opt in opts if _keeps_fp32_model_params(opt)]
     if not mixed:
-        return optimizer.sharded_state_dict(model_sharded, is_loading=is_loading, metadata=OPTIMIZER_METADATA)
+        state = optimizer.sharded_state_dict(model_sharded, is_loading=is_loading, metadata=metadata)
+        return _common_unsharded(optimizer, state) if metadata is SAVE_FORMAT else state
     if len(opts) > 1:
         raise NotImplementedError("a chain of several optimizers over bf16 and fp32 parameters: use the "
                                   "distributed optimizer")
     return _mixed_precision_sharded_state_dict(opts[0], model_sharded, is_loading)
+
+
+def _distributed_states(optimizer, state) -> list[tuple[int, Any, str, dict]]:
+    """(chain position, DistributedOptimizer, key prefix, its part of ``state``) of each distributed one."""
+    chain = getattr(optimizer, "chained_optimizers", [optimizer])
+    return [(i, opt, prefix, state if len(chain) == 1 else state[i])
+            for i, opt, prefix in distributed_optimizers(optimizer)]
+
+
+def _common_unsharded(optimizer, state) -> Any:
+    """A dp_reshardable state dict whose small objects are saved as common state, read without pickle.
+
+    megatron-core makes the param groups and the bucket sizes objects per model-parallel rank (pickled, as
+    the loader then unpickles them); the fully reshardable format saves the param groups as common state
+    (rank 0's, loaded at every layout), and the bucket sizes are the bucket index's business here.
+    """
+    from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject, ShardedObject
+
+    for _, _, _, st in _distributed_states(optimizer, state):
+        for key, value in list(st.items()):
+            if isinstance(value, ShardedObject):
+                st[key] = value.data
+        param_state = st.get("param_state", {})
+        for key in ("per_bucket_numel", "per_bucket_numel_unpadded"):
+            if isinstance(param_state.get(key), ShardedObject):
+                param_state[key] = LocalNonpersistentObject(param_state[key].data)
+    return state
+
+
+def optimizer_load_request(optimizer, model_sharded: dict[str, Any], path: str,
+                           held: set[str]) -> tuple[Any, dict[int, Reshard]]:
+    """(the optimizer's part of the load request for checkpoint ``path``, the Reshards of its distributed
+    optimizers when the checkpoint's grad buffers are laid out otherwise: another TP/PP layout).
+
+    Collective: the ranks agree on whether to reshard (one small all-reduce).
+    """
+    from megatron_solo.platform.distributed import current_device
+
+    if any(key.startswith("optimizer.state.param.") for key in held):  # written in GATHERED_FORMAT
+        return optimizer_sharded_state_dict(optimizer, model_sharded, is_loading=True,
+                                            metadata=GATHERED_FORMAT), {}
+    request = optimizer_sharded_state_dict(optimizer, model_sharded, is_loading=True)
+    parts = _distributed_states(optimizer, request)
+    if not parts:
+        return request, {}
+    differs = any(read_bucket_indices(path, i).get(opt.data_parallel_group_idx)
+                  != bucket_index(opt, prefix, model_sharded) for i, opt, prefix, _ in parts)
+    anywhere = torch.tensor([float(differs)], device=current_device())
+    torch.distributed.all_reduce(anywhere, op=torch.distributed.ReduceOp.MAX)
+    if anywhere.item() == 0:
+        return request, {}
+    reshards = {}
+    for i, opt, _, st in parts:
+        reshards[i] = Reshard(opt, model_sharded, read_bucket_indices(path, i))
+        st.pop("param_state")
+        st[_RESHARD] = reshards[i].request()
+    return request, reshards
 
 
 def _keeps_fp32_model_params(opt) -> bool:

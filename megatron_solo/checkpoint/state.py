@@ -37,13 +37,16 @@ from megatron_solo.checkpoint.layout import (
 )
 from megatron_solo.checkpoint.metadata import record_saved_layout
 from megatron_solo.checkpoint.names import drop_empty_extra_state, drop_missing_extra_state
+from megatron_solo.checkpoint.optimizer_reshard import write_bucket_indices
 from megatron_solo.checkpoint.optimizer_state import (
     check_optimizer_kind,
     load_optimizer_state,
+    optimizer_load_request,
     optimizer_sharded_state_dict,
     prime_optimizer_state,
 )
 from megatron_solo.checkpoint.rng import restore_rng, rng_in_checkpoint, rng_sharded_state_dict
+from megatron_solo.checkpoint.save_strategy import save_strategy
 from megatron_solo.checkpoint.train_state import SavedLayout, TrainState, read_train_state, write_train_state
 from megatron_solo.checkpoint.write_results import ensure_write_results_queue
 from megatron_solo.model.chunks import unwrap
@@ -160,14 +163,17 @@ def start_save(root: str, state: TrainState, chunks: list[torch.nn.Module], opti
     layout = _layout()
     sharded = _model_sharded_state_dict(chunks)
     if optimizer is not None:
+        write_bucket_indices(partial, optimizer, sharded)
         sharded["optimizer"] = optimizer_sharded_state_dict(optimizer, sharded)
     sharded["rng_state"] = rng_sharded_state_dict(layout)
     snapshot = dataclasses.replace(copy.deepcopy(state), layout=_saved_layout(layout),
                                    scheduler=scheduler.state_dict() if scheduler is not None else None)
     pending = PendingSave(root, final, snapshot)
     ensure_write_results_queue()
-    try:
-        request = dist_checkpointing.save(sharded, partial, async_sharded_save=async_save)
+    strategy, new = save_strategy(sharded)
+    try:  # the sharding is checked once per structure (its check gathers every rank's metadata)
+        request = dist_checkpointing.save(sharded, partial, strategy, validate_access_integrity=new,
+                                          async_sharded_save=async_save)
     except CheckpointException as err:  # a BaseException: it would pass by every `except Exception`
         raise pending.failure(err) from err
     if request is not None:
@@ -206,22 +212,24 @@ def load_checkpoint(
     if any(missing.values()):
         _note(f"FP8 metadata not in checkpoint: starting fresh ({sum(map(len, missing.values()))} "
               f"_extra_state entries, e.g. {next(k for d in missing.values() for k in d)})")
+    reshards = {}
     if optimizer is not None:
         check_optimizer_kind(optimizer, set(held), path)
         prime_optimizer_state(optimizer)
-        sharded["optimizer"] = optimizer_sharded_state_dict(optimizer, sharded, is_loading=True)
+        sharded["optimizer"], reshards = optimizer_load_request(optimizer, sharded, path, set(held))
     if load_rng and saved.layout == _saved_layout(layout):
         if rng_in_checkpoint(held, layout):
             sharded["rng_state"] = rng_sharded_state_dict(layout)
         else:
             _note(f"{path}: no RNG states for this run's generators (another device kind or an older "
                   "format): fresh random streams")
-    loaded = read_sharded(sharded, path)
+    # a reshard reads overlapping saved ranges on several ranks: not one reader per shard, as the check wants
+    loaded = read_sharded(sharded, path, validate=not reshards)
     for i, chunk in enumerate(chunks):
         name = "model" if len(chunks) == 1 else f"model{i}"
         _load_model(unwrap(chunk), loaded[name], {*empty[name], *missing[name]})
     if optimizer is not None:
-        load_optimizer_state(optimizer, loaded["optimizer"])
+        load_optimizer_state(optimizer, loaded["optimizer"], reshards)
     if scheduler is not None and saved.scheduler is not None:
         load_scheduler(scheduler, saved.scheduler)
     if "rng_state" in loaded:
@@ -239,15 +247,16 @@ def load_scheduler(scheduler, state: dict) -> None:
     scheduler.load_state_dict(state)
 
 
-def read_sharded(sharded: dict[str, Any], path: str) -> dict[str, Any]:
-    """``dist_checkpointing.load``; a checkpoint that cannot be read (a file missing or damaged, a tensor of
-    another shape) is a CheckpointError naming the first failure, also inside a worker process."""
+def read_sharded(sharded: dict[str, Any], path: str, validate: bool = True) -> dict[str, Any]:
+    """``dist_checkpointing.load`` (``validate``: check that each shard has one reader); a checkpoint that cannot
+    be read (a file missing or damaged, a tensor of another shape) is a CheckpointError naming the first failure,
+    also inside a worker process."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.core import CheckpointingException
     from torch.distributed.checkpoint.api import CheckpointException
 
     try:
-        return dist_checkpointing.load(sharded, path)
+        return dist_checkpointing.load(sharded, path, validate_access_integrity=validate)
     except CheckpointException as err:  # a BaseException: it would pass by every `except Exception`
         first = next((failure[0] for failure in err.failures.values()), err)
         raise CheckpointError(f"{path}: cannot read the checkpoint ({type(first).__name__}: {first})") from err

@@ -171,17 +171,62 @@ def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     return {k: float((a[k] - b[k]).norm() / b[k].norm().clamp(min=1e-30)) for k in a}
 
 
+# The layouts a checkpoint goes through, each loading the one before: (name, (tp, pp, vpp), source)
+RESHARD_STEPS = [("a_tp2pp1", (2, 1, None), None), ("b_tp1pp2", (1, 2, None), "a_tp2pp1"),
+                 ("c_tp2pp1", (2, 1, None), "b_tp1pp2"), ("d_dp2", (1, 1, None), "c_tp2pp1"),
+                 ("e_tp1pp2vp2", (1, 2, 2), "d_dp2")]
+
+
 def reshard_round_trip(root: str) -> None:
-    """Worker (2 processes): save at TP2PP1, load at TP1PP2 and save, load that at TP2PP1 and save."""
-    kind = "gpt"
-    steps = [("a_tp2pp1", (2, 1), None), ("b_tp1pp2", (1, 2), "a_tp2pp1"), ("c_tp2pp1", (2, 1), "b_tp1pp2")]
-    for name, (tp, pp), source in steps:
-        parallel = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp)
+    """Worker (2 processes): weights and distributed optimizer through RESHARD_STEPS. The first layout's
+    optimizer state is random (step 3); after each load the state is also saved in megatron-core's own
+    gathered model-space format, ``<name>_reference``, to compare."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_solo.checkpoint.optimizer_state import GATHERED_FORMAT, optimizer_sharded_state_dict
+
+    for name, (tp, pp, vpp), source in RESHARD_STEPS:
+        parallel = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp, virtual_pipeline=vpp)
         init_parallel(parallel, seed=11 + tp)
-        chunks = wrap_ddp(build_model_chunks(_provider(kind, parallel), parallel), parallel)
-        if source is not None:
-            load_checkpoint(os.path.join(root, source), chunks)
-        save_checkpoint(os.path.join(root, name), TrainState(iteration=1), chunks)
+        chunks = wrap_ddp(build_model_chunks(_provider("gpt", parallel), parallel), parallel)
+        optimizer = build_optimizer(chunks, train_config(), parallel)
+        if source is None:
+            _random_optimizer_state(optimizer, step=3)
+        else:
+            load_checkpoint(os.path.join(root, source), chunks, optimizer)
+            steps = {float(s["step"]) for opt in optimizer.chained_optimizers for s in opt.optimizer.state.values()}
+            assert steps == {3.0}, (name, steps)
+        save_checkpoint(os.path.join(root, name), TrainState(iteration=1), chunks, optimizer)
+        model = {f"model{i}": c.module.sharded_state_dict() for i, c in enumerate(chunks)}
+        reference = optimizer_sharded_state_dict(optimizer, model, metadata=GATHERED_FORMAT)
+        os.makedirs(os.path.join(root, f"{name}_reference"), exist_ok=True)
+        dist_checkpointing.save({"optimizer": reference}, os.path.join(root, f"{name}_reference"))
+
+
+def _random_optimizer_state(optimizer, step: int) -> None:
+    """Every main parameter and moment of this rank's shard drawn at random, Adam's step set to ``step``."""
+    from megatron_solo.checkpoint.optimizer_state import prime_optimizer_state
+
+    prime_optimizer_state(optimizer)
+    torch.manual_seed(100 + torch.distributed.get_rank())
+    for opt in optimizer.chained_optimizers:
+        for state in opt.optimizer.state.values():
+            state["step"].fill_(float(step))
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key].copy_(torch.rand_like(state[key]))
+        for group in opt.optimizer.param_groups:
+            for main in group["params"]:
+                with torch.no_grad():
+                    main.copy_(torch.randn_like(main))
+
+
+def read_optimizer_reference(ckpt: str, out_file: str) -> None:
+    """Worker (1 process): the model-space optimizer tensors of a ``*_reference`` checkpoint, as safetensors."""
+    from megatron.core import dist_checkpointing
+    from safetensors.torch import save_file
+
+    tensors = dist_checkpointing.load_plain_tensors(ckpt)
+    save_file({k: v.contiguous() for k, v in tensors.items() if k.startswith("optimizer.state.")}, out_file)
 
 
 def run_layouts(root, kind: str, worlds: dict[int, list], corrupt_tp2: bool = False) -> dict:

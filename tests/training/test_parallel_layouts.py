@@ -41,14 +41,23 @@ def test_mis_sharded_weight_is_caught(runs):
     assert weight_diff > 1e-3  # the flipped shard is far from the reference
 
 
-def test_checkpoint_reshards_tp2pp1_to_tp1pp2_and_back(tmp_path):
+def test_checkpoint_reshards_weights_and_optimizer_across_layouts(tmp_path):
+    """TP2PP1 -> TP1PP2 -> TP2PP1 -> DP2 -> TP1PP2VP2, each loading the one before: the weights, and the
+    distributed optimizer's state in megatron-core's own gathered form, equal the first layout's exactly."""
     spawn(H.reshard_round_trip, 2, str(tmp_path))
-    full = {}
-    for name in ("a_tp2pp1", "b_tp1pp2", "c_tp2pp1"):
+    names = [name for name, _, _ in H.RESHARD_STEPS]
+    full, optim = {}, {}
+    for name in names:
         out = str(tmp_path / f"{name}.safetensors")
         run_world(H.read_weights, 1, str(tmp_path / name), out)
         full[name] = load_file(out)
-    for src, dst in (("a_tp2pp1", "b_tp1pp2"), ("b_tp1pp2", "c_tp2pp1")):
-        assert full[src].keys() == full[dst].keys()
-        for k in full[src]:
-            assert (full[src][k] == full[dst][k]).all(), (src, dst, k)
+        out = str(tmp_path / f"{name}_reference.safetensors")
+        run_world(H.read_optimizer_reference, 1, str(tmp_path / f"{name}_reference"), out)
+        optim[name] = load_file(out)
+    first = names[0]
+    assert {k.split(".")[2] for k in optim[first]} == {"param", "exp_avg", "exp_avg_sq"}
+    for name in names[1:]:
+        for saved, loaded in ((full[first], full[name]), (optim[first], optim[name])):
+            assert saved.keys() == loaded.keys()
+            for k in saved:
+                assert (saved[k] == loaded[k]).all(), (name, k)
