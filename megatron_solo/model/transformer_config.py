@@ -92,9 +92,13 @@ def rope_fusion(model: SoloModelConfig, use_te: bool) -> bool:
 
     megatron-core's unfused thd RoPE reads each document's length on the host in every layer; the fused
     kernel takes ``cu_seqlens`` on the GPU. It has no cos/sin factor, which YaRN needs and megatron-core's
-    fused thd call would drop.
+    fused thd call would drop. A TE without the kernel keeps the unfused path.
     """
-    return use_te and (model.rope_scaling is None or model.rope_scaling.kind != "yarn")
+    from megatron.core.models.common.embeddings import rope_utils
+
+    if not use_te or rope_utils.fused_apply_rotary_pos_emb_thd is None:
+        return False
+    return model.rope_scaling is None or model.rope_scaling.kind != "yarn"
 
 
 def yarn_attributes(model: SoloModelConfig) -> dict:

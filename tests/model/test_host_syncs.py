@@ -65,6 +65,12 @@ def test_rope_runs_fused_on_the_te_path_except_for_yarn(fused_rope):
     assert not build_transformer_config(yarn, ParallelConfig(), bf16=True, use_te=True).apply_rope_fusion
 
 
+def test_a_transformer_engine_without_fused_rope_keeps_the_unfused_path():
+    assert rope_utils.fused_apply_rotary_pos_emb_thd is None  # this CPU machine has no TE
+    cfg = SB.tiny_solo_config()
+    assert not build_transformer_config(cfg, ParallelConfig(), bf16=True, use_te=True).apply_rope_fusion
+
+
 def test_the_te_path_reads_no_device_value_on_the_host(world1, fused_rope, monkeypatch):
     batch = _micro_batch(3)
     fused, reads = _step(_model(fused=True), batch, monkeypatch)
