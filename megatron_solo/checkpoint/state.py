@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,13 +163,13 @@ def start_save(root: str, state: TrainState, chunks: list[torch.nn.Module], opti
     dist.barrier()
     layout = _layout()
     sharded = _model_sharded_state_dict(chunks)
-    if optimizer is not None:
-        write_bucket_indices(partial, optimizer, sharded)
-        sharded["optimizer"] = optimizer_sharded_state_dict(optimizer, sharded)
-    sharded["rng_state"] = rng_sharded_state_dict(layout)
     snapshot = dataclasses.replace(copy.deepcopy(state), layout=_saved_layout(layout),
                                    scheduler=scheduler.state_dict() if scheduler is not None else None)
     pending = PendingSave(root, final, snapshot)
+    if optimizer is not None:
+        _written_everywhere(pending, lambda: write_bucket_indices(partial, optimizer, sharded))
+        sharded["optimizer"] = optimizer_sharded_state_dict(optimizer, sharded)
+    sharded["rng_state"] = rng_sharded_state_dict(layout)
     ensure_write_results_queue()
     strategy, new = save_strategy(sharded)
     try:  # the sharding is checked once per structure (its check gathers every rank's metadata)
@@ -180,6 +181,22 @@ def start_save(root: str, state: TrainState, chunks: list[torch.nn.Module], opti
         request.add_finalize_fn(pending.finish)
         pending.request = request
     return pending
+
+
+def _written_everywhere(pending: PendingSave, write: Callable[[], None]) -> None:
+    """Run ``write`` (a file of this rank's); if it failed on any rank, every rank raises the save's failure
+    (one small all-reduce), so that none goes on into the collective write alone."""
+    from megatron_solo.platform.distributed import current_device
+
+    try:
+        write()
+        error = None
+    except OSError as err:
+        error = err
+    failed = torch.tensor([float(error is not None)], device=current_device())
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if failed.item():
+        raise pending.failure(error or OSError("another rank could not write its part"))
 
 
 def load_checkpoint(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 
 from megatron_solo.checkpoint import optimizer_state, state
@@ -116,3 +117,21 @@ def test_the_save_strategy_is_kept_while_the_structure_holds(world1):
     wider = build_model_chunks(solo_provider(SB.tiny_solo_config(ffn_hidden_size=256), PARALLEL), PARALLEL)
     changed, new = save_strategy({"model": wider[0].sharded_state_dict()})
     assert new and changed is not first
+
+
+def test_a_bucket_index_that_cannot_be_written_fails_the_save_in_one_line(world1, tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from megatron_solo.checkpoint import CheckpointError
+
+    chunks, optimizer = _trained(8)
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(CheckpointError, match=r"iter_0000001: cannot write the checkpoint \(OSError: .*No space"):
+        save_checkpoint(str(tmp_path), TrainState(iteration=1), chunks, optimizer)
+    monkeypatch.undo()
+    assert not (tmp_path / "iter_0000001").exists()
