@@ -16,6 +16,7 @@ import functools
 import importlib
 import importlib.metadata
 import logging
+import os
 import warnings
 
 from megatron_solo.config.model import SoloModelConfig
@@ -66,6 +67,8 @@ def packed_attention_params(model: SoloModelConfig, tensor_parallel: int, micro_
         attn_mask_type="padding_causal",
         window_size=(model.sliding_window - 1, 0) if model.sliding_window else (-1, 0),
         attention_dropout=model.attention_dropout, is_training=True,
+        # TE's DotProductAttention asks for deterministic kernels when this says so (fewer qualify)
+        deterministic=not int(os.environ.get("NVTE_ALLOW_NONDETERMINISTIC_ALGO", "1")),
     )
 
 

@@ -110,6 +110,12 @@ def test_params_are_megatron_cores_for_packed_documents():
         ("thd_thd_thd", "padding_causal", torch.bfloat16)
     assert (fields["num_heads"], fields["num_gqa_groups"], fields["head_dim_qk"]) == (8, 2, 128)
     assert packed_attention_params(SB.tiny_solo_config(), 1)["window_size"] == (-1, 0)
+    assert not fields["deterministic"]
+
+
+def test_deterministic_kernels_are_asked_for_as_te_asks_for_them(monkeypatch):
+    monkeypatch.setenv("NVTE_ALLOW_NONDETERMINISTIC_ALGO", "0")
+    assert packed_attention_params(SB.tiny_solo_config(), 1)["deterministic"]
 
 
 def test_the_te_model_is_refused_before_it_is_built(te, monkeypatch):
