@@ -47,6 +47,8 @@ CHECK_ROWS = {
         "{local_vs_te_logits:.2%}; next {steps_compared} losses differ by {loss_rel_diff:.2%}"),
     "test_export_gives_the_megatron_logits": (
         "export -> stock transformers ({model_class})", "{export_vs_megatron_fp32:.2e} of the logit scale (fp32)"),
+    "test_the_te_training_step_does_not_wait_on_the_gpu": (
+        "TE training step: host syncs", "{host_syncs} synchronizing CUDA calls in a forward step and backward"),
     "test_fp8_final_loss_within_2pct_of_bf16": (
         "FP8 ({fp8_leg}) vs bf16, {steps} steps",
         "final loss {fp8_end:.4f} vs {bf16_end:.4f} ({rel_diff:.2%}; from {bf16_start:.3f})"),
@@ -62,7 +64,8 @@ OUTCOMES = {"passed": "pass", "failed": "FAIL", "error": "ERROR", "skipped": "sk
 CHECK_PARTS = {
     "pytest_checks_te": ("test_te_logits_match_the_fp32_reference", "test_a_pack_gives_what_its_documents_give_alone",
                          "test_te_honours_the_sliding_window", "test_te_spec_loads_the_import_and_learns",
-                         "test_local_spec_resumes_the_te_checkpoint", "test_export_gives_the_megatron_logits"),
+                         "test_local_spec_resumes_the_te_checkpoint", "test_export_gives_the_megatron_logits",
+                         "test_the_te_training_step_does_not_wait_on_the_gpu"),
     "pytest_checks_fp8": ("test_fp8_final_loss_within_2pct_of_bf16", "test_fp8_checkpoint_resumes_in_a_fresh_process"),
     "pytest_checks_attention": ("test_packed_attention_matches_the_masked_reference",),
 }

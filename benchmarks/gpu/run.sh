@@ -12,8 +12,9 @@
 #              the tests/gpu checks run with SOLO_GPU_CHECKS=cpu-smoke
 #
 # Parts, most telling first, each under its own time limit cut to what the budget has left:
-#   pytest_checks_te         tests/gpu/test_te_equivalence.py, test_te_roundtrip.py: TE vs local on imported
-#                            weights, pack vs alone, window; HF -> TE -> local -> HF
+#   pytest_checks_te         tests/gpu/test_te_equivalence.py, test_te_roundtrip.py, test_host_syncs.py: TE vs
+#                            local on imported weights, pack vs alone, window; HF -> TE -> local -> HF; no host
+#                            sync in the TE step
 #   pytest_te                the multi-process-free suite with TE importable (auto = TE spec for bf16)
 #   pytest_checks_fp8        tests/gpu/test_fp8.py: FP8 vs bf16 loss curves, FP8 checkpoint resume
 #   speed                    gpu_checks.py: speed at solo-7b width: local bf16, TE bf16, TE FP8, transformers peer
@@ -126,7 +127,7 @@ tests() {
 SUITE=(-m "not multiprocess and not gpu")  # the checks in tests/gpu run in their own parts
 # TE names the attention backend it picks (tee-sys: its log line reaches the part's log, test passed or not)
 NVTE_DEBUG=1 NVTE_DEBUG_LEVEL=1 tests pytest_checks_te "${LIMITS[0]}" --capture=tee-sys \
-  tests/gpu/test_te_equivalence.py tests/gpu/test_te_roundtrip.py
+  tests/gpu/test_te_equivalence.py tests/gpu/test_te_roundtrip.py tests/gpu/test_host_syncs.py
 tests pytest_te "${LIMITS[1]}" "${SUITE[@]}" "${TESTS[@]}"
 tests pytest_checks_fp8 "${LIMITS[2]}" tests/gpu/test_fp8.py
 SPEED_LIMIT=$(limit "${LIMITS[3]}")  # what part will give it: its own deadline ends every timing before that
