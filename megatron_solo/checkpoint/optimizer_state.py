@@ -225,7 +225,7 @@ def optimizer_load_request(optimizer, model_sharded: dict[str, Any], path: str,
 
     Collective: the ranks agree on whether to reshard (one small all-reduce).
     """
-    from megatron_solo.platform.distributed import current_device
+    from megatron_solo.platform.distributed import ranks_with
 
     if any(key.startswith("optimizer.state.param.") for key in held):  # written in GATHERED_FORMAT
         return optimizer_sharded_state_dict(optimizer, model_sharded, is_loading=True,
@@ -236,9 +236,7 @@ def optimizer_load_request(optimizer, model_sharded: dict[str, Any], path: str,
         return request, {}
     differs = any(read_bucket_indices(path, i).get(opt.data_parallel_group_idx)
                   != bucket_index(opt, prefix, model_sharded) for i, opt, prefix, _ in parts)
-    anywhere = torch.tensor([float(differs)], device=current_device())
-    torch.distributed.all_reduce(anywhere, op=torch.distributed.ReduceOp.MAX)
-    if anywhere.item() == 0:
+    if not ranks_with(differs):
         return request, {}
     reshards = {}
     for i, opt, _, st in parts:

@@ -15,8 +15,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 
 @dataclass
 class _Kept:
@@ -61,15 +59,13 @@ def save_strategy(sharded: dict[str, Any]) -> tuple[Any, bool]:
     """
     from megatron.core import parallel_state as ps
 
-    from megatron_solo.platform.distributed import current_device
+    from megatron_solo.platform.distributed import ranks_with
 
     global _kept
     group = ps.get_data_parallel_group(with_context_parallel=True)
     fingerprint = structure_fingerprint(sharded)
     changed = _kept is None or _kept.fingerprint != fingerprint or _kept.group is not group
-    anywhere = torch.tensor([float(changed)], device=current_device())
-    torch.distributed.all_reduce(anywhere, op=torch.distributed.ReduceOp.MAX)
-    if anywhere.item() == 0:
+    if not ranks_with(changed):
         return _kept.strategy, False
     _kept = _Kept(fingerprint, group, _new_strategy(group))
     return _kept.strategy, True

@@ -186,16 +186,14 @@ def start_save(root: str, state: TrainState, chunks: list[torch.nn.Module], opti
 def _written_everywhere(pending: PendingSave, write: Callable[[], None]) -> None:
     """Run ``write`` (a file of this rank's); if it failed on any rank, every rank raises the save's failure
     (one small all-reduce), so that none goes on into the collective write alone."""
-    from megatron_solo.platform.distributed import current_device
+    from megatron_solo.platform.distributed import ranks_with
 
     try:
         write()
         error = None
     except OSError as err:
         error = err
-    failed = torch.tensor([float(error is not None)], device=current_device())
-    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
-    if failed.item():
+    if ranks_with(error is not None):
         raise pending.failure(error or OSError("another rank could not write its part"))
 
 

@@ -14,6 +14,7 @@ _OWNERS = {
     "free_port": "distributed",
     "init_distributed": "distributed",
     "init_parallel": "distributed",
+    "ranks_with": "distributed",
     "resolve_sequence_parallel": "distributed",
     "teardown": "distributed",
     "uses_cuda": "distributed",

@@ -141,6 +141,18 @@ def _destroy_layout() -> None:
             dist.destroy_process_group(group)
 
 
+def ranks_with(flag: bool) -> int:
+    """How many ranks of the world pass a true ``flag`` (one small all-reduce: every rank must call it alike).
+
+    What lets every rank take the same branch when only some saw a reason to (a signal, a failed write, a
+    changed structure). Without a process group it is this process's own flag.
+    """
+    count = torch.tensor([float(flag)], device=current_device())
+    if dist.is_initialized():
+        dist.all_reduce(count)
+    return int(count.item())
+
+
 def resolve_sequence_parallel(cfg: ParallelConfig) -> ParallelConfig:
     """``cfg`` with ``sequence_parallel`` decided for a training run on this machine.
 

@@ -19,9 +19,6 @@ import signal
 import sys
 import threading
 
-import torch
-import torch.distributed as dist
-
 from megatron_solo.platform.processes import JOB_SIGNALS, set_helper_signals, set_parent_death_signal
 
 # Flags whose handlers are installed in this process; the forking parent's pid and thread;
@@ -46,12 +43,9 @@ class PreemptionFlag:
 
     def agreed(self) -> bool:
         """All-reduce the flag so every rank stops at the same step."""
-        from megatron_solo.platform.distributed import current_device
+        from megatron_solo.platform.distributed import ranks_with
 
-        flag = torch.tensor([1.0 if self.received else 0.0], device=current_device())
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return ranks_with(self.received) > 0
 
     def restore(self) -> None:
         """Put the previous handlers back, but keep a SIGUSR1 that arrives later from ending the process.

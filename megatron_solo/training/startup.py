@@ -90,7 +90,7 @@ def check_save_writable(save_dir: str | None) -> None:
 
     import torch
 
-    from megatron_solo.platform import current_device
+    from megatron_solo.platform import ranks_with
 
     if not save_dir:
         return
@@ -103,10 +103,9 @@ def check_save_writable(save_dir: str | None) -> None:
             pass
     except OSError as err:
         reason = err.strerror or str(err)
-    failed = torch.tensor([0.0 if reason is None else 1.0], device=current_device())
-    torch.distributed.all_reduce(failed)  # every rank stops, not only those that cannot write
-    if failed.item():
-        where = f"on {int(failed.item())} of {torch.distributed.get_world_size()} ranks"
+    failed = ranks_with(reason is not None)  # every rank stops, not only those that cannot write
+    if failed:
+        where = f"on {failed} of {torch.distributed.get_world_size()} ranks"
         raise RunSetupError(f"--save {save_dir}: cannot write checkpoints into {folder} ({reason or where})")
 
 
