@@ -84,16 +84,19 @@ class SoloModel(GPTModel):
         """[N, 2] (sample, position) of each ``<vpatch>``, batch-major: the order the patches come in."""
         return (input_ids == self.solo.vpatch_token_id).nonzero()  # row-major over [B, S]
 
-    def check_inputs(self, input_ids, position_ids, patches, num_patches, packed_seq_params) -> None:
-        """ValueError naming the sample and field of a batch this model cannot use (a host read of each)."""
+    def check_inputs(self, input_ids, position_ids, patches, num_patches, cu_seqlens) -> None:
+        """ValueError naming the sample and field of a batch this model cannot use (a host read of each).
+
+        ``cu_seqlens``: the documents' boundaries over the flattened batch (None: one document per row).
+        """
         check_batch(
             input_ids, position_ids, patches,
             vpatch_id=self.solo.vpatch_token_id, patch_dim=self.solo.patch_dim,
             vocab_size=self.vocab_size, max_positions=self.max_sequence_length,
             num_patches=num_patches,
         )
-        if packed_seq_params is not None and self.packed_format == "thd":
-            T.check_positions(position_ids, packed_seq_params.cu_seqlens_q)
+        if cu_seqlens is not None and self.packed_format == "thd":
+            T.check_positions(position_ids, cu_seqlens)
 
     def _preprocess(self, input_ids, position_ids, decoder_input=None, inference_context=None,
                     packed_seq_params=None, padding_mask=None):
@@ -150,7 +153,8 @@ class SoloModel(GPTModel):
         decoder_input = None
         if self.pre_process:
             if not checked:
-                self.check_inputs(input_ids, position_ids, patches, num_patches, packed_seq_params)
+                self.check_inputs(input_ids, position_ids, patches, num_patches,
+                                  None if packed_seq_params is None else packed_seq_params.cu_seqlens_q)
             decoder_input = self.embed(input_ids, position_ids, patches, thd=thd, patch_positions=patch_positions)
         elif thd and self.decoder.input_tensor is not None:
             self.decoder.input_tensor = T.from_pipeline_view(self.decoder.input_tensor)

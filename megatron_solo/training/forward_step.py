@@ -55,10 +55,9 @@ def solo_forward_step(data_iterator: Iterator, model):
         raise ValueError(f"batch is missing field(s) {missing}")
     chunk = unwrap(model)
     thd = getattr(chunk, "packed_format", "sbhd") == "thd"
-    host_params = packed_seq_params(host.get("cu_seqlens"), host["tokens"].shape[1], thd)
     if chunk.pre_process:
         chunk.check_inputs(host["tokens"], host["position_ids"], host.get("patches"), host.get("num_patches"),
-                           host_params)
+                           host.get("cu_seqlens"))
         host["patch_positions"] = chunk.patch_positions(host["tokens"])
     batch = to_device(host, current_device())
     params = packed_seq_params(host.get("cu_seqlens"), host["tokens"].shape[1], thd, batch.get("cu_seqlens"))
