@@ -18,6 +18,7 @@ import bisect
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -150,9 +151,9 @@ class Reshard:
 
     def __init__(self, opt, model_sharded: dict[str, Any], saved: dict[int, list[dict]]) -> None:
         self.opt = opt
-        first = _first_param(opt)
+        first = next(_held_params(opt), None)
         self.states = [] if first is None else \
-            [k for k in opt._get_main_param_and_optimizer_states(first) if k != "step"]
+            [k for k in opt._get_main_param_and_optimizer_states(first[0]) if k != "step"]
         held = {}  # key -> {(offset, shape): (saved piece, its bucket key, its first element in the bucket)}
         for _, buckets in sorted(saved.items()):
             for bucket in buckets:
@@ -165,12 +166,9 @@ class Reshard:
         self.numel = {b["key"]: b["numel"] for buckets in saved.values() for b in buckets}
         meta = _param_metadata(model_sharded)
         self.here = []
-        for ranges in opt.gbuf_ranges:
-            for per_bucket in ranges.values():
-                for bucket in per_bucket:
-                    for param, where in bucket["param_map"].items():
-                        shard = (where["param"].start, where["param"].end)
-                        self.here += [self._cut(param, p, shard, held) for p in pieces(meta[param], param)]
+        for param, where in _held_params(opt):
+            shard = (where["param"].start, where["param"].end)
+            self.here += [self._cut(param, p, shard, held) for p in pieces(meta[param], param)]
         self.here = [h for h in self.here if h is not None]
         self.ranges = self._merged_ranges()
 
@@ -258,11 +256,9 @@ class Reshard:
         dst[a - h.shard[0]:b - h.shard[0]].copy_(rows.view(-1)[a - first:b - first])
 
 
-def _first_param(opt) -> torch.Tensor | None:
-    """A parameter whose shard this rank's optimizer holds (None: it holds none)."""
+def _held_params(opt) -> Iterator[tuple[torch.Tensor, dict]]:
+    """(parameter, its ranges) of each parameter whose shard this rank's optimizer holds, bucket by bucket."""
     for ranges in opt.gbuf_ranges:
         for per_bucket in ranges.values():
             for bucket in per_bucket:
-                for param in bucket["param_map"]:
-                    return param
-    return None
+                yield from bucket["param_map"].items()

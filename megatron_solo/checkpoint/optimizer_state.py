@@ -234,13 +234,14 @@ def optimizer_load_request(optimizer, model_sharded: dict[str, Any], path: str,
     parts = _distributed_states(optimizer, request)
     if not parts:
         return request, {}
-    differs = any(read_bucket_indices(path, i).get(opt.data_parallel_group_idx)
-                  != bucket_index(opt, prefix, model_sharded) for i, opt, prefix, _ in parts)
+    saved = {i: read_bucket_indices(path, i) for i, _, _, _ in parts}
+    differs = any(saved[i].get(opt.data_parallel_group_idx) != bucket_index(opt, prefix, model_sharded)
+                  for i, opt, prefix, _ in parts)
     if not ranks_with(differs):
         return request, {}
     reshards = {}
     for i, opt, _, st in parts:
-        reshards[i] = Reshard(opt, model_sharded, read_bucket_indices(path, i))
+        reshards[i] = Reshard(opt, model_sharded, saved[i])
         st.pop("param_state")
         st[_RESHARD] = reshards[i].request()
     return request, reshards
